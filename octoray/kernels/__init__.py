@@ -1,0 +1,62 @@
+"""Accelerators: one module per kind (CPU, FPGA through PYNQ, FPGA emulator), one interface.
+
+Each process (the embedded default, or a Dask worker) opens its accelerator once, chosen by
+``OCTORAY_ACCELERATOR`` (auto|cpu|fpga|fpga-emulator) and ``OCTORAY_DEVICE`` (card index),
+and every task in that process reaches it through :func:`local_accelerator`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol
+
+ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
+
+
+class Accelerator(Protocol):
+    name: str
+    """How `octoray status` and `-v` describe it: ``cpu``, ``fpga:0 gzip_u50``, ..."""
+
+    def deflate(self, data, dictionary: bytes | None, level: int) -> bytes:
+        """Raw deflate of `data`, primed with `dictionary`, ending byte-aligned and not final."""
+
+    def close(self) -> None:
+        ...
+
+
+class AcceleratorError(RuntimeError):
+    """The requested accelerator cannot be opened."""
+
+
+def open_accelerator(kind: str | None = None, device: int | None = None) -> Accelerator:
+    kind = (kind or os.environ.get("OCTORAY_ACCELERATOR") or "auto").strip().lower()
+    if kind not in ACCELERATOR_KINDS:
+        raise AcceleratorError(f"unknown accelerator {kind!r} (expected one of {', '.join(ACCELERATOR_KINDS)})")
+    if kind in ("cpu", "auto"):
+        from octoray.kernels.cpu import CpuAccelerator
+
+        return CpuAccelerator()
+    raise AcceleratorError(f"accelerator {kind!r} is not available in this build")
+
+
+_lock = threading.Lock()
+_local: Accelerator | None = None
+
+
+def local_accelerator() -> Accelerator:
+    """This process's accelerator, opened on first use and kept for every later task."""
+    global _local
+    if _local is None:
+        with _lock:
+            if _local is None:
+                _local = open_accelerator()
+    return _local
+
+
+def install_local_accelerator(accelerator: Accelerator | None) -> Accelerator | None:
+    """Make `accelerator` this process's one (a Dask worker plugin does this); returns the old one."""
+    global _local
+    with _lock:
+        previous, _local = _local, accelerator
+    return previous

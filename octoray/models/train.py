@@ -1,0 +1,185 @@
+"""Train CNV-W1A1 on the CIFAR-10 training JPEGs; checkpoint every epoch and resume.
+
+    python -m octoray.models.train --data ../shared/data/cifar10-train.tar.gz
+
+Checkpoints live outside the repository (``$OCTORAY_CACHE/train/<run>``, default
+``~/.cache/octoray/train/<run>``).  Killing the process loses at most the running epoch:
+the same command picks up from ``last.pt``.  The learning schedule is a function of the
+step number, so an interrupted run follows the same curve as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from octoray.models.cnv import CNV
+from octoray.models.data import cache_dir, class_balanced_split, load_training_set
+
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="octoray-train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path, help="cifar10-train.tar.gz (JPEGs, one folder per class)")
+    p.add_argument("--run", default="cnv-w1a1", help="run name: checkpoints go to <cache>/train/<run>")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.01, help="peak Adam learning rate")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-epochs-this-run", type=int, default=None,
+                   help="stop after this many epochs (the schedule still spans --epochs)")
+    return p.parse_args(argv)
+
+
+def learning_rate(step: int, steps_per_epoch: int, args) -> float:
+    """Linear warm-up, then cosine decay to zero over the whole run."""
+    warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
+    total = args.epochs * steps_per_epoch
+    if step < warmup:
+        return args.lr * (0.1 + 0.9 * step / warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the image padded by 4 (pixel 0), and a random horizontal flip."""
+    n = images.shape[0]
+    padded = F.pad(images, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(32)[None, :])[:, None, :, None].expand(n, 3, 32, 40)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(32)[None, :])[:, None, None, :].expand(n, 3, 32, 32)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: CNV, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> tuple[float, torch.Tensor]:
+    model.eval()
+    predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return (predictions == labels).float().mean().item(), predictions
+
+
+def save_atomically(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def plot_learning_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, [100 * h["train_acc"] for h in history], label="train (augmented)")
+    ax.plot(epochs, [100 * h["val_acc"] for h in history], label="validation (5,000 held out)")
+    ax.axhline(84.22, color="grey", linestyle=":", label="Brevitas CNV-W1A1 (84.22 %)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("CNV-W1A1 training")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_dir(run: str) -> Path:
+    path = cache_dir() / "train" / run
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    out = run_dir(args.run)
+    images, labels, _ = load_training_set(args.data)
+    train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
+    x_train = torch.from_numpy(images[train_idx]).permute(0, 3, 1, 2).contiguous()
+    y_train = torch.from_numpy(labels[train_idx])
+    x_val = torch.from_numpy(images[val_idx]).permute(0, 3, 1, 2).contiguous()
+    y_val = torch.from_numpy(labels[val_idx])
+
+    torch.manual_seed(args.seed)
+    model = CNV()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    start_epoch, history = 0, []
+    last = out / "last.pt"
+    if last.exists():
+        state = torch.load(last, weights_only=False)
+        if state["recipe"] != recipe:
+            print(f"train: {last} was made with {state['recipe']}, not {recipe}; "
+                  f"choose another --run", file=sys.stderr)
+            return 1
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+        print(f"resuming {args.run} after epoch {start_epoch}", flush=True)
+
+    steps_per_epoch = len(x_train) // args.batch_size
+    generator = torch.Generator().manual_seed(args.seed)
+    if last.exists():
+        generator.set_state(state["generator"])
+    stop_at = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start_epoch + args.max_epochs_this_run)
+    for epoch in range(start_epoch, stop_at):
+        model.train()
+        t0 = time.time()
+        order = torch.randperm(len(x_train), generator=generator)
+        correct = seen = 0
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            lr = learning_rate(epoch * steps_per_epoch + step, steps_per_epoch, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+            x = augment(x_train[batch], generator)
+            y = y_train[batch]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.clip_weights()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        val_acc, _ = evaluate(model, x_val, y_val)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                        "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0})
+        state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        save_atomically(state, last)
+        if val_acc >= max(h["val_acc"] for h in history):
+            save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
+                             "model": model.state_dict()}, out / "best.pt")
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_learning_curve(history, out / "learning-curve.png")
+        print(json.dumps(history[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Round trips a user relies on: fgzip's output read by gzip, pigz and Python, and back."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+
+import pytest
+
+from conftest import fgzip, run, text_like
+
+
+@pytest.mark.parametrize("level", ["-1", "-6", "-9"])
+def test_stdin_to_stdout_gunzips(sample, level, gzip_bin):
+    _, data = sample
+    compressed = fgzip(level, input=data, check=True).stdout
+    assert run([gzip_bin, "-dc"], input=compressed, check=True).stdout == data
+
+
+def test_output_is_a_single_member(sample):
+    _, data = sample
+    compressed = fgzip("-b", "64", input=data, check=True).stdout
+    d = zlib.decompressobj(31)
+    assert d.decompress(compressed) == data
+    assert d.eof and d.unused_data == b""  # one member, nothing after it
+
+
+def test_pigz_reads_it_and_it_reads_pigz(sample, pigz_bin):
+    _, data = sample
+    assert run([pigz_bin, "-dc"], input=fgzip(input=data, check=True).stdout, check=True).stdout == data
+    from_pigz = run([pigz_bin, "-p", "2", "-b", "32"], input=data, check=True).stdout
+    assert fgzip("-dc", input=from_pigz, check=True).stdout == data
+
+
+def test_reads_gzip_output_at_every_level(gzip_bin):
+    data = text_like(300_000)
+    for level in ("-1", "-6", "-9"):
+        compressed = run([gzip_bin, level], input=data, check=True).stdout
+        assert fgzip("-d", input=compressed, check=True).stdout == data
+
+
+def test_file_round_trip_keeps_name_size_mode_and_mtime(tmp_path, gzip_bin):
+    data = text_like(2_500_000)
+    path = tmp_path / "notes.txt"
+    path.write_bytes(data)
+    os.chmod(path, 0o640)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    fgzip("-k", path, check=True)
+    packed = tmp_path / "notes.txt.gz"
+    assert path.read_bytes() == data
+    assert run([gzip_bin, "-t", packed]).returncode == 0
+    listing = run([gzip_bin, "-l", packed], check=True).stdout.decode().splitlines()[1].split()
+    assert int(listing[0]) == packed.stat().st_size and int(listing[1]) == len(data)
+    assert packed.stat().st_mode & 0o777 == 0o640 and packed.stat().st_mtime == 1_600_000_000
+    with gzip.open(packed) as f:
+        assert f.read() == data
+    header = packed.read_bytes()[:10 + len(b"notes.txt") + 1]
+    assert header[3] & 8 and header[10:] == b"notes.txt\0"  # FNAME stored
+    assert int.from_bytes(header[4:8], "little") == 1_600_000_000  # MTIME stored
+
+    path.unlink()
+    fgzip("-d", packed, check=True)
+    assert path.read_bytes() == data and not packed.exists()
+    assert path.stat().st_mtime == 1_600_000_000
+
+
+def test_no_name_stores_neither_name_nor_time(tmp_path):
+    path = tmp_path / "a"
+    path.write_bytes(b"abc" * 1000)
+    out = fgzip("-cn", path, check=True).stdout
+    assert out[3] & 8 == 0 and out[4:8] == b"\0\0\0\0"
+
+
+def test_empty_stdin_matches_gzip_byte_for_byte(gzip_bin):
+    assert fgzip(input=b"", check=True).stdout == run([gzip_bin], input=b"", check=True).stdout
+
+
+@pytest.mark.parametrize("options", [["-i"], ["-p", "1"], ["-p", "4", "-b", "32"], ["-b", "4096"], ["-3"]])
+def test_chunking_options_round_trip(options, gzip_bin):
+    data = text_like(3_000_000, seed=3)
+    compressed = fgzip(*options, input=data, check=True).stdout
+    assert run([gzip_bin, "-dc"], input=compressed, check=True).stdout == data
+
+
+def test_dictionary_carry_beats_independent_chunks():
+    data = text_like(2_000_000, seed=4)
+    shared = len(fgzip("-b", "32", input=data, check=True).stdout)
+    independent = len(fgzip("-b", "32", "-i", input=data, check=True).stdout)
+    assert shared < independent
+
+
+@pytest.mark.parametrize("level", ["-1", "-6"])
+def test_size_stays_within_one_percent_of_gzip(level, gzip_bin):
+    data = text_like(4_000_000, seed=5)
+    ours = len(fgzip(level, input=data, check=True).stdout)
+    theirs = len(run([gzip_bin, level], input=data, check=True).stdout)
+    assert ours <= 1.01 * theirs, (ours, theirs)
+
+
+def test_concatenated_members_decompress_as_one(gzip_bin):
+    a, b = b"first\n" * 1000, b"second\n" * 1000
+    both = run([gzip_bin], input=a, check=True).stdout + fgzip(input=b, check=True).stdout
+    assert fgzip("-dc", input=both, check=True).stdout == a + b
