@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tool(name: str) -> list[str]:
-    """The installed console script, or the checkout's bin/ launcher when not installed."""
+    """The console script installed beside this interpreter (or on PATH), else bin/'s launcher."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return [str(beside)]
     found = shutil.which(name)
     return [found] if found else [sys.executable, str(ROOT / "bin" / name)]
 

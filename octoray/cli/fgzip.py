@@ -11,7 +11,6 @@ import os
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field
 
 from octoray import __version__
 from octoray.cli.getopt import Option, UsageError, parse
@@ -93,25 +92,21 @@ There is NO WARRANTY, to the extent permitted by law.
 """
 
 
-@dataclass
 class Settings:
-    stdout: bool = False
-    decompress: bool = False
-    test: bool = False
-    force: bool = False
-    keep: bool = False
-    save_name: bool = True
-    save_time: bool = True
-    quiet: bool = False
-    verbose: int = 0
-    suffix: str = ".gz"
-    level: int = 6
-    processes: int | None = None
-    block_size: int = 1 << 20
-    independent: bool = False
-    synchronous: bool = False
-    status: int = OK
-    executor: object = field(default=None, repr=False)
+    """What the options asked for, and the run's exit status so far."""
+
+    def __init__(self):
+        self.stdout = self.decompress = self.test = self.force = self.keep = False
+        self.save_name = self.save_time = True
+        self.quiet = False
+        self.verbose = 0
+        self.suffix = ".gz"
+        self.level = 6
+        self.processes: int | None = None
+        self.block_size = 1 << 20
+        self.independent = self.synchronous = False
+        self.status = OK
+        self.executor = None
 
 
 class Fatal(Exception):

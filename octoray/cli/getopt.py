@@ -7,15 +7,12 @@ operands, and ``--``.  Python's own getopt differs in its messages and in ambigu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
 class Option:
-    key: str
-    short: str = ""
-    long: tuple[str, ...] = ()
-    takes_argument: bool = False
+    __slots__ = ("key", "short", "long", "takes_argument")
+
+    def __init__(self, key: str, short: str = "", long: tuple[str, ...] = (), takes_argument: bool = False):
+        self.key, self.short, self.long, self.takes_argument = key, short, long, takes_argument
 
 
 class UsageError(Exception):

@@ -7,7 +7,6 @@ many tasks can run at once, which sizes the window) and ``describe()`` for ``-v`
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def available_cpus() -> int:
@@ -17,34 +16,50 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class _InlineExecutor:
-    """Runs each task on submit: one worker needs no thread and no hand-over."""
+class _Done:
+    """A finished task, for the single-worker case that needs no thread."""
 
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
+    __slots__ = ("value", "error")
+
+    def __init__(self, fn, args):
+        self.value = self.error = None
         try:
-            future.set_result(fn(*args))
-        except BaseException as error:  # handed to the writer, which re-raises it
-            future.set_exception(error)
-        return future
+            self.value = fn(*args)
+        except Exception as error:  # handed to the writer, which re-raises it
+            self.error = error
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def cancel(self) -> bool:
+        return False
 
 
 class LocalExecutor:
-    """The embedded default: threads in this process (the kernels release the GIL)."""
+    """The embedded default: threads in this process (the kernels release the GIL).
+
+    The thread pool starts with the first task, so a run that never needs it pays nothing.
+    """
+
+    in_process = True
 
     def __init__(self, threads: int | None = None):
         self.workers = max(1, threads or available_cpus())
-        self._pool = _InlineExecutor() if self.workers == 1 else ThreadPoolExecutor(
-            self.workers, thread_name_prefix="octoray")
+        self._pool = None
 
-    def submit(self, fn, *args) -> Future:
+    def submit(self, fn, *args):
+        if self.workers == 1:
+            return _Done(fn, args)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="octoray")
         return self._pool.submit(fn, *args)
 
     @staticmethod
-    def result(future: Future):
+    def result(future):
         return future.result()
 
     def describe(self) -> list[dict]:
@@ -53,7 +68,8 @@ class LocalExecutor:
         return [{"worker": "local", "accelerator": local_accelerator().name, "threads": self.workers}]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self):
         return self

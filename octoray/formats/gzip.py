@@ -9,7 +9,6 @@ the whole input is combined from the chunks' CRCs.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from isal import isal_zlib
 
@@ -43,13 +42,16 @@ def trailer(crc: int, size: int) -> bytes:
     return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
-@dataclass(frozen=True)
 class DeflatedChunk:
     """Raw deflate for one chunk: byte-aligned, not final, plus what the trailer needs."""
 
-    data: bytes
-    crc: int
-    size: int
+    __slots__ = ("data", "crc", "size")
+
+    def __init__(self, data: bytes, crc: int, size: int):
+        self.data, self.crc, self.size = data, crc, size
+
+    def __reduce__(self):  # travels to and from Dask workers
+        return DeflatedChunk, (self.data, self.crc, self.size)
 
 
 class MemberAssembler:
@@ -71,16 +73,13 @@ class MemberAssembler:
         return FINAL_EMPTY_BLOCK + trailer(self.crc, self.size)
 
 
-@dataclass
 class MemberHeader:
-    method: int
-    flags: int
-    mtime: int
-    xfl: int
-    os: int
-    name: bytes | None
-    comment: bytes | None
-    length: int  # bytes the header took
+    __slots__ = ("method", "flags", "mtime", "xfl", "os", "name", "comment", "length")
+
+    def __init__(self, method, flags, mtime, xfl, os, name, comment, length):
+        self.method, self.flags, self.mtime, self.xfl, self.os = method, flags, mtime, xfl, os
+        self.name, self.comment = name, comment
+        self.length = length  # bytes the header took
 
 
 class NotGzip(Exception):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 
 from octoray.engine.stream import ordered_map
 from octoray.formats import gzip as gz
@@ -17,11 +16,10 @@ from octoray.streams import read_chunks
 DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB: larger chunks unbalance two threads, smaller cost ratio
 
 
-@dataclass
 class Totals:
-    bytes_in: int = 0
-    bytes_out: int = 0
-    overhead: int = 0  # header and trailer bytes, which gzip leaves out of its ratio
+    def __init__(self, bytes_in: int = 0, bytes_out: int = 0, overhead: int = 0):
+        self.bytes_in, self.bytes_out = bytes_in, bytes_out
+        self.overhead = overhead  # header and trailer bytes, which gzip leaves out of its ratio
 
     def ratio_saved(self) -> float:
         """Percentage gzip -v prints: the share of the input that deflate saved."""
