@@ -6,7 +6,6 @@ import os
 import queue
 import stat
 import threading
-from typing import Iterator
 
 PIPE_BUFFER = 1 << 20  # a 1 MiB pipe buffer doubles Python's pipe read rate here
 F_SETPIPE_SZ = 1031  # Linux fcntl command; not in the fcntl module before Python 3.10 everywhere
@@ -23,21 +22,25 @@ def enlarge_pipe(fd: int, size: int = PIPE_BUFFER) -> None:
         pass
 
 
-def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
-    """Chunks of exactly `size` bytes (the last may be shorter), however the pipe delivers them."""
-    while True:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < size:
-            got = os.readv(fd, [view[filled:]])
-            if got == 0:
-                break
-            filled += got
-        if filled:
-            yield view[:filled] if filled < size else view
-        if filled < size:
-            return
+def read_full(fd: int, size: int) -> memoryview:
+    """Up to `size` bytes, fewer only at the end of the input, however the pipe delivers them."""
+    view = memoryview(bytearray(size))
+    filled = 0
+    while filled < size:
+        got = os.readv(fd, [view[filled:]])
+        if got == 0:
+            return view[:filled]
+        filled += got
+    return view
+
+
+def read_chunks(fd: int, size: int):
+    """(chunk, is_last) pairs of `size` bytes; reads one ahead so the last chunk is known."""
+    chunk = read_full(fd, size)
+    while chunk:
+        following = read_full(fd, size) if len(chunk) == size else memoryview(b"")
+        yield chunk, not following
+        chunk = following
 
 
 def read_some(fd: int, size: int) -> bytes:

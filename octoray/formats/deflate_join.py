@@ -11,7 +11,6 @@ is reached through ctypes (the GIL is released during the call).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 
 Z_OK, Z_BLOCK = 0, 5
@@ -44,18 +43,21 @@ class _Inflater:
     def __init__(self):
         lib, prefix = self._zlib_ng()
         if lib is None:
-            name = ctypes.util.find_library("z") or "libz.so.1"
+            from ctypes.util import find_library
+
+            name = find_library("z") or "libz.so.1"
             try:
                 lib, prefix = ctypes.CDLL(name), ""
             except OSError as error:
                 raise JoinUnavailable(f"cannot load zlib ({name}): {error}") from None
-        self.init = getattr(lib, prefix + "inflateInit2")
-        self.init.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
         self.inflate = getattr(lib, prefix + "inflate")
         self.inflate.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
         self.end = getattr(lib, prefix + "inflateEnd")
         self.end.argtypes = [ctypes.POINTER(_ZStream)]
-        if not prefix:  # zlib's inflateInit2 is a macro over inflateInit2_(strm, bits, version, size)
+        if prefix:
+            self.init = lib.zng_inflateInit2
+            self.init.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
+        else:  # zlib's inflateInit2 is a macro over inflateInit2_(strm, bits, version, size)
             version = lib.zlibVersion
             version.restype = ctypes.c_char_p
             init_ = lib.inflateInit2_

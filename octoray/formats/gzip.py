@@ -17,8 +17,7 @@ METHOD_DEFLATE = 8
 FLAG_TEXT, FLAG_HCRC, FLAG_EXTRA, FLAG_NAME, FLAG_COMMENT = 1, 2, 4, 8, 16
 OS_UNIX = 3
 FINAL_EMPTY_BLOCK = b"\x03\x00"  # BFINAL=1, fixed Huffman, end-of-block: 10 bits
-"""Ends a stream of sync-flushed chunks."""
-SYNC_MARKER = b"\x00\x00\xff\xff"  # empty stored block that a sync flush ends with
+"""Ends a deflate stream whose chunks all ended without a final block (an empty input)."""
 DICTIONARY_SIZE = 32 * 1024
 
 crc32 = isal_zlib.crc32
@@ -43,15 +42,16 @@ def trailer(crc: int, size: int) -> bytes:
 
 
 class DeflatedChunk:
-    """Raw deflate for one chunk: byte-aligned, not final, plus what the trailer needs."""
+    """Raw deflate for one chunk, plus what the trailer needs.  Only the `last` chunk of a
+    stream may end the deflate stream; the others end byte-aligned (a sync flush)."""
 
-    __slots__ = ("data", "crc", "size")
+    __slots__ = ("data", "crc", "size", "last")
 
-    def __init__(self, data: bytes, crc: int, size: int):
-        self.data, self.crc, self.size = data, crc, size
+    def __init__(self, data: bytes, crc: int, size: int, last: bool = False):
+        self.data, self.crc, self.size, self.last = data, crc, size, last
 
     def __reduce__(self):  # travels to and from Dask workers
-        return DeflatedChunk, (self.data, self.crc, self.size)
+        return DeflatedChunk, (self.data, self.crc, self.size, self.last)
 
 
 class MemberAssembler:
@@ -61,16 +61,21 @@ class MemberAssembler:
         self.crc = 0
         self.size = 0
         self.compressed = 0
+        self.ended = False  # the deflate stream has had its final block
 
     def add(self, chunk: DeflatedChunk) -> bytes:
+        if self.ended:
+            raise ValueError("a chunk after the last one")
         self.crc = crc32_combine(self.crc, chunk.crc, chunk.size) if self.size else chunk.crc
         self.size += chunk.size
         self.compressed += len(chunk.data)
+        self.ended = chunk.last
         return chunk.data
 
     def finish(self) -> bytes:
-        self.compressed += len(FINAL_EMPTY_BLOCK)
-        return FINAL_EMPTY_BLOCK + trailer(self.crc, self.size)
+        end = b"" if self.ended else FINAL_EMPTY_BLOCK
+        self.compressed += len(end)
+        return end + trailer(self.crc, self.size)
 
 
 class MemberHeader:

@@ -38,8 +38,8 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
 
     def jobs():
         dictionary = None
-        for chunk in read_chunks(fd_in, block_size):
-            yield chunk, dictionary, level
+        for chunk, last in read_chunks(fd_in, block_size):
+            yield chunk, dictionary, level, last
             if not independent:
                 dictionary = bytes(chunk[-gz.DICTIONARY_SIZE:])
 

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Protocol
 
 ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
 
 
-class Accelerator(Protocol):
+class Accelerator:
+    """The interface every accelerator module implements (documentation; nothing inherits it)."""
+
     name: str
     """How `octoray status` and `-v` describe it: ``cpu``, ``fpga:0 gzip_u50``, ..."""
 
-    def deflate(self, data, dictionary: bytes | None, level: int) -> bytes:
-        """Raw deflate of `data`, primed with `dictionary`, ending byte-aligned and not final."""
+    def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
+        """Raw deflate of `data`, primed with `dictionary` where the kernel can use one.
+
+        The last chunk of a stream ends the deflate stream (final block); any other ends
+        byte-aligned without the final-block bit, so the next chunk's data can follow it."""
 
     def close(self) -> None:
         ...

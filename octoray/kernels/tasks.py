@@ -10,6 +10,6 @@ from octoray.formats.gzip import DeflatedChunk, crc32
 from octoray.kernels import local_accelerator
 
 
-def deflate_chunk(data, dictionary: bytes | None, level: int) -> DeflatedChunk:
-    compressed = local_accelerator().deflate(data, dictionary, level)
-    return DeflatedChunk(compressed, crc32(data), len(data))
+def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool = False) -> DeflatedChunk:
+    compressed = local_accelerator().deflate(data, dictionary, level, last)
+    return DeflatedChunk(compressed, crc32(data), len(data), last)

@@ -26,6 +26,7 @@ from octoray.models.cnv import CNV
 from octoray.models.data import cache_dir, class_balanced_split, load_training_set
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class")
+RESCHEDULABLE = ("epochs",)  # a run may be lengthened or shortened when it resumes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,10 +131,14 @@ def main(argv=None) -> int:
     last = out / "last.pt"
     if last.exists():
         state = torch.load(last, weights_only=False)
-        if state["recipe"] != recipe:
+        fixed = {k: v for k, v in recipe.items() if k not in RESCHEDULABLE}
+        if {k: v for k, v in state["recipe"].items() if k not in RESCHEDULABLE} != fixed:
             print(f"train: {last} was made with {state['recipe']}, not {recipe}; "
                   f"choose another --run", file=sys.stderr)
             return 1
+        if state["recipe"]["epochs"] != args.epochs:
+            print(f"train: schedule changed from {state['recipe']['epochs']} to {args.epochs} epochs "
+                  f"after epoch {state['epoch']}", flush=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
@@ -168,7 +173,8 @@ def main(argv=None) -> int:
             seen += len(y)
         val_acc, _ = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                        "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0})
+                        "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
+                        "schedule_epochs": args.epochs})
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         save_atomically(state, last)
