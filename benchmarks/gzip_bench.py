@@ -51,8 +51,14 @@ def timed(shell: str) -> float:
     return time.perf_counter() - start
 
 
-def median_time(shell: str, runs: int) -> float:
-    return statistics.median(timed(shell) for _ in range(runs))
+def median_times(shells: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of each command, the commands taking turns in every round so that
+    the machine's drift hits them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in shells}
+    for _ in range(runs):
+        for name, shell in shells.items():
+            samples[name].append(timed(shell))
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def output_size(shell: str) -> int:
@@ -67,10 +73,9 @@ def compression_rows(corpus: Path, repeat: int, runs: int, levels: list[int]) ->
     rows = []
     for level in levels:
         tools = {"fgzip": f"{fg} -{level}", "pigz -p2": f"pigz -{level} -p 2", "gzip": f"gzip -{level}"}
-        speed, size = {}, {}
-        for name, cmd in tools.items():
-            speed[name] = total / median_time(f"{source} | {cmd} > /dev/null", runs) / 1e6
-            size[name] = output_size(f"cat {shlex.quote(str(corpus))} | {cmd}")
+        times = median_times({name: f"{source} | {cmd} > /dev/null" for name, cmd in tools.items()}, runs)
+        speed = {name: total / seconds / 1e6 for name, seconds in times.items()}
+        size = {name: output_size(f"cat {shlex.quote(str(corpus))} | {cmd}") for name, cmd in tools.items()}
         for name in tools:
             rows.append(f"| -{level} | {name} | {speed[name]:,.0f} | {speed[name] / speed['pigz -p2']:.2f}x "
                         f"| {size[name]:,} | {size[name] / size['gzip']:.4f} |")
@@ -83,16 +88,26 @@ def decompression_rows(corpus: Path, repeat: int, runs: int, workdir: Path) -> l
     source = "cat " + " ".join([shlex.quote(str(packed))] * repeat)  # concatenated members
     total = corpus.stat().st_size * repeat
     tools = {"fgzip -d": f"{fgzip_command()} -d", "pigz -d": "pigz -d", "gzip -d": "gzip -d"}
-    speed = {name: total / median_time(f"{source} | {cmd} > /dev/null", runs) / 1e6 for name, cmd in tools.items()}
+    times = median_times({name: f"{source} | {cmd} > /dev/null" for name, cmd in tools.items()}, runs)
+    speed = {name: total / seconds / 1e6 for name, seconds in times.items()}
     return [f"| {name} | {speed[name]:,.0f} | {speed[name] / speed['gzip -d']:.2f}x |" for name in tools]
 
 
 def startup_row(workdir: Path, runs: int) -> str:
+    """Wall time of compressing a 1 KB file, each command started directly (no shell)."""
     small = workdir / "small"
     small.write_bytes(os.urandom(512) * 2)
-    cmds = {"fgzip -c": f"{fgzip_command()} -c {small}", "pigz -c": f"pigz -c {small}", "gzip -c": f"gzip -c {small}"}
-    times = {name: median_time(cmd, max(runs, 15)) * 1000 for name, cmd in cmds.items()}
-    return " / ".join(f"{name} {ms:.1f} ms" for name, ms in times.items())
+    fg = shutil.which("fgzip")
+    fg = [fg] if fg else [sys.executable, str(ROOT / "bin" / "fgzip")]
+    cmds = {"fgzip -c": [*fg, "-c", str(small)], "pigz -c": ["pigz", "-c", str(small)],
+            "gzip -c": ["gzip", "-c", str(small)], "python3 -c pass": [sys.executable, "-c", "pass"]}
+    samples: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(max(runs, 21)):
+        for name, argv in cmds.items():
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+            samples[name].append(time.perf_counter() - start)
+    return " / ".join(f"{name} {statistics.median(t) * 1000:.1f} ms" for name, t in samples.items())
 
 
 def memory_rows(corpus: Path, gigabytes: float, workdir: Path) -> list[str]:
@@ -116,7 +131,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", nargs="*", type=Path, help="files to use (default: the Silesia corpus)")
     p.add_argument("--repeat", type=int, default=2, help="how many times the corpus is streamed per run")
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--levels", type=int, nargs="*", default=[1, 6])
     p.add_argument("--memory-gb", type=float, default=0, help="also stream this many GB through fgzip -1 | fgzip -d")
     args = p.parse_args()
