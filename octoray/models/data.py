@@ -41,6 +41,36 @@ def _decode_tar(archive: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             [names[i] for i in order])
 
 
+def _member_label(name: str) -> int | None:
+    parts = name.split("/")
+    if len(parts) < 2 or not name.lower().endswith((".jpg", ".jpeg", ".png")):
+        return None
+    return {n: i for i, n in enumerate(CLASS_NAMES)}.get(parts[-2])
+
+
+def index_archive(archive: Path) -> tuple[list[str], np.ndarray]:
+    """Member names ("class/file.jpg", sorted) and labels, without decoding any image."""
+    with tarfile.open(archive, "r:*") as tar:
+        found = sorted(("/".join(m.name.split("/")[-2:]), _member_label(m.name))
+                       for m in tar if m.isfile() and _member_label(m.name) is not None)
+    return [n for n, _ in found], np.array([label for _, label in found], dtype=np.int64)
+
+
+def decode_members(archive: Path, wanted: list[str]) -> np.ndarray:
+    """The named images (as index_archive names them), decoded in the order asked."""
+    from PIL import Image
+
+    where = {name: i for i, name in enumerate(wanted)}
+    out = np.zeros((len(wanted), 32, 32, 3), dtype=np.uint8)
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            i = where.get("/".join(member.name.split("/")[-2:]))
+            if i is not None:
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                    out[i] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return out
+
+
 def load_training_set(archive: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images NHWC uint8, labels, member names), decoded once and cached beside the checkpoints."""
     archive = Path(archive)

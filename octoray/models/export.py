@@ -1,0 +1,162 @@
+"""Fold a trained CNV-W1A1 into the integer model file that every kernel runs.
+
+    python -m octoray.models.export --data ../shared/data/cifar10-train.tar.gz
+
+BatchNorm followed by sign becomes one integer threshold per channel (FINN's method).  The
+threshold is read off the trained BatchNorm module itself, evaluated on every integer value
+the layer's accumulator can take, so the integer model agrees with the float model bit for
+bit wherever float rounding near zero could otherwise flip a sign.  Channels whose
+BatchNorm scale is negative have their weights negated (their output falls as the sum
+rises).  Export then checks the integer model against the float model on the whole
+validation split and stores both accuracies in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from octoray.formats.cnv_input import CLASS_NAMES
+from octoray.formats.cnv_model import DEFAULT_PATH, CnvModel, fan_in
+from octoray.kernels import cnv_reference
+from octoray.models.cnv import CNV
+from octoray.models.data import class_balanced_split, load_training_set
+from octoray.models.train import evaluate, run_dir
+
+
+def _binary(weight: torch.Tensor) -> np.ndarray:
+    """+-1 weights as int8 (cout, K), K in (kh, kw, cin) order for convolutions."""
+    w = weight.detach()
+    if w.dim() == 4:
+        w = w.permute(0, 2, 3, 1)
+    return np.where(w.reshape(w.shape[0], -1).numpy() >= 0, 1, -1).astype(np.int8)
+
+
+@torch.no_grad()
+def _fold(bn: torch.nn.Module, candidates: np.ndarray, scale: float, weights: np.ndarray,
+          flipped_accumulator) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds (and weights, negated where needed) such that ``acc >= T`` equals
+    ``bn(acc * scale) >= 0`` for every candidate accumulator value (ascending)."""
+    channels = weights.shape[0]
+    values = torch.tensor(candidates * scale, dtype=torch.float32)
+    grid = values[:, None].expand(len(candidates), channels).contiguous()
+    if isinstance(getattr(bn, "bn", bn), torch.nn.BatchNorm2d):
+        fires = (bn(grid[:, :, None, None])[:, :, 0, 0] >= 0).numpy()
+    else:
+        fires = (bn(grid) >= 0).numpy()
+    thresholds = np.empty(channels, dtype=np.int64)
+    weights = weights.copy()
+    beyond = candidates[-1] + 1
+    for c in range(channels):
+        on = fires[:, c]
+        if not on.any():
+            thresholds[c] = beyond
+        elif on.all() or (np.diff(on.astype(np.int8)) >= 0).all():  # rising: acc >= first
+            thresholds[c] = candidates[np.argmax(on)]
+        elif (np.diff(on.astype(np.int8)) <= 0).all():  # falling: negate the weights
+            weights[c] = -weights[c]
+            last_on = candidates[len(on) - 1 - np.argmax(on[::-1])]
+            thresholds[c] = flipped_accumulator(last_on)
+        else:
+            raise ValueError(f"channel {c}: BatchNorm output is not monotonic")
+    return thresholds, weights
+
+
+def export(model: CNV) -> tuple[dict, dict]:
+    model.eval()
+    bits, thresholds = {}, {}
+    # conv1: acc = sum(q * w) with q in -128..127; the float layer sees acc / 128
+    k = fan_in("conv1")
+    acc = np.arange(-128 * k, 127 * k + 1)
+    t, w = _fold(model.conv_bns[0], acc, 1 / 128, _binary(model.convs[0].weight), lambda a: -a)
+    thresholds["conv1"], bits["conv1"] = t, w
+    layers = [(f"conv{i + 1}", model.convs[i].weight, model.conv_bns[i]) for i in range(1, 6)]
+    layers += [(f"fc{i + 1}", model.fcs[i].weight, model.fc_bns[i]) for i in range(2)]
+    for name, weight, bn in layers:
+        k = fan_in(name)
+        popcounts = np.arange(0, k + 1)
+        # the float layer sees 2p - K; with negated weights the popcount is K - p
+        t, w = _fold(_AffineOfPopcount(bn, k), popcounts, 1.0, _binary(weight), lambda p, k=k: k - p)
+        thresholds[name], bits[name] = t, w
+    w3 = _binary(model.fcs[2].weight)
+    if model.tensor_norm.weight.item() < 0:  # a negative scale reverses the logits' order
+        w3 = -w3
+    bits["fc3"] = w3
+    packed = {name: np.packbits(w > 0, axis=1, bitorder="little") for name, w in bits.items()}
+    return packed, {name: t.astype(np.int32) for name, t in thresholds.items()}
+
+
+class _AffineOfPopcount(torch.nn.Module):
+    """The BatchNorm of a binary layer, fed the popcount p instead of its input 2p - K."""
+
+    def __init__(self, bn, k):
+        super().__init__()
+        self.bn, self.k = bn, k
+
+    def forward(self, p):
+        return self.bn(2 * p - self.k)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="octoray-export", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--run", default="cnv-w1a1")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best: the epoch with the highest validation accuracy")
+    p.add_argument("--out", type=Path, default=DEFAULT_PATH)
+    p.add_argument("--plot", type=Path, default=None, help="copy the learning-curve plot here")
+    p.add_argument("--limit", type=int, default=None,
+                   help="check only the first N validation images (a dry run; the shipped file checks all)")
+    args = p.parse_args(argv)
+
+    state = torch.load(run_dir(args.run) / f"{args.checkpoint}.pt", weights_only=False)
+    model = CNV()
+    model.load_state_dict(state["model"])
+    model.eval()
+    recipe = state["recipe"]
+
+    images, labels, _ = load_training_set(args.data)
+    _, val_idx = class_balanced_split(labels, recipe["val_per_class"], recipe["split_seed"])
+    val_idx = val_idx[:args.limit]
+    x_val, y_val = images[val_idx], labels[val_idx]
+    float_acc, float_pred = evaluate(model, torch.from_numpy(x_val).permute(0, 3, 1, 2).contiguous(),
+                                     torch.from_numpy(y_val))
+    packed, thresholds = export(model)
+    metadata = {
+        "class_names": list(CLASS_NAMES),
+        "input": "uint8 RGB 32x32 NHWC; x = 2p/255 - 1; q = clamp(round(128 x), -128, 127) (Q1.7)",
+        "tie_break": "lowest class index among equal fc3 popcounts",
+        "trained_epochs": state["epoch"],
+        "recipe": recipe,
+        "training_command": (f"python -m octoray.models.train --data cifar10-train.tar.gz "
+                             f"--epochs {recipe['epochs']} --lr {recipe['lr']} --batch-size {recipe['batch_size']} "
+                             f"--seed {recipe['seed']} --split-seed {recipe['split_seed']} "
+                             f"--val-per-class {recipe['val_per_class']}"),
+        "validation": {"images": int(len(val_idx)), "split_seed": recipe["split_seed"],
+                       "float_accuracy": round(float_acc, 4)},
+        "exported": datetime.date.today().isoformat(),
+    }
+    int_model = CnvModel(packed, thresholds, metadata)
+    int_pred = np.concatenate([cnv_reference.classify(int_model, x_val[i:i + 100])
+                               for i in range(0, len(x_val), 100)])
+    agreement = float((int_pred == float_pred.numpy()).mean())
+    int_acc = float((int_pred == y_val).mean())
+    metadata["validation"].update({"integer_accuracy": round(int_acc, 4),
+                                   "integer_float_agreement": agreement})
+    int_model.save(args.out)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir(args.run) / "learning-curve.png", args.plot)
+    print(f"epoch {state['epoch']}: float {float_acc:.4f}, integer {int_acc:.4f}, "
+          f"agreement {agreement:.4f} -> {args.out} ({args.out.stat().st_size:,} bytes)")
+    return 0 if agreement == 1.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
