@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# The numpy reference's float32 matmuls are small; OpenBLAS's thread pool slows them down by
+# orders of magnitude whenever the cores are busy (a pytest run beside anything else).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import random
 import shutil
 import subprocess

@@ -1,0 +1,134 @@
+"""Training resumes where it stopped; export folds a float model into identical integer predictions.
+
+These need PyTorch (the `train` extra).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from octoray.formats.cnv_input import CLASS_NAMES  # noqa: E402
+from octoray.kernels import cnv_reference  # noqa: E402
+from octoray.models.cnv import CNV  # noqa: E402
+from octoray.models.export import export  # noqa: E402
+from octoray.formats.cnv_model import CnvModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory) -> Path:
+    """A CIFAR-shaped archive of random JPEGs: 12 per class."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("data") / "tiny.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in CLASS_NAMES:
+            for i in range(12):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+                info = tarfile.TarInfo(f"cifar10-train/{name}/{i:04d}.jpg")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+    return path
+
+
+def train(archive: Path, cache: Path, *extra: str, wait=True):
+    argv = [sys.executable, "-m", "octoray.models.train", "--data", str(archive), "--run", "t",
+            "--batch-size", "20", "--val-per-class", "2", "--threads", "1", *extra]
+    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    if not wait:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+
+
+def checkpoint(cache: Path) -> dict:
+    return torch.load(cache / "train" / "t" / "last.pt", weights_only=False)
+
+
+def test_an_interrupted_run_resumes_and_follows_the_same_curve(tiny_archive, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(tiny_archive, whole, "--epochs", "3").returncode == 0
+    first = train(tiny_archive, split, "--epochs", "3", "--max-epochs-this-run", "1")
+    assert first.returncode == 0 and checkpoint(split)["epoch"] == 1
+    second = train(tiny_archive, split, "--epochs", "3")
+    assert second.returncode == 0 and b"resuming t after epoch 1" in second.stdout
+    a, b = checkpoint(whole), checkpoint(split)
+    assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert (tmp_path / "split" / "train" / "t" / "learning-curve.png").stat().st_size > 1000
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_archive, tmp_path):
+    proc = train(tiny_archive, tmp_path, "--epochs", "200", wait=False)
+    last = tmp_path / "train" / "t" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = checkpoint(tmp_path)["epoch"]
+    assert done >= 1
+    again = train(tiny_archive, tmp_path, "--epochs", "200", "--max-epochs-this-run", "1")
+    assert again.returncode == 0
+    assert f"resuming t after epoch {done}".encode() in again.stdout
+    assert checkpoint(tmp_path)["epoch"] == done + 1
+
+
+def test_a_different_recipe_is_refused(tiny_archive, tmp_path):
+    assert train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1").returncode == 0
+    refused = train(tiny_archive, tmp_path, "--epochs", "2", "--lr", "0.5")
+    assert refused.returncode == 1 and b"choose another --run" in refused.stderr
+
+
+def randomised_float_model(seed: int, negative_tensor_norm: bool) -> CNV:
+    """A CNV whose BatchNorms have random statistics, some scales negative or zero."""
+    g = torch.Generator().manual_seed(seed)
+    model = CNV()
+    with torch.no_grad():
+        for layer in (*model.convs, *model.fcs):
+            layer.weight.uniform_(-1, 1, generator=g)
+        for i, bn in enumerate((*model.conv_bns, *model.fc_bns)):
+            n = bn.num_features
+            k = 27 if i == 0 else None
+            spread = 3.0 if k else 20.0
+            bn.running_mean.copy_(torch.randn(n, generator=g) * spread)
+            bn.running_var.copy_(torch.rand(n, generator=g) * spread**2 + 0.5)
+            bn.weight.copy_(torch.randn(n, generator=g))
+            bn.weight[0] = 0.0
+            bn.bias.copy_(torch.randn(n, generator=g))
+        model.tensor_norm.weight.fill_(-0.7 if negative_tensor_norm else 1.3)
+        model.tensor_norm.running_var.fill_(50.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("seed, negative", [(1, False), (2, True), (3, False)])
+def test_export_gives_the_float_models_predictions(seed, negative):
+    model = randomised_float_model(seed, negative)
+    images = np.random.default_rng(seed).integers(0, 256, (150, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        float_logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    bits, thresholds = export(model)
+    integer = CnvModel(bits, thresholds, {"class_names": list(CLASS_NAMES)})
+    popcounts = cnv_reference.fc3_popcounts(integer, images)
+    # same order of logits: the float logits are an increasing affine map of the popcounts
+    assert (cnv_reference.classify(integer, images) == float_logits.argmax(1).numpy()).all()
+    assert len(np.unique(cnv_reference.classify(integer, images))) > 1  # not a constant model
+    order = np.argsort(popcounts, axis=1, kind="stable")
+    assert (np.take_along_axis(float_logits.numpy(), order, 1)[:, 1:]
+            >= np.take_along_axis(float_logits.numpy(), order, 1)[:, :-1]).all()
