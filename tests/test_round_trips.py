@@ -65,6 +65,18 @@ def test_file_round_trip_keeps_name_size_mode_and_mtime(tmp_path, gzip_bin):
     assert path.stat().st_mtime == 1_600_000_000
 
 
+def test_keep_then_gzip_test_and_list_agree_on_every_kind_of_input(sample, tmp_path, gzip_bin):
+    name, data = sample
+    path = tmp_path / name
+    path.write_bytes(data)
+    fgzip("-k", path, check=True)
+    packed = path.with_name(name + ".gz")
+    assert run([gzip_bin, "-t", packed]).returncode == 0
+    row = run([gzip_bin, "-l", packed], check=True).stdout.decode().splitlines()[1].split()
+    assert (int(row[0]), int(row[1])) == (packed.stat().st_size, len(data))
+    assert run([gzip_bin, "-dc", packed], check=True).stdout == data
+
+
 def test_no_name_stores_neither_name_nor_time(tmp_path):
     path = tmp_path / "a"
     path.write_bytes(b"abc" * 1000)

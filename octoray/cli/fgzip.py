@@ -281,7 +281,6 @@ def _discard(_data) -> None:
 
 
 def process_stdin(settings: Settings) -> None:
-    from octoray.jobs.gzip import FormatError
     from octoray.streams import enlarge_pipe
 
     fd = sys.stdin.fileno()
@@ -294,33 +293,32 @@ def process_stdin(settings: Settings) -> None:
             raise Fatal("compressed data not read from a terminal. Use -f to force decompression.\n"
                         f"For help, type: {PROGRAM} -h")
     enlarge_pipe(fd)
-    writer = None if settings.test else _stdout_writer()
-    write = writer.write if writer else _discard
+    if compressing:
+        st = os.fstat(fd)
+        mtime = int(st.st_mtime) if stat.S_ISREG(st.st_mode) else 0  # gzip: 0 for pipes
+        totals = _to_stdout(lambda write: _run_compression(fd, write, settings, None, mtime))
+        if settings.verbose:
+            message(_ratio_text(totals))
+    else:
+        _decompress_to_stdout_or_test(fd, "stdin", settings)
+
+
+def _decompress_to_stdout_or_test(fd: int, label: str, settings: Settings) -> None:
+    """-dc or -t: decompress `fd` to stdout (or nowhere) and report as gzip does."""
+    from octoray.jobs.gzip import FormatError
+
     try:
-        if compressing:
-            st = os.fstat(fd)
-            mtime = int(st.st_mtime) if stat.S_ISREG(st.st_mode) else 0
-            totals = _run_compression(fd, write, settings, None, mtime)
-            if settings.verbose:
-                message(_ratio_text(totals))
+        if settings.test:
+            _totals, warn = _run_decompression(fd, _discard)
         else:
-            try:
-                totals, warn = _run_decompression(fd, write)
-            except FormatError as failure:
-                _close_quietly(writer)
-                error(settings, f"\n{PROGRAM}: stdin: {failure.reason}")
-                return
-            if warn:
-                warning(settings, f"\n{PROGRAM}: stdin: {warn}")
-            if settings.test and settings.verbose:
-                message(" OK")
-        if writer:
-            writer.close()
-    except OSError as failure:
-        _close_quietly(writer)
-        if failure.filename is None and writer is not None:
-            raise Fatal(f"\n{PROGRAM}: stdout: {os.strerror(failure.errno)}") from None
-        raise
+            _totals, warn = _to_stdout(lambda write: _run_decompression(fd, write))
+    except FormatError as failure:
+        error(settings, f"\n{PROGRAM}: {label}: {failure.reason}")
+        return
+    if warn:
+        warning(settings, f"\n{PROGRAM}: {label}: {warn}")
+    elif settings.test and settings.verbose:
+        message(" OK" if label == "stdin" else f"{label}:\t OK")
 
 
 def _close_quietly(writer) -> None:
@@ -376,8 +374,7 @@ def _compress_file(path: str, settings: Settings) -> None:
     name = os.fsencode(os.path.basename(path))
     try:
         if settings.stdout:
-            _to_stdout(settings, lambda write: _run_compression(fd, write, settings, name, int(st.st_mtime)),
-                       path, compressing=True)
+            _to_stdout(lambda write: _run_compression(fd, write, settings, name, int(st.st_mtime)))
             return
         out_path = path + settings.suffix
         done = _to_file(settings, path, out_path, st,
@@ -408,19 +405,7 @@ def _decompress_file(path: str, settings: Settings) -> None:
     fd, st = opened
     try:
         if settings.test or settings.stdout:
-            try:
-                if settings.test:
-                    _totals, warn = _run_decompression(fd, _discard)
-                else:
-                    _totals, warn = _to_stdout(settings, lambda write: _run_decompression(fd, write), path,
-                                               compressing=False)
-            except FormatError as failure:
-                error(settings, f"\n{PROGRAM}: {path}: {failure.reason}")
-                return
-            if warn:
-                warning(settings, f"\n{PROGRAM}: {path}: {warn}")
-            elif settings.test and settings.verbose:
-                message(f"{path}:\t OK")
+            _decompress_to_stdout_or_test(fd, path, settings)
             return
         out_path = os.path.join(os.path.dirname(path), base)
         try:
@@ -436,7 +421,7 @@ def _decompress_file(path: str, settings: Settings) -> None:
         os.close(fd)
 
 
-def _to_stdout(settings: Settings, work, path: str, compressing: bool):
+def _to_stdout(work):
     writer = _stdout_writer()
     try:
         result = work(writer.write)
@@ -490,7 +475,7 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
         except OSError:
             pass
         _partial_output = None
-        if isinstance(failure, OSError) and not isinstance(failure, FileNotFoundError):
+        if isinstance(failure, OSError):  # writing the output failed (a full disk, say)
             error(settings, f"{PROGRAM}: {out_path}: {failure.strerror}")
             return None
         raise
