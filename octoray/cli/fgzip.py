@@ -8,9 +8,13 @@ the data is done by octoray.jobs.gzip, which never sees an option.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import sys
+
+try:  # the C module: `signal` wraps it in enums that cost milliseconds of start-up
+    import _signal as signal
+except ImportError:  # pragma: no cover - other Pythons
+    import signal
 
 from octoray import __version__
 from octoray.cli.getopt import Option, UsageError, parse
@@ -216,7 +220,7 @@ def _remove_partial_and_die(signum, _frame) -> None:
 def _install_signal_handlers() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fgzip -dc big | head` ends silently
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+        if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _remove_partial_and_die)
 
 
