@@ -43,7 +43,7 @@ def make_a(where):
     ["--bogus", "a"],
     ["-S"],
     ["--suffix"],
-    ["--s", "a"],
+    ["--ve", "a"],
     ["a", "a.gz"],
     ["-k", "a", "nosuch"],
     ["-d", "a"],

@@ -52,6 +52,9 @@ OPTIONS = [
     Option("independent", "i", ("independent",)),
     Option("no-time", "m", ("no-time",)),
     Option("time", "M", ("time",)),
+    Option("scheduler", "", ("scheduler",), True),
+    Option("scheduler-file", "", ("scheduler-file",), True),
+    Option("cluster", "", ("cluster",), True),
     *(Option(f"level{d}", str(d)) for d in range(1, 10)),
 ]
 NOT_YET = {"list": "--list", "recursive": "--recursive", "rsyncable": "--rsyncable"}
@@ -84,6 +87,11 @@ pigz options:
   -m, --no-time       do not store the modification time
   -M, --time          store the modification time (the default)
 
+Cluster (default: DASK_SCHEDULER_ADDRESS or Dask's config, else this process):
+      --scheduler=ADDR       run on the Dask scheduler at ADDR (tcp://, tls://)
+      --scheduler-file=FILE  run on the scheduler that `dask scheduler` wrote to FILE
+      --cluster=local        start an in-process Dask LocalCluster
+
 With no FILE, or when FILE is -, read standard input.
 
 Report bugs to the octoray issue tracker.
@@ -110,6 +118,7 @@ class Settings:
         self.block_size = 1 << 20
         self.independent = self.synchronous = False
         self.status = OK
+        self.scheduler = self.scheduler_file = self.cluster = None
         self.executor = None
 
 
@@ -177,6 +186,12 @@ def apply_options(found, settings: Settings) -> str | None:
             if kib < 32:
                 raise Fatal("block size too small (must be >= 32K)")
             settings.block_size = kib * 1024
+        elif key in ("scheduler", "scheduler-file"):
+            setattr(settings, key.replace("-", "_"), value)
+        elif key == "cluster":
+            if value != "local":
+                raise Fatal(f"--cluster takes 'local', not '{value}'")
+            settings.cluster = value
         elif key in ("help", "version", "license"):
             action = action or key
         elif key == "synchronous":
@@ -230,7 +245,8 @@ def _executor(settings: Settings):
     if settings.executor is None:
         from octoray.engine.cluster import open_executor
 
-        settings.executor = open_executor(threads=settings.processes)
+        settings.executor = open_executor(threads=settings.processes, scheduler=settings.scheduler,
+                                          scheduler_file=settings.scheduler_file, cluster=settings.cluster)
     return settings.executor
 
 
@@ -521,11 +537,24 @@ def run(argv: list[str], settings: Settings) -> int:
     return settings.status
 
 
+class _NoCluster(Exception):
+    """Stands in for ClusterError when no cluster was used (never raised)."""
+
+
+def _cluster_error():
+    """The exception a cluster raises, without importing Dask when none is in use."""
+    module = sys.modules.get("octoray.engine.dask_executor")
+    return module.ClusterError if module else _NoCluster
+
+
 def main(argv: list[str] | None = None) -> int:
     _install_signal_handlers()
     settings = Settings()
     try:
         status = run(sys.argv[1:] if argv is None else argv, settings)
+    except _cluster_error() as failure:
+        message(f"{PROGRAM}: {failure}")
+        status = ERROR
     except Fatal as failure:
         text = str(failure)
         message(text if text.startswith("\n") else f"{PROGRAM}: {text}")
@@ -540,7 +569,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if settings.executor is not None:
             settings.executor.close()
+    if settings.executor is not None and not getattr(settings.executor, "in_process", True):
+        # Dask's event-loop thread and exit handlers can still print as the interpreter
+        # ends; every output is complete and closed, so leave now.
+        _flush_and_exit(status)
     return status
+
+
+def _flush_and_exit(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

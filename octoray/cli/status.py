@@ -16,12 +16,20 @@ def _root() -> None:
 
 
 @app.command()
-def status(threads: int = typer.Option(None, "--threads", "-p", help="threads of the embedded default")) -> None:
+def status(
+    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://, tls://)"),
+    scheduler_file: str = typer.Option(None, "--scheduler-file", help="file written by `dask scheduler`"),
+    threads: int = typer.Option(None, "--threads", "-p", help="threads of the embedded default"),
+) -> None:
     """One line per worker: its accelerator, threads and tasks done."""
     from octoray.engine.cluster import open_executor
 
-    with open_executor(threads=threads) as executor:
-        rows = executor.describe()
+    try:
+        with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file) as executor:
+            rows = executor.describe()
+    except Exception as error:  # ClusterError and friends: a message, not a traceback
+        typer.echo(f"octoray: {error}", err=True)
+        raise typer.Exit(1)
     print(f"{'WORKER':<24} {'ACCELERATOR':<28} {'THREADS':>7} {'TASKS':>7}")
     for row in rows:
         print(f"{row['worker']:<24} {row['accelerator']:<28} {row['threads']:>7} {row.get('tasks', 0):>7}")

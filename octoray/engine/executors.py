@@ -48,8 +48,10 @@ class LocalExecutor:
     def __init__(self, threads: int | None = None):
         self.workers = max(1, threads or available_cpus())
         self._pool = None
+        self.tasks_done = 0
 
     def submit(self, fn, *args):
+        self.tasks_done += 1
         if self.workers == 1:
             return _Done(fn, args)
         if self._pool is None:
@@ -65,7 +67,8 @@ class LocalExecutor:
     def describe(self) -> list[dict]:
         from octoray.kernels import local_accelerator
 
-        return [{"worker": "local", "accelerator": local_accelerator().name, "threads": self.workers}]
+        return [{"worker": "local", "accelerator": local_accelerator().name, "threads": self.workers,
+                 "tasks": self.tasks_done}]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,181 @@
+"""Both tools on a real Dask cluster: `dask scheduler` and `dask worker --preload octoray.worker`
+processes on 127.0.0.1, started and stopped by the fixtures, logs under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, fgzip, run, text_like, tool
+
+
+def dask_command() -> list[str]:
+    return [sys.executable, "-m", "dask"]
+
+
+class Cluster:
+    def __init__(self, where: Path):
+        self.where = where
+        self.scheduler_file = where / "scheduler.json"
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.scheduler = subprocess.Popen(
+            [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+             "127.0.0.1:0", "--scheduler-file", str(self.scheduler_file), "--no-show"],
+            stdout=open(where / "scheduler.log", "wb"), stderr=subprocess.STDOUT, env=self.env)
+        self.workers: dict[str, subprocess.Popen] = {}
+        deadline = time.time() + 60
+        while not self.scheduler_file.exists():
+            assert time.time() < deadline, (where / "scheduler.log").read_text()
+            time.sleep(0.1)
+        time.sleep(0.3)
+        self.address = json.loads(self.scheduler_file.read_text())["address"]
+
+    def add_worker(self, name: str, device: int, accelerator: str = "cpu") -> None:
+        env = dict(self.env, OCTORAY_DEVICE=str(device), OCTORAY_ACCELERATOR=accelerator)
+        self.workers[name] = subprocess.Popen(
+            [*dask_command(), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
+             "--preload", "octoray.worker"],
+            stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
+
+    def wait_for_workers(self, n: int) -> None:
+        deadline = time.time() + 60
+        while len(self.status()) < n:
+            assert time.time() < deadline, "workers did not join"
+            time.sleep(0.3)
+
+    def status(self) -> dict[str, int]:
+        result = run([*tool("octoray"), "status", "--scheduler", self.address], timeout=60)
+        rows = result.stdout.decode().splitlines()[1:]
+        return {row.split()[0]: int(row.split()[-1]) for row in rows}
+
+    def stop(self) -> None:
+        for proc in (*self.workers.values(), self.scheduler):  # workers first: faster shutdown
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    c.add_worker("fpga0", 0)
+    c.add_worker("fpga1", 1)
+    c.wait_for_workers(2)
+    yield c
+    c.stop()
+
+
+def with_cluster_env(cluster):
+    return dict(os.environ, DASK_SCHEDULER_ADDRESS=cluster.address)
+
+
+def test_fgzip_spreads_chunks_over_both_workers(cluster, gzip_bin):
+    data = text_like(24 << 20, seed=11)
+    out = fgzip("-b", "512", input=data, env=with_cluster_env(cluster), check=True)
+    assert out.stderr == b""  # no Dask log lines leak into the tool's stderr
+    assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+    done = cluster.status()
+    assert set(done) == {"fpga0", "fpga1"}
+    assert all(n >= 5 for n in done.values()), done
+
+
+def test_status_lists_each_worker_and_its_accelerator(cluster):
+    result = run([*tool("octoray"), "status", "--scheduler-file", str(cluster.scheduler_file)], check=True)
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].split() == ["WORKER", "ACCELERATOR", "THREADS", "TASKS"]
+    assert [line.split()[:3] for line in lines[1:]] == [["fpga0", "cpu", "1"], ["fpga1", "cpu", "1"]]
+
+
+def slow_feed(proc, data: bytes, piece: int, pause: float, on_progress=None) -> threading.Thread:
+    def feed():
+        try:
+            for i in range(0, len(data), piece):
+                proc.stdin.write(data[i:i + piece])
+                proc.stdin.flush()
+                if on_progress:
+                    on_progress(i + piece)
+                time.sleep(pause)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin):
+    data = text_like(16 << 20, seed=12)
+    proc = subprocess.Popen([*tool("fgzip"), "-b", "256"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=with_cluster_env(cluster))
+    killed = threading.Event()
+
+    def kill_at_half(sent):
+        if sent >= len(data) // 2 and not killed.is_set():
+            killed.set()
+            cluster.workers["fpga1"].send_signal(signal.SIGKILL)
+
+    feeder = slow_feed(proc, data, 1 << 20, 0.05, kill_at_half)
+    out = proc.stdout.read()  # not communicate(): it would close stdin under the feeder
+    err = proc.stderr.read()
+    proc.wait(timeout=180)
+    feeder.join()
+    assert proc.returncode == 0, err
+    assert killed.is_set()
+    assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+
+
+def test_losing_the_scheduler_is_a_clear_error_and_keeps_the_input(cluster, tmp_path):
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*tool("fgzip"), "-c", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_cluster_env(cluster))
+    data = text_like(8 << 20, seed=13)
+    with open(fifo, "wb") as writer:
+        writer.write(data[: 3 << 20])
+        writer.flush()
+        time.sleep(1.0)
+        cluster.scheduler.send_signal(signal.SIGKILL)
+        try:
+            writer.write(data[3 << 20:])
+        except BrokenPipeError:
+            pass
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.startswith(b"fgzip: lost the cluster at tcp://127.0.0.1:"), err
+    assert b"Traceback" not in err
+
+
+def test_file_compression_on_a_lost_cluster_leaves_no_partial_output(tmp_path):
+    path = tmp_path / "precious"
+    path.write_bytes(b"data" * 1000)
+    result = fgzip(path, env=dict(os.environ, DASK_SCHEDULER_ADDRESS="tcp://127.0.0.1:9"), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"fgzip: cannot reach the cluster at tcp://127.0.0.1:9")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
+
+
+def test_a_missing_scheduler_file_fails_at_once(tmp_path):
+    start = time.time()
+    result = fgzip("--scheduler-file", tmp_path / "nope.json", input=b"x")
+    assert time.time() - start < 10
+    assert result.returncode == 1
+    assert result.stderr == f"fgzip: cannot reach the cluster at {tmp_path / 'nope.json'}: no such scheduler file\n".encode()
+    assert result.stdout == b""
+
+
+def test_in_process_local_cluster(gzip_bin):
+    data = text_like(3 << 20, seed=14)
+    out = fgzip("--cluster=local", "-p", "2", input=data, check=True)
+    assert out.stderr == b""
+    assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
