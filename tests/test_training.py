@@ -132,3 +132,15 @@ def test_export_gives_the_float_models_predictions(seed, negative):
     order = np.argsort(popcounts, axis=1, kind="stable")
     assert (np.take_along_axis(float_logits.numpy(), order, 1)[:, 1:]
             >= np.take_along_axis(float_logits.numpy(), order, 1)[:, :-1]).all()
+
+
+def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert train(tiny_archive, here, "--epochs", "3", "--max-epochs-this-run", "1").returncode == 0
+    portable = tmp_path / "resume.npz"
+    assert train(tiny_archive, here, "--save-portable", str(portable)).returncode == 0
+    assert portable.stat().st_size < 4_000_000
+    moved = train(tiny_archive, there, "--epochs", "3", "--resume-from", str(portable))
+    assert moved.returncode == 0, moved.stderr
+    assert b"resuming t after epoch 1 from" in moved.stdout
+    assert [h["epoch"] for h in checkpoint(there)["history"]] == [1, 2, 3]

@@ -26,7 +26,7 @@ from octoray.models.cnv import CNV
 from octoray.models.data import cache_dir, class_balanced_split, load_training_set
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class")
-RESCHEDULABLE = ("epochs",)  # a run may be lengthened or shortened when it resumes
+RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +43,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-epochs-this-run", type=int, default=None,
                    help="stop after this many epochs (the schedule still spans --epochs)")
+    p.add_argument("--save-portable", type=Path, metavar="FILE",
+                   help="write the run's last checkpoint as a small portable file (fp16 weights, no "
+                        "optimizer state) and exit: training can move to another machine with it")
+    p.add_argument("--resume-from", type=Path, metavar="FILE",
+                   help="start a run that has no checkpoint yet from a --save-portable file")
     return p.parse_args(argv)
+
+
+def save_portable(last: Path, path: Path) -> None:
+    state = torch.load(last, weights_only=False)
+    arrays = {}
+    for key, value in state["model"].items():
+        value = value.detach().cpu()
+        arrays[key] = (value.half() if value.is_floating_point() and value.dim() > 1 else value).numpy()
+    meta = {k: state[k] for k in ("recipe", "epoch", "history")}
+    np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
+
+
+def load_portable(path: Path, model: CNV) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["metadata"]))
+        state = {k: torch.from_numpy(z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k])
+                 for k in z.files if k != "metadata"}
+    model.load_state_dict(state)
+    return meta
 
 
 def learning_rate(step: int, steps_per_epoch: int, args) -> float:
@@ -117,6 +141,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
     out = run_dir(args.run)
+    last = out / "last.pt"
+    if args.save_portable:
+        save_portable(last, args.save_portable)
+        print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
+        return 0
     images, labels, _ = load_training_set(args.data)
     train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
     x_train = torch.from_numpy(images[train_idx]).permute(0, 3, 1, 2).contiguous()
@@ -128,24 +157,28 @@ def main(argv=None) -> int:
     model = CNV()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     start_epoch, history = 0, []
-    last = out / "last.pt"
-    if last.exists():
-        state = torch.load(last, weights_only=False)
+    portable = None
+    if not last.exists() and args.resume_from:
+        portable = load_portable(args.resume_from, model)
+    if last.exists() or portable:
+        state = torch.load(last, weights_only=False) if last.exists() else portable
         fixed = {k: v for k, v in recipe.items() if k not in RESCHEDULABLE}
         if {k: v for k, v in state["recipe"].items() if k not in RESCHEDULABLE} != fixed:
             print(f"train: {last} was made with {state['recipe']}, not {recipe}; "
                   f"choose another --run", file=sys.stderr)
             return 1
-        if state["recipe"]["epochs"] != args.epochs:
-            print(f"train: schedule changed from {state['recipe']['epochs']} to {args.epochs} epochs "
-                  f"after epoch {state['epoch']}", flush=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        changed = {k: (state["recipe"][k], recipe[k]) for k in RESCHEDULABLE if state["recipe"][k] != recipe[k]}
+        if changed:
+            print(f"train: schedule changed after epoch {state['epoch']}: {changed}", flush=True)
+        if portable is None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
-        print(f"resuming {args.run} after epoch {start_epoch}", flush=True)
+        print(f"resuming {args.run} after epoch {start_epoch}"
+              + (f" from {args.resume_from} (fresh optimizer state)" if portable else ""), flush=True)
 
     steps_per_epoch = len(x_train) // args.batch_size
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + start_epoch)
     if last.exists():
         generator.set_state(state["generator"])
     stop_at = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start_epoch + args.max_epochs_this_run)
