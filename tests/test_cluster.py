@@ -41,8 +41,9 @@ class Cluster:
     def add_worker(self, name: str, device: int, accelerator: str = "cpu") -> None:
         env = dict(self.env, OCTORAY_DEVICE=str(device), OCTORAY_ACCELERATOR=accelerator)
         self.workers[name] = subprocess.Popen(
+            # no nanny: the process killed in the tests is the worker itself
             [*dask_command(), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-             "--preload", "octoray.worker"],
+             "--no-nanny", "--preload", "octoray.worker"],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 
     def wait_for_workers(self, n: int) -> None:
