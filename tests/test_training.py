@@ -92,7 +92,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_archive, tmp_path):
 
 def test_a_different_recipe_is_refused(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1").returncode == 0
-    refused = train(tiny_archive, tmp_path, "--epochs", "2", "--lr", "0.5")
+    refused = train(tiny_archive, tmp_path, "--epochs", "2", "--seed", "7")
     assert refused.returncode == 1 and b"choose another --run" in refused.stderr
 
 
