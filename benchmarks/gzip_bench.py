@@ -26,9 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SILESIA = ROOT.parent / "shared" / "data" / "silesia"
 
 
+def fgzip_argv() -> list[str]:
+    """fgzip as installed beside this interpreter (or on PATH), else the checkout's launcher."""
+    beside = Path(sys.executable).parent / "fgzip"
+    found = str(beside) if beside.exists() else shutil.which("fgzip")
+    return [found] if found else [sys.executable, str(ROOT / "bin" / "fgzip")]
+
+
 def fgzip_command() -> str:
-    found = shutil.which("fgzip")
-    return shlex.quote(found) if found else f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'bin' / 'fgzip'))}"
+    return " ".join(map(shlex.quote, fgzip_argv()))
 
 
 def build_corpus(paths: list[Path], workdir: Path) -> Path:
@@ -97,9 +103,7 @@ def startup_row(workdir: Path, runs: int) -> str:
     """Wall time of compressing a 1 KB file, each command started directly (no shell)."""
     small = workdir / "small"
     small.write_bytes(os.urandom(512) * 2)
-    fg = shutil.which("fgzip")
-    fg = [fg] if fg else [sys.executable, str(ROOT / "bin" / "fgzip")]
-    cmds = {"fgzip -c": [*fg, "-c", str(small)], "pigz -c": ["pigz", "-c", str(small)],
+    cmds = {"fgzip -c": [*fgzip_argv(), "-c", str(small)], "pigz -c": ["pigz", "-c", str(small)],
             "gzip -c": ["gzip", "-c", str(small)], "python3 -c pass": [sys.executable, "-c", "pass"]}
     samples: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(max(runs, 21)):
@@ -114,7 +118,8 @@ def memory_rows(corpus: Path, gigabytes: float, workdir: Path) -> list[str]:
     fg = fgzip_command()
     size = int(gigabytes * 1e9)
     copies = size // corpus.stat().st_size + 1
-    source = f"yes {shlex.quote(str(corpus))} | head -n {copies} | xargs cat | head -c {size}"
+    # the generator dies of SIGPIPE when head has enough: keep that out of pipefail's view
+    source = f"(for i in $(seq {copies}); do cat {shlex.quote(str(corpus))}; done 2>/dev/null || true) | head -c {size}"
     left, right = workdir / "rss-compress", workdir / "rss-decompress"
     shell = (f"{source} | /usr/bin/time -f %M -o {left} {fg} -1 "
              f"| /usr/bin/time -f %M -o {right} {fg} -d | wc -c")
