@@ -43,10 +43,6 @@ def read_chunks(fd: int, size: int):
         chunk = following
 
 
-def read_some(fd: int, size: int) -> bytes:
-    return os.read(fd, size)
-
-
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:

@@ -254,16 +254,6 @@ def _ratio_text(totals) -> str:
     return f"{totals.ratio_saved():5.1f}%"
 
 
-def _strip_suffix(name: str, suffix: str) -> str | None:
-    """The output name for decompressing `name`, or None if it has no compressed suffix."""
-    lower = name.lower()
-    for candidate in (suffix, *KNOWN_SUFFIXES):
-        if lower.endswith(candidate.lower()) and len(name) > len(candidate):
-            base = name[: -len(candidate)]
-            return base + ".tar" if candidate.lower() in (".tgz", ".taz") else base
-    return None
-
-
 def _has_suffix(name: str, suffix: str) -> str | None:
     """The compressed suffix `name` ends with, spelled as in `name`."""
     lower = name.lower()
@@ -271,6 +261,15 @@ def _has_suffix(name: str, suffix: str) -> str | None:
         if lower.endswith(candidate.lower()):
             return name[len(name) - len(candidate):]
     return None
+
+
+def _strip_suffix(name: str, suffix: str) -> str | None:
+    """The output name for decompressing `name`, or None if it has no compressed suffix."""
+    found = _has_suffix(name, suffix)
+    if found is None or len(found) == len(name):
+        return None
+    base = name[: -len(found)]
+    return base + ".tar" if found.lower() in (".tgz", ".taz") else base
 
 
 def _run_compression(fd_in: int, write, settings: Settings, name: bytes | None, mtime: int):

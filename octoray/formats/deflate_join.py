@@ -85,14 +85,6 @@ def _load_zlib() -> _Inflater:
     return _zlib
 
 
-def available() -> bool:
-    try:
-        _load_zlib()
-        return True
-    except JoinUnavailable:
-        return False
-
-
 def final_block_bits(stream: bytes | bytearray) -> tuple[int, int]:
     """(bit offset where the last block starts, bit offset just past its end-of-block code)."""
     lib = _load_zlib()
