@@ -86,3 +86,61 @@ class BackgroundWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+class ReadAhead:
+    """Reads on a thread of its own so that reading the next piece overlaps the work on this one.
+
+    `read()` returns the pieces in order, b"" at the end of the input; a read error is raised
+    there.  At most `depth` pieces wait, so memory stays flat.  `close()` stops the thread
+    and waits for it when the input is a regular file (a read there always returns); on a pipe
+    the thread may still be blocked in a read, which is harmless since a pipe is not reused.
+    """
+
+    def __init__(self, fd: int, size: int, depth: int = 2):
+        self.fd, self.size = fd, size
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stopping = False
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="octoray-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                piece = os.read(self.fd, self.size)
+            except BaseException as error:  # reported to the consumer
+                self._queue.put(error)
+                return
+            self._queue.put(piece)
+            if not piece:
+                return
+
+    def read(self) -> bytes:
+        if self._done:
+            return b""
+        piece = self._queue.get()
+        if isinstance(piece, BaseException):
+            self._done = True
+            raise piece
+        if not piece:
+            self._done = True
+        return piece
+
+    def close(self) -> None:
+        self._stopping = True
+        try:
+            while True:  # unblock a put
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        except OSError:
+            regular = False
+        if regular:
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.01)
+                except queue.Empty:
+                    pass

@@ -114,3 +114,16 @@ def test_concatenated_members_decompress_as_one(gzip_bin):
     a, b = b"first\n" * 1000, b"second\n" * 1000
     both = run([gzip_bin], input=a, check=True).stdout + fgzip(input=b, check=True).stdout
     assert fgzip("-dc", input=both, check=True).stdout == a + b
+
+
+def test_several_files_with_trailing_garbage_each_decompress(tmp_path, gzip_bin):
+    names = []
+    for i in range(3):
+        data = os.urandom(3_000_000) if i == 1 else b"line %d\n" % i * 50_000
+        packed = run([gzip_bin, "-c"], input=data, check=True).stdout
+        path = tmp_path / f"f{i}.gz"
+        path.write_bytes(packed + b"\0\0\0garbage" * (i + 1))
+        names.append((path, data))
+    result = fgzip("-dc", *[str(p) for p, _ in names])
+    assert result.stdout == b"".join(d for _, d in names)
+    assert result.returncode == 2 and result.stderr.count(b"trailing garbage ignored") == 3

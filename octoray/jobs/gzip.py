@@ -11,7 +11,7 @@ import struct
 
 from octoray.engine.stream import ordered_map
 from octoray.formats import gzip as gz
-from octoray.streams import read_chunks
+from octoray.streams import ReadAhead, read_chunks
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB: larger chunks unbalance two threads, smaller cost ratio
 
@@ -66,14 +66,14 @@ FORMAT_VIOLATED = "invalid compressed data--format violated"
 TRAILING_GARBAGE = "decompression OK, trailing garbage ignored"
 
 READ_SIZE = 1 << 20
-MAX_OUTPUT_PIECE = 4 << 20  # bounds memory however well the data compresses
+MAX_OUTPUT_PIECE = 1 << 20  # bounds memory however well the data compresses
 
 
 class _Input:
     """Buffered reads from a descriptor with look-ahead, for member-by-member parsing."""
 
     def __init__(self, fd: int):
-        self.fd = fd
+        self.reader = ReadAhead(fd, READ_SIZE)
         self.buffer = b""
         self.eof = False
         self.consumed = 0
@@ -81,7 +81,7 @@ class _Input:
     def fill(self, n: int) -> bool:
         """Try to hold at least `n` bytes; False at end of input with fewer."""
         while len(self.buffer) < n and not self.eof:
-            data = os.read(self.fd, READ_SIZE)
+            data = self.reader.read()
             if data:
                 self.buffer = self.buffer + data if self.buffer else data
             else:
@@ -112,9 +112,16 @@ def decompress_stream(fd_in: int, write) -> tuple[Totals, str | None]:
 
     Raises FormatError with gzip's wording for input that is not gzip or is damaged.
     """
+    source = _Input(fd_in)
+    try:
+        return _decompress_members(source, write)
+    finally:
+        source.reader.close()
+
+
+def _decompress_members(source: _Input, write) -> tuple[Totals, str | None]:
     from isal import isal_zlib
 
-    source = _Input(fd_in)
     totals = Totals()
     members = 0
     while True:
