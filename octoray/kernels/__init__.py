@@ -25,6 +25,13 @@ class Accelerator:
         The last chunk of a stream ends the deflate stream (final block); any other ends
         byte-aligned without the final-block bit, so the next chunk's data can follow it."""
 
+    def cnv_scores(self, images):
+        """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) fc3 popcounts.
+
+        The class is the argmax, the lowest index winning a tie.  CPU kernels run the shipped
+        model file; an FPGA runs the model built into its overlay and returns only the top-1
+        class, as a one-hot row (1 for the class, 0 elsewhere)."""
+
     def close(self) -> None:
         ...
 

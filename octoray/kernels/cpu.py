@@ -46,6 +46,18 @@ def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool) -> byt
 class CpuAccelerator:
     name = "cpu"
 
+    def __init__(self):
+        self._cnv = None
+
+    def cnv_scores(self, images):
+        from octoray.kernels import cnv_cpu
+
+        if self._cnv is None:  # loaded on first use: fgzip never pays for the model
+            from octoray.formats.cnv_model import CnvModel
+
+            self._cnv = cnv_cpu.PackedModel(CnvModel.load())
+        return cnv_cpu.fc3_popcounts(self._cnv, images)
+
     def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
         return deflate_chunk(data, dictionary, level, last)
 

@@ -13,3 +13,8 @@ from octoray.kernels import local_accelerator
 def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool = False) -> DeflatedChunk:
     compressed = local_accelerator().deflate(data, dictionary, level, last)
     return DeflatedChunk(compressed, crc32(data), len(data), last)
+
+
+def cnv_scores(images):
+    """fc3 popcounts (N, 10) of a batch of uint8 images (N, 32, 32, 3)."""
+    return local_accelerator().cnv_scores(images)
