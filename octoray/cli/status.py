@@ -30,9 +30,9 @@ def status(
     except Exception as error:  # ClusterError and friends: a message, not a traceback
         typer.echo(f"octoray: {error}", err=True)
         raise typer.Exit(1)
-    print(f"{'WORKER':<24} {'ACCELERATOR':<28} {'THREADS':>7} {'TASKS':>7}")
+    print(f"{'WORKER':<24} {'ACCELERATOR':<40} {'THREADS':>7} {'TASKS':>7}")
     for row in rows:
-        print(f"{row['worker']:<24} {row['accelerator']:<28} {row['threads']:>7} {row.get('tasks', 0):>7}")
+        print(f"{row['worker']:<24} {row['accelerator']:<40} {row['threads']:>7} {row.get('tasks', 0):>7}")
 
 
 def main() -> int:

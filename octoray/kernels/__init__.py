@@ -44,11 +44,45 @@ def open_accelerator(kind: str | None = None, device: int | None = None) -> Acce
     kind = (kind or os.environ.get("OCTORAY_ACCELERATOR") or "auto").strip().lower()
     if kind not in ACCELERATOR_KINDS:
         raise AcceleratorError(f"unknown accelerator {kind!r} (expected one of {', '.join(ACCELERATOR_KINDS)})")
-    if kind in ("cpu", "auto"):
+    if kind == "cpu":
         from octoray.kernels.cpu import CpuAccelerator
 
         return CpuAccelerator()
-    raise AcceleratorError(f"accelerator {kind!r} is not available in this build")
+    if kind == "auto":
+        return _auto_accelerator(device)
+    from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
+
+    try:
+        if kind == "fpga-emulator":
+            from octoray.kernels import fpga_emulator
+
+            return FpgaAccelerator(device, pynq_module=fpga_emulator.shared(), kind=kind)
+        return FpgaAccelerator(device, kind=kind)
+    except FpgaUnavailable as error:
+        raise AcceleratorError(f"accelerator {kind!r}: {error}") from None
+    except (ImportError, OSError, RuntimeError) as error:  # pynq / XRT failing on their own
+        raise AcceleratorError(f"accelerator {kind!r}: {type(error).__name__}: {error}") from None
+
+
+def _auto_accelerator(device: int | None) -> Accelerator:
+    """An FPGA where pynq imports, a card is there and an overlay's xclbin is installed (the
+    CPU doing what no xclbin is installed for); else the CPU, whose ``fallback_reason`` and
+    ``name`` say why: ``cpu (no FPGA: pynq not installed)``."""
+    from octoray.kernels.cpu import CpuAccelerator
+    from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable, pynq_missing_reason
+
+    reason = pynq_missing_reason()  # cheap checks first: no import of pynq where it cannot serve
+    if reason is None:
+        try:
+            return FpgaAccelerator(device, kind="fpga", fallback=CpuAccelerator())
+        except FpgaUnavailable as error:
+            reason = str(error)
+        except (ImportError, OSError, RuntimeError) as error:
+            reason = f"pynq failed: {type(error).__name__}: {error}"
+    cpu = CpuAccelerator()
+    cpu.fallback_reason = reason
+    cpu.name = f"cpu (no FPGA: {reason})"
+    return cpu
 
 
 _lock = threading.Lock()

@@ -1,0 +1,327 @@
+"""The FPGA drivers (octoray.kernels.fpga) on the PYNQ emulator: buffers, FINN packing, the
+joinable gzip output, card selection by index, one overlay per worker, fallback of `auto`.
+
+No card exists here: these check the drivers at the PYNQ boundary, not on hardware."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import fgzip, run, text_like, tool
+from octoray.kernels import AcceleratorError, open_accelerator
+from octoray.kernels import fpga
+from octoray.kernels.fpga import FINAL_EMPTY_BLOCK, FpgaAccelerator, FpgaUnavailable, finn_pack, finn_unpack
+from octoray.kernels.fpga_emulator import EmulatedPynq
+
+
+def fake_classes(images: np.ndarray) -> np.ndarray:
+    """A stand-in network that depends on every byte and on where it sits in the image."""
+    weights = (np.arange(32 * 32 * 3, dtype=np.int64) % 7 + 1).reshape(32, 32, 3)
+    return (images.astype(np.int64) * weights).sum(axis=(1, 2, 3)) % 10
+
+
+@pytest.fixture
+def emulator():
+    return EmulatedPynq(devices=2, classifier=fake_classes)
+
+
+@pytest.fixture
+def card(emulator):
+    acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator")
+    yield acc
+    acc.close()
+
+
+def inflate(stream: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    out = d.decompress(stream)
+    assert d.eof, "the stream does not end with a final block"
+    return out
+
+
+# --- FINN packing ------------------------------------------------------------------------------
+
+def test_finn_packing_puts_element_i_at_bits_i_times_width_little_endian():
+    assert finn_pack(np.array([[1, 2, 3]]), 4).tolist() == [[0x21, 0x03]]
+    assert finn_pack(np.array([[3, 0, 1, 2]]), 2).tolist() == [[0b10_01_00_11]]
+    assert finn_pack(np.array([[5, 1, 7]]), 3).tolist() == [[0b11_001_101, 0b1]]  # 9 bits -> 2 bytes
+    assert finn_pack(np.array([[0x1234, 0xABCD]]), 16).tolist() == [[0x34, 0x12, 0xCD, 0xAB]]
+
+
+def test_finn_packing_of_bits_is_packbits_little_and_of_bytes_is_identity():
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 2, (4, 5, 64))
+    assert np.array_equal(finn_pack(bits, 1), np.packbits(bits.astype(np.uint8), axis=-1, bitorder="little"))
+    pixels = rng.integers(0, 256, (2, 32, 32, 1, 3), dtype=np.uint8)
+    assert np.array_equal(finn_pack(pixels, 8), pixels)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 12, 16])
+def test_finn_unpack_inverts_pack(bits):
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2 ** bits, (3, 4, 5))
+    packed = finn_pack(codes, bits)
+    assert packed.shape == (3, 4, (5 * bits + 7) // 8)
+    assert np.array_equal(finn_unpack(packed, bits, codes.shape), codes)
+
+
+def test_finn_pack_refuses_values_wider_than_the_type():
+    with pytest.raises(ValueError):
+        finn_pack(np.array([[4]]), 2)
+
+
+# --- CNV driver --------------------------------------------------------------------------------
+
+def test_cnv_driver_buffers_batches_and_one_hot_rows(card, emulator):
+    images = np.random.default_rng(2).integers(0, 256, (2500, 32, 32, 3), dtype=np.uint8)
+    scores = card.cnv_scores(images)
+    assert scores.dtype == np.int64 and scores.shape == (2500, 10)
+    assert (scores.sum(axis=1) == 1).all()
+    assert np.array_equal(scores.argmax(axis=1), fake_classes(images))  # every byte in its place
+    driver = card._driver
+    assert driver.ibuf.shape == (1024, 32, 32, 1, 3) and driver.ibuf.dtype == np.uint8
+    assert driver.obuf.shape == (1024, 1, 1) and driver.obuf.dtype == np.uint8
+    assert driver.ibuf.bank == driver.obuf.bank == "HBM0"
+    assert emulator.stats["runs:idma0"] == emulator.stats["runs:odma0"] == 3  # 1024 + 1024 + 452
+
+
+def test_cnv_driver_rejects_what_is_not_a_batch_of_images(card):
+    with pytest.raises(ValueError):
+        card.cnv_scores(np.zeros((2, 32, 32, 3), dtype=np.float32))
+    assert card.cnv_scores(np.zeros((0, 32, 32, 3), dtype=np.uint8)).shape == (0, 10)
+
+
+def test_emulated_cnv_classes_equal_the_cpu_kernel_on_the_shipped_model():
+    from octoray.kernels.cpu import CpuAccelerator
+
+    images = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    images[:4] = 0  # flat images too
+    acc = FpgaAccelerator(1, pynq_module=EmulatedPynq(devices=2), kind="fpga-emulator")
+    try:
+        on_card = acc.cnv_scores(images)
+    finally:
+        acc.close()
+    assert np.array_equal(on_card.argmax(axis=1), CpuAccelerator().cnv_scores(images).argmax(axis=1))
+
+
+# --- gzip driver -------------------------------------------------------------------------------
+
+def test_gzip_driver_buffers_follow_the_manifest(card):
+    card.deflate(b"x" * 1000, None, 6, False)
+    b = card._driver.buffers
+    assert b["in"].shape == (8 << 20,) and b["in"].dtype == np.uint8
+    assert b["out"].shape == ((16 << 20) + (64 << 10),) and b["out"].dtype == np.uint8
+    assert b["compressd_size"].shape == (512,) and b["compressd_size"].dtype == np.uint32
+    assert b["checksumData"].shape == (1,) and b["checksumData"].dtype == np.uint32
+    assert {buf.bank for buf in b.values()} == {"HBM0"}
+
+
+def test_chunks_join_into_one_deflate_stream_and_the_last_one_ends_it(card):
+    rng = np.random.default_rng(4)
+    chunks = [text_like(300_000, seed=1), rng.bytes(200_000), b"", bytes(100_000), b"tail\n"]
+    parts = [card.deflate(c, None, 6, False) for c in chunks[:-1]] + [card.deflate(chunks[-1], None, 6, True)]
+    assert parts[2] == b""  # an empty chunk adds nothing
+    assert all(not p.endswith(FINAL_EMPTY_BLOCK) for p in parts[:-1]) and parts[-1].endswith(FINAL_EMPTY_BLOCK)
+    assert inflate(b"".join(parts)) == b"".join(chunks)
+    assert inflate(card.deflate(b"", None, 6, True)) == b""
+
+
+def test_a_chunk_above_the_kernels_limit_runs_in_pieces(card, emulator):
+    data = text_like(9 << 20, seed=2)
+    assert inflate(card.deflate(data, None, 1, True)) == data
+    assert emulator.stats["runs:xilGzipCompBlock_1"] == 2
+
+
+def test_gzip_members_from_the_card_pass_gzip_t(card, tmp_path, gzip_bin):
+    from octoray.formats.gzip import crc32
+
+    data = text_like(700_000, seed=3)
+    body = card.deflate(data[:400_000], None, 6, False) + card.deflate(data[400_000:], None, 6, True)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    trailer = crc32(data).to_bytes(4, "little") + len(data).to_bytes(4, "little")  # the host's CRC
+    path = tmp_path / "x.gz"
+    path.write_bytes(header + body + trailer)
+    run([gzip_bin, "-t", str(path)], check=True)
+    assert run([gzip_bin, "-dc", str(path)], check=True).stdout == data
+
+
+# --- cards, overlays, threads ------------------------------------------------------------------
+
+def test_the_card_is_chosen_by_index_not_by_name():
+    emulator = EmulatedPynq(devices=3, classifier=fake_classes)
+    cards = emulator_devices(emulator)
+    assert len({c.name for c in cards}) == 1  # same shell name: only the index tells them apart
+    acc = FpgaAccelerator(2, pynq_module=emulator, kind="fpga-emulator")
+    try:
+        acc.deflate(b"abc", None, 6, True)
+        assert acc.device is cards[2] and acc.name.startswith("fpga-emulator:2 ")
+        assert [c.loaded is not None for c in cards] == [False, False, True]
+    finally:
+        acc.close()
+    with pytest.raises(FpgaUnavailable, match=r"no card 3 \(3 found\)"):
+        FpgaAccelerator(3, pynq_module=emulator)
+
+
+def emulator_devices(emulator):
+    result = []
+    thread = threading.Thread(target=lambda: result.extend(_probe(emulator)))
+    thread.start()
+    thread.join()
+    return result
+
+
+def _probe(emulator):
+    import asyncio
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return emulator.Device.devices
+
+
+def test_the_device_index_comes_from_octoray_device(monkeypatch):
+    monkeypatch.setenv("OCTORAY_DEVICE", "1")
+    acc = FpgaAccelerator(pynq_module=EmulatedPynq(devices=2), kind="fpga-emulator")
+    assert acc.device_index == 1
+    acc.close()
+    monkeypatch.setenv("OCTORAY_DEVICE", "one")
+    with pytest.raises(FpgaUnavailable, match="not a card index"):
+        FpgaAccelerator(pynq_module=EmulatedPynq(devices=2))
+
+
+def test_the_overlay_is_opened_once_and_everything_is_freed_at_close(emulator):
+    acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator")
+    workers = [threading.Thread(target=lambda: [acc.deflate(b"data" * 5000, None, 6, False) for _ in range(10)])
+               for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert emulator.stats["overlays_loaded"] == 1 and acc.overlays_opened == 1
+    assert emulator.stats["runs:xilGzipCompBlock_1"] == 40
+    acc.cnv_scores(np.zeros((3, 32, 32, 3), dtype=np.uint8))  # the card holds one xclbin: reload
+    acc.cnv_scores(np.zeros((3, 32, 32, 3), dtype=np.uint8))
+    assert emulator.stats["overlays_loaded"] == 2 and emulator.stats["overlays_freed"] == 1
+    acc.close()
+    assert emulator.stats["overlays_freed"] == 2
+    assert emulator.stats["buffers_freed"] == emulator.stats["buffers_allocated"] == 6
+    with pytest.raises(RuntimeError, match="closed"):
+        acc.deflate(b"x", None, 6, True)
+
+
+def test_pynq_calls_run_on_a_thread_with_an_event_loop(emulator):
+    errors = []
+
+    def bare_thread():
+        try:
+            emulator.Device.devices
+        except RuntimeError as error:
+            errors.append(str(error))
+        # the accelerator opens its card on its own thread, from any thread
+        acc = FpgaAccelerator(1, pynq_module=emulator, kind="fpga-emulator")
+        acc.deflate(b"abc", None, 6, True)
+        acc.close()
+
+    thread = threading.Thread(target=bare_thread, name="dask-worker-thread")
+    thread.start()
+    thread.join()
+    assert errors and "no current event loop" in errors[0]
+    assert emulator.stats["overlays_loaded"] == 1
+
+
+# --- open_accelerator: fpga, fpga-emulator, auto -----------------------------------------------
+
+def test_fpga_emulator_kind_runs_the_drivers_on_emulated_cards(monkeypatch):
+    monkeypatch.setattr("octoray.kernels.fpga_emulator._shared", EmulatedPynq(devices=2, classifier=fake_classes))
+    acc = open_accelerator("fpga-emulator", 1)
+    try:
+        assert acc.name == "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" and acc.fallback_reason is None
+        assert inflate(acc.deflate(b"hello" * 100, None, 6, True)) == b"hello" * 100
+    finally:
+        acc.close()
+    with pytest.raises(AcceleratorError, match=r"no card 2 \(2 found\)"):
+        open_accelerator("fpga-emulator", 2)
+
+
+def test_auto_without_pynq_is_the_cpu_and_says_why(monkeypatch):
+    monkeypatch.setattr(fpga, "pynq_installed", lambda: False)
+    acc = open_accelerator("auto")
+    assert acc.fallback_reason == "pynq not installed"
+    assert acc.name == "cpu (no FPGA: pynq not installed)"
+    with pytest.raises(AcceleratorError, match="pynq not installed"):
+        open_accelerator("fpga")
+
+
+@pytest.fixture
+def pynq_without_xrt_files(monkeypatch, tmp_path):
+    """pynq "installed" (the emulator standing in for it, as strict as real pynq about xclbin
+    files) and an overlays folder holding only the gzip xclbin."""
+    monkeypatch.setattr(fpga, "pynq_installed", lambda: True)
+    (tmp_path / "gzip_u50").mkdir()
+    (tmp_path / "gzip_u50" / "gzip_u50.xclbin").write_bytes(b"xclbin2\0")
+    monkeypatch.setenv("OCTORAY_OVERLAYS", str(tmp_path))
+
+    def install(devices: int):
+        emulator = EmulatedPynq(devices=devices, classifier=fake_classes)
+        emulator.emulated = False
+        monkeypatch.setattr(fpga, "import_pynq", lambda: emulator)
+        return emulator
+    return install
+
+
+def test_auto_without_a_card_is_the_cpu(pynq_without_xrt_files):
+    pynq_without_xrt_files(0)
+    acc = open_accelerator("auto", 0)
+    assert acc.name.startswith("cpu (no FPGA: no card found")
+
+
+def test_auto_with_a_card_and_one_xclbin_uses_the_card_for_it_and_the_cpu_for_the_rest(pynq_without_xrt_files):
+    emulator = pynq_without_xrt_files(2)
+    acc = open_accelerator("auto", 1)
+    try:
+        assert acc.name == "fpga:1 gzip_u50 (cnv: cpu)"
+        assert "no cnv_w1a1_u50.xclbin" in acc.fallback_reason
+        assert inflate(acc.deflate(b"abc" * 1000, None, 6, True)) == b"abc" * 1000
+        assert emulator.stats["runs:xilGzipCompBlock_1"] == 1
+        assert acc._fallback_for("cnv") is acc.fallback
+    finally:
+        acc.close()
+    assert open_accelerator("auto", 2).name == "cpu (no FPGA: no card 2 (2 found))"
+
+
+def test_auto_without_any_xclbin_is_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(fpga, "pynq_installed", lambda: True)
+    monkeypatch.setattr(fpga, "overlay_dirs", lambda: [fpga.Path(__file__).resolve().parent.parent / "overlays"])
+    acc = open_accelerator("auto")
+    assert acc.name.startswith("cpu (no FPGA: no overlay xclbin (gzip_u50, cnv_w1a1_u50")
+
+
+def test_auto_when_pynq_cannot_load_xrt(monkeypatch, pynq_without_xrt_files):
+    def broken():
+        raise FpgaUnavailable("pynq cannot load XRT (libxrt_core.so: cannot open shared object file)")
+    monkeypatch.setattr(fpga, "import_pynq", broken)
+    assert open_accelerator("auto").name.startswith("cpu (no FPGA: pynq cannot load XRT")
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+def emulator_env(**extra):
+    return dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator", **extra)
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "empty"])
+def test_fgzip_on_the_emulator_round_trips_through_gzip(kind, tmp_path, gzip_bin):
+    data = {"random": np.random.default_rng(5).bytes(3_000_000), "text": text_like(2_500_000, seed=4),
+            "empty": b""}[kind]
+    out = fgzip("-b", "512", input=data, env=emulator_env(OCTORAY_DEVICE="1"), check=True)
+    (tmp_path / "x.gz").write_bytes(out.stdout)
+    run([gzip_bin, "-t", str(tmp_path / "x.gz")], check=True)
+    assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+
+
+def test_octoray_status_names_the_emulated_card():
+    result = run([*tool("octoray"), "status"], env=emulator_env(OCTORAY_DEVICE="1"), check=True)
+    assert "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" in result.stdout.decode()

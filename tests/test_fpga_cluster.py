@@ -1,0 +1,34 @@
+"""A loopback Dask cluster of two workers, each bound to its own emulated card
+(OCTORAY_ACCELERATOR=fpga-emulator, OCTORAY_DEVICE=0 and 1)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import fgzip, run, text_like, tool
+from test_cluster import Cluster
+
+
+@pytest.fixture
+def emulated_cluster(tmp_path):
+    c = Cluster(tmp_path)
+    c.add_worker("card0", 0, accelerator="fpga-emulator")
+    c.add_worker("card1", 1, accelerator="fpga-emulator")
+    c.wait_for_workers(2)
+    yield c
+    c.stop()
+
+
+def test_fgzip_on_two_emulated_cards(emulated_cluster, gzip_bin):
+    data = text_like(12 << 20, seed=21)
+    env = dict(os.environ, DASK_SCHEDULER_ADDRESS=emulated_cluster.address)
+    out = fgzip("-b", "512", input=data, env=env, check=True)
+    assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+    status = run([*tool("octoray"), "status", "--scheduler", emulated_cluster.address], check=True)
+    rows = {line.split()[0]: line for line in status.stdout.decode().splitlines()[1:]}
+    assert "fpga-emulator:0 gzip_u50+cnv_w1a1_u50" in rows["card0"]
+    assert "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" in rows["card1"]
+    tasks = {name: int(line.split()[-1]) for name, line in rows.items()}
+    assert all(n >= 3 for n in tasks.values()), tasks
