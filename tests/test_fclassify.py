@@ -1,0 +1,197 @@
+"""fclassify as a user runs it: every way of naming images agrees, formats, bad input, order."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import assert_no_traceback, run, tool
+from octoray.formats.cnv_input import CLASS_NAMES
+from octoray.formats.cnv_model import CnvModel
+from octoray.kernels import cnv_reference
+
+
+def fclassify(*args, **kw):
+    return run([*tool("fclassify"), *map(str, args)], **kw)
+
+
+def lines(result) -> list[str]:
+    return result.stdout.decode().splitlines()
+
+
+def smooth_image(rng, height=32, width=32) -> np.ndarray:
+    """A blurry random picture: JPEG keeps it close, unlike pure noise."""
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of PNGs in two levels (names with a space and non-ASCII), plus their pixels."""
+    top = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(11)
+    pixels = {}
+    for i in range(14):
+        folder = top / ("sub dir" if i % 3 == 0 else "été") if i % 2 else top
+        folder.mkdir(exist_ok=True)
+        path = folder / f"img{i:02d}.png"
+        image = smooth_image(rng)
+        Image.fromarray(image).save(path)
+        pixels[path] = image
+    (top / "README.txt").write_text("not a picture\n")
+    return top, dict(sorted(pixels.items(), key=lambda kv: _walk_key(top, kv[0])))
+
+
+def _walk_key(top, path):
+    """Sorted walk order: a folder's files before its subfolders, each sorted by name."""
+    relative = path.relative_to(top).parts
+    return (len(relative) > 1, relative)
+
+
+@pytest.fixture(scope="module")
+def expected(photos):
+    _top, pixels = photos
+    labels = cnv_reference.classify(CnvModel.load(), np.stack(list(pixels.values())))
+    return [CLASS_NAMES[i] for i in labels]
+
+
+def test_a_directory_is_walked_in_sorted_order_and_matches_the_reference(photos, expected):
+    top, pixels = photos
+    result = fclassify(top, check=True)
+    assert lines(result) == [f"{path}\t{label}" for path, label in zip(pixels, expected)]
+    assert result.stderr == b""  # README.txt is skipped quietly without -v
+
+
+def test_files_list_tar_and_cifar_records_agree_with_the_directory(photos, expected, tmp_path):
+    top, pixels = photos
+    paths = list(pixels)
+    by_files = fclassify(*paths, check=True)
+    assert [line.split("\t")[1] for line in lines(by_files)] == expected
+
+    listed = fclassify("--files-from", "-", input="\n".join(map(str, paths)).encode() + b"\n", check=True)
+    assert lines(listed) == lines(by_files)
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path in paths:
+            tar.add(path, arcname=str(path.relative_to(top)))
+    tarred = fclassify(input=archive.getvalue(), check=True)
+    assert lines(tarred) == [f"-:{p.relative_to(top)}\t{label}" for p, label in zip(paths, expected)]
+
+    records = b"".join(bytes([i % 10]) + image.transpose(2, 0, 1).tobytes() for i, image in enumerate(pixels.values()))
+    from_stdin = fclassify(input=records, check=True)
+    assert lines(from_stdin) == [f"-:{i}\t{label}" for i, label in enumerate(expected)]
+    batch_file = tmp_path / "test_batch.bin"
+    batch_file.write_bytes(records)
+    assert [line.split("\t")[1] for line in lines(fclassify(batch_file, check=True))] == expected
+
+
+def test_a_compressed_tar_on_stdin(photos, expected):
+    top, pixels = photos
+    result = subprocess.run(f"tar czf - -C '{top}' . | {' '.join(tool('fclassify'))} --labels",
+                            shell=True, capture_output=True, check=True)
+    by_name = dict(zip((p.relative_to(top) for p in pixels), expected))
+    assert sorted(lines(result)) == sorted(by_name.values())
+
+
+def test_one_image_on_stdin(photos, expected):
+    first = next(iter(photos[1]))
+    assert lines(fclassify(input=first.read_bytes(), check=True)) == [f"-\t{expected[0]}"]
+
+
+def test_output_formats(photos, expected):
+    top, pixels = photos
+    paths = list(pixels)[:3]
+    tsv = [line.split("\t") for line in lines(fclassify("--top-k", 3, *paths, check=True))]
+    for fields, label in zip(tsv, expected):
+        assert len(fields) == 7 and fields[1] == label
+        scores = [int(s) for s in fields[2::2]]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 512 for s in scores)
+
+    rows = list(csv.reader(io.StringIO(fclassify("--format", "csv", *paths, check=True).stdout.decode())))
+    assert rows[0] == ["path", "label"] and [r[1] for r in rows[1:]] == expected[:3]
+    assert rows[1][0] == str(paths[0])
+
+    records = [json.loads(line) for line in lines(fclassify("--format", "jsonl", "--top-k", 2, *paths, check=True))]
+    assert [r["label"] for r in records] == expected[:3]
+    assert all(r["top"][0]["label"] == r["label"] and len(r["top"]) == 2 for r in records)
+
+    assert lines(fclassify("--labels", *paths, check=True)) == expected[:3]
+
+
+def test_images_that_are_not_32x32_rgb_are_converted(tmp_path):
+    rng = np.random.default_rng(3)
+    base = smooth_image(rng, 96, 160)
+    Image.fromarray(base).save(tmp_path / "wide.jpg", quality=95)
+    Image.fromarray(base).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(base).convert("P").save(tmp_path / "palette.gif")
+    rgba = Image.fromarray(base).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "alpha.png")
+    Image.fromarray(base).save(tmp_path / "bitmap.bmp")
+    result = fclassify(tmp_path, check=True)
+    assert len(lines(result)) == 5
+    assert all(line.split("\t")[1] in CLASS_NAMES for line in lines(result))
+
+
+def test_bad_inputs_are_named_the_rest_still_classified_and_exit_1(photos, tmp_path):
+    good = next(iter(photos[1]))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    text = tmp_path / "text.jpg"
+    text.write_text("hello")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = fclassify(truncated, good, tmp_path / "missing.png", text, empty)
+    assert result.returncode == 1
+    assert_no_traceback(result)
+    assert [line.split("\t")[0] for line in lines(result)] == [str(good)]
+    assert result.stderr.decode().splitlines() == [
+        f"fclassify: {truncated}: truncated image",
+        f"fclassify: {tmp_path / 'missing.png'}: No such file or directory",
+        f"fclassify: {text}: not an image",
+        f"fclassify: {empty}: no images found",
+    ]
+
+
+def test_a_truncated_cifar_stream_keeps_the_whole_records(photos):
+    image = next(iter(photos[1].values()))
+    records = (bytes([1]) + image.transpose(2, 0, 1).tobytes()) * 2
+    result = fclassify("-", input=records[:-100])
+    assert result.returncode == 1 and len(lines(result)) == 1
+    assert b"fclassify: -:1: truncated CIFAR-10 record" in result.stderr
+
+
+def test_verbose_notes_skipped_files_and_reports_speed(photos):
+    top, _ = photos
+    result = fclassify("-v", top, check=True)
+    err = result.stderr.decode()
+    assert f"fclassify: {top / 'README.txt'}: not an image, skipped" in err
+    assert "images in" in err and "local (cpu" in err
+
+
+def test_order_holds_with_small_batches_on_several_threads(tmp_path):
+    rng = np.random.default_rng(5)
+    images = [smooth_image(rng) for _ in range(60)]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
+    labels = cnv_reference.classify(CnvModel.load(), np.stack(images))
+    result = fclassify("--batch", 4, "-p", 3, tmp_path, check=True)
+    assert lines(result) == [f"{tmp_path / f'{i:03d}.png'}\t{CLASS_NAMES[c]}" for i, c in enumerate(labels)]
+
+
+def test_usage_errors_and_a_closed_pipe_are_quiet(photos):
+    top, _ = photos
+    bad = fclassify("--format", "xml", top)
+    assert bad.returncode == 2 and b"Invalid value" in bad.stderr
+    assert_no_traceback(bad)
+    head = subprocess.run(f"{' '.join(tool('fclassify'))} --batch 2 '{top}' | head -1", shell=True,
+                          capture_output=True, check=True)
+    assert len(head.stdout.splitlines()) == 1 and head.stderr == b""
