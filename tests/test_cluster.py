@@ -91,6 +91,23 @@ def test_fgzip_spreads_chunks_over_both_workers(cluster, gzip_bin):
     assert all(n >= 5 for n in done.values()), done
 
 
+def test_fclassify_on_the_cluster_prints_what_it_prints_locally(cluster, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(8)
+    for i in range(96):
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
+    argv = [*tool("fclassify"), "--batch", "8", str(tmp_path)]
+    local = run(argv, check=True)
+    remote = run(argv, env=with_cluster_env(cluster), check=True)
+    assert remote.stderr == b""
+    assert remote.stdout == local.stdout and len(local.stdout.splitlines()) == 96
+    done = cluster.status()
+    assert all(n >= 3 for n in done.values()), done
+
+
 def test_status_lists_each_worker_and_its_accelerator(cluster):
     result = run([*tool("octoray"), "status", "--scheduler-file", str(cluster.scheduler_file)], check=True)
     lines = result.stdout.decode().splitlines()
