@@ -22,13 +22,15 @@ def dask_command() -> list[str]:
 
 
 class Cluster:
-    def __init__(self, where: Path):
+    def __init__(self, where: Path, tls: list[str] = ()):
         self.where = where
+        self.tls = list(tls)  # --tls-ca-file/--tls-cert/--tls-key for scheduler and workers
         self.scheduler_file = where / "scheduler.json"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        protocol = ["--protocol", "tls", *self.tls] if self.tls else []
         self.scheduler = subprocess.Popen(
             [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-             "127.0.0.1:0", "--scheduler-file", str(self.scheduler_file), "--no-show"],
+             "127.0.0.1:0", "--scheduler-file", str(self.scheduler_file), "--no-show", *protocol],
             stdout=open(where / "scheduler.log", "wb"), stderr=subprocess.STDOUT, env=self.env)
         self.workers: dict[str, subprocess.Popen] = {}
         deadline = time.time() + 60
@@ -43,7 +45,7 @@ class Cluster:
         self.workers[name] = subprocess.Popen(
             # no nanny: the process killed in the tests is the worker itself
             [*dask_command(), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-             "--no-nanny", "--preload", "octoray.worker"],
+             "--no-nanny", "--preload", "octoray.worker", *self.tls],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 
     def wait_for_workers(self, n: int) -> None:
@@ -197,3 +199,43 @@ def test_in_process_local_cluster(gzip_bin):
     out = fgzip("--cluster=local", "-p", "2", input=data, check=True)
     assert out.stderr == b""
     assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+
+
+def make_certificate(where: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed certificate for 127.0.0.1 (it is its own CA)."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True)
+    return cert, key
+
+
+def test_a_tls_cluster_works_through_dask_config_and_refuses_plain_clients(tmp_path, gzip_bin):
+    cert, key = make_certificate(tmp_path)
+    c = Cluster(tmp_path, tls=["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        assert c.address.startswith("tls://127.0.0.1:")
+        c.add_worker("tls0", 0)
+        tls_env = dict(os.environ, DASK_SCHEDULER_ADDRESS=c.address,
+                       DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(cert),
+                       DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(cert),
+                       DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(key))
+        deadline = time.time() + 60
+        while "tls0" not in run([*tool("octoray"), "status"], env=tls_env, timeout=60).stdout.decode():
+            assert time.time() < deadline, (tmp_path / "tls0.log").read_text()
+            time.sleep(0.5)
+        data = text_like(3 << 20, seed=21)
+        out = fgzip("-b", "256", input=data, env=tls_env, check=True)
+        assert out.stderr == b""
+        assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+
+        plain = c.address.replace("tls://", "tcp://")
+        refused = fgzip(input=data, env=dict(os.environ, DASK_SCHEDULER_ADDRESS=plain), timeout=60)
+        assert refused.returncode == 1 and refused.stdout == b""
+        assert refused.stderr.startswith(f"fgzip: cannot reach the cluster at {plain}".encode()), refused.stderr
+        no_certificate = fgzip(input=data, env=dict(os.environ, DASK_SCHEDULER_ADDRESS=c.address), timeout=60)
+        assert no_certificate.returncode == 1 and no_certificate.stdout == b""
+        assert no_certificate.stderr.startswith(f"fgzip: cannot reach the cluster at {c.address}: a tls:// scheduler needs a certificate".encode())
+        assert b"Traceback" not in refused.stderr + no_certificate.stderr
+    finally:
+        c.stop()

@@ -176,15 +176,40 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
         raise ClusterError(f"cannot reach the cluster at {where}: no such scheduler file")
     from distributed import Client
 
+    _check_tls(address or _address_in(scheduler_file), where, security)
     try:
         if scheduler_file:
             client = Client(scheduler_file=scheduler_file, timeout=timeout, security=security,
                             set_as_default=False)
         else:
             client = Client(address, timeout=timeout, security=security, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as error:
+    except (OSError, TimeoutError, ValueError, TypeError) as error:
         raise ClusterError(f"cannot reach the cluster at {where}: {error}") from None
     return DaskExecutor(client, client.scheduler.address)
+
+
+def _address_in(scheduler_file: str) -> str:
+    import json
+
+    try:
+        with open(scheduler_file, encoding="utf-8") as f:
+            return str(json.load(f).get("address", ""))
+    except (OSError, ValueError, AttributeError) as error:
+        raise ClusterError(f"cannot reach the cluster at {scheduler_file}: not a scheduler file ({error})") from None
+
+
+def _check_tls(address: str, where: str, security) -> None:
+    """A tls:// scheduler needs our certificate; without one Dask fails slowly and obscurely."""
+    if not address.startswith("tls://"):
+        return
+    from distributed.security import Security
+
+    security = security or Security()
+    if not (security.tls_ca_file and security.tls_client_cert):
+        raise ClusterError(
+            f"cannot reach the cluster at {where}: a tls:// scheduler needs a certificate: set "
+            "distributed.comm.tls.ca-file, .client.cert and .client.key in the Dask configuration "
+            "(or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...__CLIENT__CERT, ...__CLIENT__KEY)")
 
 
 def start_local_cluster(threads: int | None = None) -> DaskExecutor:
