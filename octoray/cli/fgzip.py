@@ -51,13 +51,20 @@ OPTIONS = [
     Option("blocksize", "b", ("blocksize",), True),
     Option("independent", "i", ("independent",)),
     Option("no-time", "m", ("no-time",)),
+    Option("no-time", "T", ()),
     Option("time", "M", ("time",)),
+    Option("zlib", "z", ("zlib",)),
+    Option("zip", "K", ("zip",)),
+    Option("alias", "A", ("alias",), True),
+    Option("comment", "C", ("comment",), True),
+    Option("huffman", "H", ("huffman",)),
+    Option("rle", "U", ("rle",)),
     Option("scheduler", "", ("scheduler",), True),
     Option("scheduler-file", "", ("scheduler-file",), True),
     Option("cluster", "", ("cluster",), True),
-    *(Option(f"level{d}", str(d)) for d in range(1, 10)),
 ]
-NOT_YET = {"list": "--list", "recursive": "--recursive", "rsyncable": "--rsyncable"}
+LEVEL = "level"  # a run of digits: -1..-9, pigz's -0 and -11
+ENV_ALLOWED = {LEVEL, "fast", "best", "no-name", "name", "quiet", "verbose", "rsyncable"}
 
 HELP = f"""Usage: {PROGRAM} [OPTION]... [FILE]...
 Compress or uncompress FILEs (by default, compress FILES in-place), in parallel
@@ -70,10 +77,15 @@ Mandatory arguments to long options are mandatory for short options too.
   -f, --force       force overwrite of output file and compress links
   -h, --help        give this help
   -k, --keep        keep (don't delete) input files
+  -l, --list        list compressed file contents
+  -L, --license     display software license
   -n, --no-name     do not save or restore the original name and timestamp
   -N, --name        save or restore the original name and timestamp
   -q, --quiet       suppress all warnings
+  -r, --recursive   operate recursively on directories
+      --rsyncable   make rsync-friendly archive
   -S, --suffix=SUF  use suffix SUF on compressed files
+      --synchronous synchronous output (safer if system crashes, but slower)
   -t, --test        test compressed file integrity
   -v, --verbose     verbose mode
   -V, --version     display version number
@@ -81,11 +93,19 @@ Mandatory arguments to long options are mandatory for short options too.
   -9, --best        compress better
 
 pigz options:
+  -0                  store without compression;  -11: strongest (libdeflate 12)
   -p, --processes=N   use N threads on the embedded default (default: CPUs)
   -b, --blocksize=KIB chunk size in KiB (default 1024, at least 32)
   -i, --independent   compress chunks independently (no shared dictionary)
-  -m, --no-time       do not store the modification time
+  -R, --rsyncable     cut chunks where the content says (rsync-friendly)
+  -m, -T, --no-time   do not store the modification time
   -M, --time          store the modification time (the default)
+  -C, --comment=TEXT  put TEXT in the gzip header as a comment
+  -H, --huffman       Huffman coding only;  -U, --rle: run-length coding only
+  -z, --zlib          write zlib (.zz) instead of gzip
+  -K, --zip           write a one-entry PKZip (.zip) instead of gzip
+  -A, --alias=NAME    the zip entry's name when reading standard input
+  -Y, --synchronous   same as --synchronous
 
 Cluster (default: DASK_SCHEDULER_ADDRESS or Dask's config, else this process):
       --scheduler=ADDR       run on the Dask scheduler at ADDR (tcp://, tls://)
@@ -109,26 +129,44 @@ class Settings:
 
     def __init__(self):
         self.stdout = self.decompress = self.test = self.force = self.keep = False
-        self.save_name = self.save_time = True
+        self.list = self.recursive = self.rsyncable = False
+        self.name_flag: bool | None = None  # -N / -n; unset: save when compressing only
+        self.time_flag: bool | None = None  # -N / -n, pigz's -M / -m
         self.quiet = False
         self.verbose = 0
         self.suffix = ".gz"
+        self.suffix_set = False
         self.level = 6
         self.processes: int | None = None
         self.block_size = 1 << 20
         self.independent = self.synchronous = False
+        self.form = "gzip"  # pigz's -z (zlib) and -K (zip)
+        self.alias: str | None = None
+        self.comment: bytes | None = None
+        self.strategy: str | None = None  # pigz's -H (huffman) and -U (rle)
         self.status = OK
         self.scheduler = self.scheduler_file = self.cluster = None
         self.executor = None
+        self.lister: Lister | None = None
+
+    def save_name(self) -> bool:
+        return self.name_flag is not False
+
+    def save_time(self) -> bool:
+        return self.time_flag is not False
+
+    def restore(self) -> bool:
+        """-N when decompressing: take the name and time from the header."""
+        return self.name_flag is True
 
 
 class Fatal(Exception):
     """Ends the whole run with a message and status 1."""
 
 
-def message(text: str) -> None:
+def message(text: str, end: str = "\n") -> None:
     try:
-        sys.stderr.write(text + "\n")
+        sys.stderr.write(text + end)
         sys.stderr.flush()
     except OSError:
         pass
@@ -140,6 +178,7 @@ def error(settings: Settings, text: str) -> None:
 
 
 def warning(settings: Settings, text: str, quiet_hides: bool = True) -> None:
+    """gzip's WARN: printed unless -q, but the status is 2 either way."""
     if not (settings.quiet and quiet_hides):
         message(text)
     if settings.status == OK:
@@ -149,62 +188,61 @@ def warning(settings: Settings, text: str, quiet_hides: bool = True) -> None:
 def apply_options(found, settings: Settings) -> str | None:
     """Fold parsed options into `settings`; returns 'help' or 'version' when one was asked for."""
     action = None
-    for key, value, spelled in found:
-        if key.startswith("level"):
-            settings.level = int(key[5:])
-        elif key == "fast":
-            settings.level = 1
-        elif key == "best":
-            settings.level = 9
-        elif key in ("stdout", "force", "keep", "independent"):
-            setattr(settings, key, True)
-        elif key == "decompress":
-            settings.decompress = True
-        elif key == "test":
-            settings.test = True
-        elif key == "no-name":
-            settings.save_name = settings.save_time = False
-        elif key == "name":
-            settings.save_name = settings.save_time = True
-        elif key == "no-time":
-            settings.save_time = False
-        elif key == "time":
-            settings.save_time = True
-        elif key == "quiet":
-            settings.quiet, settings.verbose = True, 0
-        elif key == "verbose":
-            settings.verbose += 1
-            settings.quiet = False
-        elif key == "suffix":
-            if not value or "/" in value:
-                raise Fatal(f"invalid suffix '{value}'")
-            settings.suffix = value
-        elif key == "processes":
-            settings.processes = _positive_int(value, f"invalid number of processes: {value}")
-        elif key == "blocksize":
-            kib = _positive_int(value, f"invalid block size: {value}")
-            if kib < 32:
-                raise Fatal("block size too small (must be >= 32K)")
-            settings.block_size = kib * 1024
-        elif key in ("scheduler", "scheduler-file"):
-            setattr(settings, key.replace("-", "_"), value)
-        elif key == "cluster":
-            if value != "local":
-                raise Fatal(f"--cluster takes 'local', not '{value}'")
-            settings.cluster = value
-        elif key in ("help", "version", "license"):
+    for key, value, _spelled in found:
+        if key in ("help", "version", "license"):
             action = action or key
-        elif key == "synchronous":
-            settings.synchronous = True
-        elif key == "ascii":
-            message(f"{PROGRAM}: option --ascii ignored on this system")
-        elif key == "bits":
-            pass  # gzip accepts and ignores its hidden LZW option
-        elif key == "lzw":
-            raise UsageError("-Z not supported in this version")
-        elif key in NOT_YET:
-            raise Fatal(f"{NOT_YET[key]} is not supported yet")
+        else:
+            _apply(key, value, settings)
     return action
+
+
+_FLAGS = {"stdout": "stdout", "force": "force", "keep": "keep", "independent": "independent",
+          "decompress": "decompress", "test": "test", "list": "list", "recursive": "recursive",
+          "rsyncable": "rsyncable", "synchronous": "synchronous"}
+_SETTINGS = {"no-name": {"name_flag": False, "time_flag": False}, "name": {"name_flag": True, "time_flag": True},
+             "no-time": {"time_flag": False}, "time": {"time_flag": True},
+             "fast": {"level": 1}, "best": {"level": 9}, "zlib": {"form": "zlib"}, "zip": {"form": "zip"},
+             "huffman": {"strategy": "huffman"}, "rle": {"strategy": "rle"},
+             "quiet": {"quiet": True, "verbose": 0}}
+
+
+def _apply(key: str, value: str | None, settings: Settings) -> None:
+    if key in _FLAGS:
+        setattr(settings, _FLAGS[key], True)
+    elif key in _SETTINGS:
+        for name, setting in _SETTINGS[key].items():
+            setattr(settings, name, setting)
+    elif key == LEVEL:
+        settings.level = 11 if value == "11" else int(value[-1])
+    elif key == "verbose":
+        settings.verbose += 1
+        settings.quiet = False
+    elif key == "suffix":
+        if not value or "/" in value:
+            raise Fatal(f"invalid suffix '{value}'")
+        settings.suffix, settings.suffix_set = value, True
+    elif key == "processes":
+        settings.processes = _positive_int(value, f"invalid number of processes: {value}")
+    elif key == "blocksize":
+        kib = _positive_int(value, f"invalid block size: {value}")
+        if kib < 32:
+            raise Fatal("block size too small (must be >= 32K)")
+        settings.block_size = kib * 1024
+    elif key == "comment":
+        settings.comment = os.fsencode(value)
+    elif key == "alias":
+        settings.alias = value
+    elif key in ("scheduler", "scheduler-file"):
+        setattr(settings, key.replace("-", "_"), value)
+    elif key == "cluster":
+        if value != "local":
+            raise Fatal(f"--cluster takes 'local', not '{value}'")
+        settings.cluster = value
+    elif key == "ascii":
+        message(f"{PROGRAM}: option --ascii ignored on this system")
+    elif key == "lzw":
+        raise UsageError("-Z not supported in this version")
+    # "bits": gzip accepts and ignores its hidden LZW option
 
 
 def _positive_int(text: str, complaint: str) -> int:
@@ -215,6 +253,24 @@ def _positive_int(text: str, complaint: str) -> int:
     if number < 1:
         raise Fatal(complaint)
     return number
+
+
+def apply_environment(settings: Settings) -> None:
+    """gzip 1.12's GZIP variable: only level, -n/-N, -q/-v and --rsyncable, with a warning."""
+    words = os.environ.get("GZIP", "").split()
+    if not words:
+        return
+    if "--" in words:
+        raise UsageError("--: option not valid in GZIP environment variable")
+    found, operands = parse(words, OPTIONS, digits=LEVEL)
+    if operands:
+        raise UsageError(f"{operands[0]}: non-option in GZIP environment variable")
+    for key, value, spelled in found:
+        if key not in ENV_ALLOWED:
+            raise UsageError(f"{spelled}: option not valid in GZIP environment variable")
+        _apply(key, value, settings)
+    if not settings.quiet:
+        message(f"{PROGRAM}: warning: GZIP environment variable is deprecated; use an alias or script")
 
 
 # --- partial outputs are removed when a signal ends the run -------------------------------
@@ -250,8 +306,38 @@ def _executor(settings: Settings):
     return settings.executor
 
 
-def _ratio_text(totals) -> str:
-    return f"{totals.ratio_saved():5.1f}%"
+def display_ratio(num: int, den: int) -> str:
+    """gzip's "%5.1f%%" of num/den, 0 when den is 0."""
+    return f"{100.0 * num / den if den else 0.0:5.1f}%"
+
+
+def header_bytes(totals) -> int | None:
+    """gzip's header_bytes after reading a file: the first header and trailer when the file was
+    one member and nothing more, 0 once it looked past the first member; None: no header."""
+    if totals is None or totals.first_header is None:
+        return None
+    return 0 if totals.more else totals.first_header.length + 8
+
+
+def _decompression_ratio(totals) -> str:
+    """gzip counts the last member's output only (it restarts the count at each member)."""
+    out = totals.last_size
+    return display_ratio(out - (totals.bytes_in - (header_bytes(totals) or 0)), out)
+
+
+class Abort(Exception):
+    """gzip gives up the whole run on a cut-off or malformed deflate stream (status 1)."""
+
+
+def format_error(settings: Settings, label: str, failure) -> None:
+    from octoray.jobs.gzip import CRC_ERROR, FORMAT_VIOLATED, LENGTH_ERROR, UNEXPECTED_EOF
+
+    newline = "" if failure.reason.startswith("unknown method") else "\n"
+    error(settings, f"{newline}{PROGRAM}: {label}: {failure.reason}")
+    checking = settings.test or settings.list  # gzip -t and -l go on after a bad check value
+    if failure.reason in (UNEXPECTED_EOF, FORMAT_VIOLATED) or (
+            failure.reason in (CRC_ERROR, LENGTH_ERROR) and not checking):
+        raise Abort
 
 
 def _has_suffix(name: str, suffix: str) -> str | None:
@@ -272,19 +358,26 @@ def _strip_suffix(name: str, suffix: str) -> str | None:
     return base + ".tar" if found.lower() in (".tgz", ".taz") else base
 
 
-def _run_compression(fd_in: int, write, settings: Settings, name: bytes | None, mtime: int):
-    from octoray.jobs.gzip import compress_stream
+def _run_compression(fd_in: int, write, settings: Settings, name: bytes | None, mtime: int, mode: int = 0o644):
+    from octoray.jobs.gzip import Wrapper, compress_stream
 
+    mtime = mtime if settings.save_time() else 0
+    if settings.form == "zip":
+        name = os.fsencode(settings.alias) if name is None and settings.alias else name
+    elif not settings.save_name():
+        name = None
+    wrapper = Wrapper(settings.form, name=name, mtime=mtime, level=settings.level,
+                      comment=settings.comment, mode=mode)
     return compress_stream(fd_in, write, _executor(settings), level=settings.level,
                            block_size=settings.block_size, independent=settings.independent,
-                           name=name if settings.save_name else None,
-                           mtime=mtime if settings.save_time else 0)
+                           strategy=settings.strategy, rsyncable=settings.rsyncable, wrapper=wrapper)
 
 
-def _run_decompression(fd_in: int, write):
+def _run_decompression(fd_in: int, write, settings: Settings, on_header=None):
     from octoray.jobs.gzip import decompress_stream
 
-    return decompress_stream(fd_in, write)
+    passthrough = settings.force and (settings.stdout or settings.test) and not settings.list
+    return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header)
 
 
 def _stdout_writer():
@@ -299,11 +392,16 @@ def _discard(_data) -> None:
     pass
 
 
+def _stdin_mtime(fd: int) -> int:
+    st = os.fstat(fd)
+    return int(st.st_mtime) if stat.S_ISREG(st.st_mode) else 0  # gzip: 0 for pipes
+
+
 def process_stdin(settings: Settings) -> None:
     from octoray.streams import enlarge_pipe
 
     fd = sys.stdin.fileno()
-    compressing = not (settings.decompress or settings.test)
+    compressing = not (settings.decompress or settings.test or settings.list)
     if not settings.force:
         if compressing and os.isatty(sys.stdout.fileno()):
             raise Fatal("compressed data not written to a terminal. Use -f to force compression.\n"
@@ -312,32 +410,55 @@ def process_stdin(settings: Settings) -> None:
             raise Fatal("compressed data not read from a terminal. Use -f to force decompression.\n"
                         f"For help, type: {PROGRAM} -h")
     enlarge_pipe(fd)
-    if compressing:
-        st = os.fstat(fd)
-        mtime = int(st.st_mtime) if stat.S_ISREG(st.st_mode) else 0  # gzip: 0 for pipes
-        totals = _to_stdout(lambda write: _run_compression(fd, write, settings, None, mtime))
-        if settings.verbose:
-            message(_ratio_text(totals))
+    if settings.list:
+        _list(fd, "stdout", _stdin_mtime(fd), settings)
+    elif compressing:
+        mtime = _stdin_mtime(fd)
+        totals = _compress_to_stdout(fd, settings, None, mtime)
+        if totals is not None and settings.verbose:
+            message(display_ratio(totals.bytes_in - (totals.bytes_out - totals.overhead), totals.bytes_in))
     else:
         _decompress_to_stdout_or_test(fd, "stdin", settings)
+
+
+def _compress_to_stdout(fd: int, settings: Settings, name: bytes | None, mtime: int, mode: int = 0o644):
+    from octoray.formats.gzip import ZipTooLarge
+
+    try:
+        return _to_stdout(lambda write: _run_compression(fd, write, settings, name, mtime, mode))
+    except ZipTooLarge as failure:
+        raise Fatal(str(failure)) from None
+
+
+def _report_decompression(settings: Settings, label: str, totals, warn: str | None) -> None:
+    from octoray.jobs.gzip import TRAILING_ZEROS
+
+    if warn and (warn != TRAILING_ZEROS or settings.verbose):
+        warning(settings, f"\n{PROGRAM}: {label}: {warn}")
 
 
 def _decompress_to_stdout_or_test(fd: int, label: str, settings: Settings) -> None:
     """-dc or -t: decompress `fd` to stdout (or nowhere) and report as gzip does."""
     from octoray.jobs.gzip import FormatError
 
+    prefix = None if label == "stdin" else (lambda: _verbose_prefix(settings, label))
     try:
         if settings.test:
-            _totals, warn = _run_decompression(fd, _discard)
+            totals, warn = _run_decompression(fd, _discard, settings, prefix)
         else:
-            _totals, warn = _to_stdout(lambda write: _run_decompression(fd, write))
+            totals, warn = _to_stdout(lambda write: _run_decompression(fd, write, settings, prefix))
     except FormatError as failure:
-        error(settings, f"\n{PROGRAM}: {label}: {failure.reason}")
+        format_error(settings, label, failure)
         return
-    if warn:
-        warning(settings, f"\n{PROGRAM}: {label}: {warn}")
-    elif settings.test and settings.verbose:
-        message(" OK" if label == "stdin" else f"{label}:\t OK")
+    _report_decompression(settings, label, totals, warn)
+    if settings.verbose:
+        if settings.test:
+            message(" OK")
+        elif label == "stdin" or totals.copied:
+            message(_decompression_ratio(totals) if label == "stdin" else "")
+        else:
+            verb = "created" if settings.keep else "replaced with"
+            message(f"{_decompression_ratio(totals)} -- {verb} stdout")
 
 
 def _close_quietly(writer) -> None:
@@ -348,96 +469,273 @@ def _close_quietly(writer) -> None:
             pass
 
 
-def process_file(path: str, settings: Settings) -> None:
-    if settings.decompress or settings.test:
-        _decompress_file(path, settings)
+# --- -l: gzip's listing ---------------------------------------------------------------------
+
+class Lister:
+    """gzip -l's running state: the heading once, totals, and header_bytes carried over."""
+
+    def __init__(self):
+        self.heading_done = False
+        self.total_in = self.total_out = 0
+        self.header_bytes = 0
+
+    def row(self, settings: Settings, totals, crc: int, mtime: int, name: str) -> None:
+        if not self.heading_done:
+            self.heading_done = True
+            if settings.verbose:
+                _print("method  crc     date  time  ", end="")
+            if not settings.quiet:
+                _print(f"{'compressed':>19} {'uncompressed':>19}  ratio uncompressed_name")
+        line = ""
+        if settings.verbose:
+            line = f"defla {crc:08x} {_list_date(mtime)} "
+        bytes_in, bytes_out = totals.bytes_in, totals.last_size
+        self.total_in += bytes_in
+        self.total_out += bytes_out
+        ratio = display_ratio(bytes_out - (bytes_in - self.header_bytes), bytes_out)
+        _print(f"{line}{bytes_in:19d} {bytes_out:19d} {ratio} {name}")
+
+    def totals(self, settings: Settings) -> None:
+        if self.total_in <= 0 or self.total_out <= 0:
+            return
+        line = " " * 28 if settings.verbose else ""
+        if settings.verbose or not settings.quiet:
+            line += f"{self.total_in:19d} {self.total_out:19d} "
+        ratio = display_ratio(self.total_out - (self.total_in - self.header_bytes), self.total_out)
+        _print(f"{line}{ratio} (totals)")
+
+
+def _print(text: str, end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def _list_date(mtime: int) -> str:
+    import time
+
+    try:
+        t = time.localtime(mtime)
+    except (OverflowError, OSError, ValueError):
+        return "??? ?? ??:??"
+    month = "JanFebMarAprMayJunJulAugSepOctNovDec"[3 * (t.tm_mon - 1):3 * t.tm_mon]
+    return f"{month}{t.tm_mday:3d} {t.tm_hour:02d}:{t.tm_min:02d}"
+
+
+def _list(fd: int, name: str, mtime: int, settings: Settings, label: str = "stdin") -> None:
+    """gzip 1.12 decompresses the whole file for -l; a row only when it is sound to the end."""
+    from octoray.jobs.gzip import TRAILING_ZEROS, FormatError
+
+    lister = settings.lister
+    try:
+        totals, warn = _run_decompression(fd, _discard, settings)
+    except FormatError as failure:
+        _update_header_bytes(lister, failure.totals)
+        format_error(settings, label, failure)
+        if failure.totals is not None and failure.totals.first_header is not None:
+            lister.totals(settings)
+        return
+    _update_header_bytes(lister, totals)
+    if warn:
+        if warn != TRAILING_ZEROS or settings.verbose:
+            warning(settings, f"\n{PROGRAM}: {label}: {warn}")
+        lister.totals(settings)
+        return
+    header = totals.first_header
+    if settings.restore():
+        if header.mtime:
+            mtime = header.mtime
+        if header.name and name != "stdout":
+            name = os.path.join(os.path.dirname(name), _header_basename(header.name))
+    lister.row(settings, totals, totals.last_crc, mtime, name)
+
+
+def _update_header_bytes(lister: Lister, totals) -> None:
+    found = header_bytes(totals)
+    if found is not None:
+        lister.header_bytes = found
+
+
+def _header_basename(name: bytes) -> str:
+    return os.fsdecode(name).rsplit("/", 1)[-1]
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def process_file(path: str, settings: Settings, recursing: bool = False) -> None:
+    if settings.decompress or settings.test or settings.list:
+        _decompress_file(path, settings, recursing)
     else:
-        _compress_file(path, settings)
+        _compress_file(path, settings, recursing)
+
+
+def _treat_directory(path: str, settings: Settings) -> None:
+    """-r: every entry in readdir's order, as gzip walks (os.listdir keeps that order)."""
+    try:
+        entries = os.listdir(path)
+    except OSError as failure:
+        error(settings, f"{PROGRAM}: {path}: {failure.strerror}")
+        return
+    for entry in entries:
+        process_file(path + entry if path.endswith("/") else f"{path}/{entry}", settings, recursing=True)
 
 
 def _open_input(path: str, settings: Settings) -> tuple[int, os.stat_result] | None:
+    """Open as gzip does (not following a link without -f or -c, not waiting on a FIFO) and
+    refuse what gzip refuses; a directory under -r is walked here."""
+    follow = settings.force or settings.stdout
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
     try:
-        st = os.lstat(path)
-    except OSError as failure:
-        error(settings, f"{PROGRAM}: {path}: {failure.strerror}")
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        warning(settings, f"{PROGRAM}: {path} is a directory -- ignored")
-        return None
-    if stat.S_ISLNK(st.st_mode) and not (settings.force or settings.stdout):
-        error(settings, f"{PROGRAM}: {path}: Too many levels of symbolic links")
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, flags)
         st = os.fstat(fd)
     except OSError as failure:
         error(settings, f"{PROGRAM}: {path}: {failure.strerror}")
         return None
-    if not stat.S_ISREG(st.st_mode) and not settings.stdout:
+    refusal = _refusal(path, st, settings)
+    if refusal is not None:
         os.close(fd)
-        warning(settings, f"{PROGRAM}: {path} is not a directory or a regular file - ignored")
+        if refusal == "directory" and settings.recursive:
+            _treat_directory(path, settings)
+        elif refusal == "directory":
+            warning(settings, f"{PROGRAM}: {path} is a directory -- ignored")
+        else:
+            warning(settings, f"{PROGRAM}: {refusal}")
         return None
+    os.set_blocking(fd, True)
     return fd, st
 
 
-def _compress_file(path: str, settings: Settings) -> None:
-    suffix = _has_suffix(os.path.basename(path), settings.suffix)
-    if suffix and not settings.force and not settings.stdout:
-        if not settings.quiet:
-            message(f"{PROGRAM}: {path} already has {suffix} suffix -- unchanged")
-        return
+def _refusal(path: str, st: os.stat_result, settings: Settings) -> str | None:
+    """gzip's reason for leaving a file alone, or None."""
+    if stat.S_ISDIR(st.st_mode):
+        return "directory"
+    if settings.stdout or settings.test or settings.list:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a directory or a regular file - ignored"
+    if st.st_mode & stat.S_ISUID:
+        return f"{path} is set-user-ID on execution - ignored"
+    if st.st_mode & stat.S_ISGID:
+        return f"{path} is set-group-ID on execution - ignored"
+    if settings.force:
+        return None
+    if st.st_mode & stat.S_ISVTX:
+        return f"{path} has the sticky bit set - file ignored"
+    if st.st_nlink > 1:
+        others = st.st_nlink - 1
+        return f"{path} has {others} other link{'s' if others > 1 else ''} -- file ignored"
+    return None
+
+
+def _verbose_prefix(settings: Settings, path: str) -> None:
+    if settings.verbose:
+        message(f"{path}:\t", end="")
+
+
+def _compress_file(path: str, settings: Settings, recursing: bool) -> None:
     opened = _open_input(path, settings)
     if opened is None:
         return
     fd, st = opened
-    name = os.fsencode(os.path.basename(path))
     try:
-        if settings.stdout:
-            _to_stdout(lambda write: _run_compression(fd, write, settings, name, int(st.st_mtime)))
+        suffix = _has_suffix(os.path.basename(path), settings.suffix)
+        if suffix and not settings.force and not settings.stdout:
+            if settings.verbose or not (recursing or settings.quiet):
+                message(f"{PROGRAM}: {path} already has {suffix} suffix -- unchanged")
             return
-        out_path = path + settings.suffix
-        done = _to_file(settings, path, out_path, st,
-                        lambda write: _run_compression(fd, write, settings, name, int(st.st_mtime)))
+        name = os.fsencode(os.path.basename(path))
+        mtime, mode = int(st.st_mtime), stat.S_IMODE(st.st_mode)
+        verb = "created" if settings.keep else "replaced with"
+        if settings.stdout:
+            _verbose_prefix(settings, path)
+            done = _compress_to_stdout(fd, settings, name, mtime, mode)
+            out_path = "stdout"
+        else:
+            out_path = path + _compress_suffix(settings)
+            done = _to_file(settings, path, out_path, st,
+                            lambda write: _run_compression(fd, write, settings, name, mtime, mode),
+                            before=lambda: _verbose_prefix(settings, path))
         if done is not None and settings.verbose:
-            verb = "created" if settings.keep else "replaced with"
-            message(f"{path}:\t{_ratio_text(done)} -- {verb} {out_path}")
+            ratio = display_ratio(done.bytes_in - (done.bytes_out - done.overhead), done.bytes_in)
+            message(f"{ratio} -- {verb} {out_path}")
     finally:
         os.close(fd)
 
 
-def _decompress_file(path: str, settings: Settings) -> None:
+def _compress_suffix(settings: Settings) -> str:
+    if settings.suffix_set:
+        return settings.suffix
+    return {"zlib": ".zz", "zip": ".zip"}.get(settings.form, settings.suffix)
+
+
+def _find_compressed(path: str, settings: Settings) -> str:
+    """gzip -d NAME also finds NAME.gz (and its other suffixes) when NAME is missing."""
+    following = settings.force or settings.stdout or settings.test or settings.list
+    present = os.path.exists(path) if following else os.path.lexists(path)
+    if present or _has_suffix(os.path.basename(path), settings.suffix):
+        return path
+    candidates = (settings.suffix, ".gz", ".z", "-z", ".Z")
+    for candidate in candidates:
+        if os.path.lexists(path + candidate):
+            return path + candidate
+    return path + settings.suffix  # named in the error, as gzip does
+
+
+def _decompress_file(path: str, settings: Settings, recursing: bool) -> None:
+    path = _find_compressed(path, settings)
+    opened = _open_input(path, settings)
+    if opened is None:
+        return
+    fd, st = opened
+    try:
+        base = _strip_suffix(os.path.basename(path), settings.suffix)
+        if base is None and (recursing or not (settings.test or settings.list or settings.stdout)):
+            if settings.verbose or not (recursing or settings.quiet):
+                warning(settings, f"{PROGRAM}: {path}: unknown suffix -- ignored")
+            return
+        if settings.list:
+            name = os.path.join(os.path.dirname(path), base) if base is not None else path
+            _list(fd, name, int(st.st_mtime), settings, label=path)
+        elif settings.test or settings.stdout:
+            _decompress_to_stdout_or_test(fd, path, settings)
+        else:
+            _decompress_to_file(fd, st, path, base, settings)
+    finally:
+        os.close(fd)
+
+
+def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, settings: Settings) -> None:
     from octoray.jobs.gzip import FormatError
 
-    if not os.path.lexists(path):
-        for candidate in (settings.suffix, ".gz", ".z", "-z", ".Z"):
-            if os.path.lexists(path + candidate):
-                path += candidate
-                break
-    base = _strip_suffix(os.path.basename(path), settings.suffix)
-    if base is None and not (settings.stdout or settings.test):
-        if os.path.lexists(path):
-            warning(settings, f"{PROGRAM}: {path}: unknown suffix -- ignored")
-            return
-    opened = _open_input(path, settings)
-    if opened is None:
-        return
-    fd, st = opened
+    mtime_ns = None
+    if settings.restore():
+        header = _peek_header(fd)
+        if header is not None and header.name and _header_basename(header.name) not in ("", ".", ".."):
+            base = _header_basename(header.name)
+        if header is not None and header.mtime:
+            mtime_ns = header.mtime * 1_000_000_000
+    out_path = os.path.join(os.path.dirname(path), base)
     try:
-        if settings.test or settings.stdout:
-            _decompress_to_stdout_or_test(fd, path, settings)
-            return
-        out_path = os.path.join(os.path.dirname(path), base)
-        try:
-            result = _to_file(settings, path, out_path, st, lambda write: _run_decompression(fd, write))
-        except FormatError as failure:
-            error(settings, f"\n{PROGRAM}: {path}: {failure.reason}")
-            return
-        if result is not None:
-            totals, warn = result
-            if warn:
-                warning(settings, f"\n{PROGRAM}: {path}: {warn}")
-    finally:
-        os.close(fd)
+        result = _to_file(settings, path, out_path, st, lambda write: _run_decompression(
+            fd, write, settings, lambda: _verbose_prefix(settings, path)), mtime_ns=mtime_ns)
+    except FormatError as failure:
+        format_error(settings, path, failure)
+        return
+    if result is not None:
+        totals, warn = result
+        _report_decompression(settings, path, totals, warn)
+        if settings.verbose:
+            verb = "created" if settings.keep else "replaced with"
+            message(f"{_decompression_ratio(totals)} -- {verb} {out_path}")
+
+
+def _peek_header(fd: int):
+    """The first member's header, read without moving the file offset (for -N)."""
+    from octoray.formats import gzip as gz
+
+    try:
+        return gz.parse_header(os.pread(fd, 1 << 16, 0))
+    except (gz.NotGzip, gz.Truncated, gz.UnknownMethod, OSError):
+        return None
 
 
 def _to_stdout(work):
@@ -456,14 +754,32 @@ def _to_stdout(work):
         raise
 
 
-def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result, work):
+def _may_overwrite(settings: Settings, out_path: str) -> bool:
+    """gzip's rule for an existing output: -f, else ask on a terminal, else warn (status 2)."""
+    if not os.path.lexists(out_path) or settings.force:
+        return True
+    message(f"{PROGRAM}: {out_path} already exists;", end="")
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN and os.isatty(0):
+        message(" do you wish to overwrite (y or n)? ", end="")
+        try:
+            answer = os.read(0, 1024)
+        except OSError:
+            answer = b""
+        if answer[:1] in (b"y", b"Y"):
+            return True
+    warning(settings, "\tnot overwritten", quiet_hides=False)
+    return False
+
+
+def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result, work,
+             mtime_ns: int | None = None, before=None):
     """Write `work`'s output to a temporary file beside `out_path`, then rename it into place
     and remove the input; nothing is overwritten or removed before the output is complete."""
     global _partial_output
+    from octoray.formats.gzip import ZipTooLarge
     from octoray.streams import write_all
 
-    if os.path.lexists(out_path) and not settings.force:
-        warning(settings, f"{PROGRAM}: {out_path} already exists;\tnot overwritten", quiet_hides=False)
+    if not _may_overwrite(settings, out_path):
         return None
     directory = os.path.dirname(out_path) or "."
     temporary = os.path.join(directory, f".{os.path.basename(out_path)}.fgzip{os.getpid()}")
@@ -473,19 +789,21 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
         error(settings, f"{PROGRAM}: {out_path}: {failure.strerror}")
         return None
     _partial_output = temporary
+    if before is not None:
+        before()
     try:
         try:
             result = work(lambda data: write_all(fd_out, data))
             if settings.synchronous:
                 os.fsync(fd_out)
-            os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
+            os.fchmod(fd_out, stat.S_IMODE(st.st_mode) & 0o777)
             try:
                 os.fchown(fd_out, st.st_uid, st.st_gid)
             except OSError:
                 pass
         finally:
             os.close(fd_out)
-        os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns))
         os.replace(temporary, out_path)
         _partial_output = None
     except BaseException as failure:
@@ -497,6 +815,9 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
         if isinstance(failure, OSError):  # writing the output failed (a full disk, say)
             error(settings, f"{PROGRAM}: {out_path}: {failure.strerror}")
             return None
+        if isinstance(failure, ZipTooLarge):
+            error(settings, f"{PROGRAM}: {in_path}: {failure}")
+            return None
         raise
     if not settings.keep:
         try:
@@ -506,17 +827,18 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
     return result
 
 
+def _usage_error(failure: Exception) -> int:
+    message(f"{PROGRAM}: {failure}\nTry `{PROGRAM} --help' for more information.")
+    return ERROR
+
+
 def run(argv: list[str], settings: Settings) -> int:
     try:
-        found, operands = parse(argv, OPTIONS)
-    except UsageError as failure:
-        message(f"{PROGRAM}: {failure}\nTry `{PROGRAM} --help' for more information.")
-        return ERROR
-    try:
+        apply_environment(settings)
+        found, operands = parse(argv, OPTIONS, digits=LEVEL)
         action = apply_options(found, settings)
     except UsageError as failure:
-        message(f"{PROGRAM}: {failure}\nTry `{PROGRAM} --help' for more information.")
-        return ERROR
+        return _usage_error(failure)
     if action == "license":
         sys.stdout.write(LICENSE)
         return OK
@@ -526,13 +848,19 @@ def run(argv: list[str], settings: Settings) -> int:
     if action == "version":
         sys.stdout.write(f"{PROGRAM} {__version__} (octoray)\n")
         return OK
-    if settings.test:
+    if settings.form == "zip" and (settings.decompress or settings.test or settings.list):
+        raise Fatal("decompressing zip (-K) is not supported")
+    if settings.list:
+        settings.lister = Lister()
+    elif settings.test:
         settings.stdout = True
     for operand in operands or ["-"]:
         if operand == "-":
             process_stdin(settings)
         else:
             process_file(operand, settings)
+    if settings.list and not settings.quiet and len(operands) > 1:
+        settings.lister.totals(settings)
     return settings.status
 
 
@@ -553,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         status = run(sys.argv[1:] if argv is None else argv, settings)
     except _cluster_error() as failure:
         message(f"{PROGRAM}: {failure}")
+        status = ERROR
+    except Abort:
         status = ERROR
     except Fatal as failure:
         text = str(failure)

@@ -19,8 +19,12 @@ class UsageError(Exception):
     """A command-line error; the message is gzip's, without the program name."""
 
 
-def parse(argv: list[str], options: list[Option]) -> tuple[list[tuple[str, str | None, str]], list[str]]:
-    """Return ([(key, argument, spelling)], operands) in command-line order."""
+def parse(argv: list[str], options: list[Option], digits: str | None = None
+          ) -> tuple[list[tuple[str, str | None, str]], list[str]]:
+    """Return ([(key, argument, spelling)], operands) in command-line order.
+
+    With `digits`, a run of digits in a bundle is one option of that key with the run as its
+    argument (``-11`` is pigz's level 11, where getopt would see ``-1 -1``)."""
     by_short = {o.short: o for o in options if o.short}
     by_long = {name: o for o in options for name in o.long}
     found: list[tuple[str, str | None, str]] = []
@@ -51,6 +55,13 @@ def parse(argv: list[str], options: list[Option]) -> tuple[list[tuple[str, str |
             while j < len(arg):
                 char = arg[j]
                 j += 1
+                if digits and char.isdigit():
+                    run = char
+                    while j < len(arg) and arg[j].isdigit():
+                        run += arg[j]
+                        j += 1
+                    found.append((digits, run, "-" + run))
+                    continue
                 option = by_short.get(char)
                 if option is None:
                     raise UsageError(f"invalid option -- '{char}'")

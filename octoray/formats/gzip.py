@@ -41,6 +41,53 @@ def trailer(crc: int, size: int) -> bytes:
     return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
+def zlib_header(level: int) -> bytes:
+    """RFC 1950 header as pigz -z writes it: 32 KiB window, FLEVEL from the level, FCHECK."""
+    flevel = 0 if level <= 1 else 1 if level <= 5 else 2 if level == 6 else 3
+    cmf, flg = 0x78, flevel << 6
+    flg += 31 - ((cmf << 8) + flg) % 31
+    return bytes((cmf, flg))
+
+
+ZIP_LOCAL, ZIP_DESCRIPTOR, ZIP_CENTRAL, ZIP_END = 0x04034B50, 0x08074B50, 0x02014B50, 0x06054B50
+ZIP_DESCRIPTOR_FLAG = 8  # sizes and CRC follow the data: the output is written in one pass
+
+
+def _dos_time(mtime: int) -> tuple[int, int]:
+    import time
+
+    t = time.localtime(max(mtime, 315532800))  # zip's clock starts in 1980
+    return (t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2,
+            max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday)
+
+
+def zip_local_header(name: bytes, mtime: int) -> bytes:
+    """A one-entry zip's local header (pigz -K), its CRC and sizes left to the descriptor."""
+    clock, day = _dos_time(mtime)
+    return struct.pack("<IHHHHHIIIHH", ZIP_LOCAL, 20, ZIP_DESCRIPTOR_FLAG, METHOD_DEFLATE, clock, day,
+                       0, 0, 0, len(name), 0) + name
+
+
+class ZipTooLarge(ValueError):
+    """The entry needs zip64, which fgzip -K does not write."""
+
+
+def zip_trailer(name: bytes, mtime: int, crc: int, compressed: int, size: int, header_size: int,
+                mode: int = 0o644, comment: bytes | None = None) -> bytes:
+    """Data descriptor, central directory and end record after the entry's deflate data."""
+    if max(compressed, size, header_size + compressed + 16) >= 0xFFFFFFFF:
+        raise ZipTooLarge("input too large for zip without zip64")
+    clock, day = _dos_time(mtime)
+    comment = comment or b""
+    descriptor = struct.pack("<IIII", ZIP_DESCRIPTOR, crc & 0xFFFFFFFF, compressed, size)
+    central = struct.pack("<IHHHHHHIIIHHHHHII", ZIP_CENTRAL, 0x0300 | 20, 20, ZIP_DESCRIPTOR_FLAG,
+                          METHOD_DEFLATE, clock, day, crc & 0xFFFFFFFF, compressed, size, len(name), 0,
+                          len(comment), 0, 0, (0o100000 | mode) << 16, 0) + name + comment
+    offset = header_size + compressed + len(descriptor)
+    end = struct.pack("<IHHHHIIH", ZIP_END, 0, 0, 1, 1, len(central), offset, 0)
+    return descriptor + central + end
+
+
 class DeflatedChunk:
     """Raw deflate for one chunk, plus what the trailer needs.  Only the `last` chunk of a
     stream may end the deflate stream; the others end byte-aligned (a sync flush)."""
@@ -72,10 +119,15 @@ class MemberAssembler:
         self.ended = chunk.last
         return chunk.data
 
-    def finish(self) -> bytes:
+    def finish_stream(self) -> bytes:
+        """What ends the deflate stream: nothing if the last chunk did, else an empty final block."""
         end = b"" if self.ended else FINAL_EMPTY_BLOCK
+        self.ended = True
         self.compressed += len(end)
-        return end + trailer(self.crc, self.size)
+        return end
+
+    def finish(self) -> bytes:
+        return self.finish_stream() + trailer(self.crc, self.size)
 
 
 class MemberHeader:

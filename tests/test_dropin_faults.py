@@ -1,0 +1,117 @@
+"""Damaged input, signals and full disks: gzip's messages and statuses, no partial output,
+never a traceback.  A hypothesis fuzz test throws damaged members at fgzip -dc and -t."""
+
+from __future__ import annotations
+
+import gzip as pygzip
+import os
+import signal
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import fgzip, run, text_like, tool
+from test_dropin_common import assert_same, gz_bytes, put
+
+GOOD = gz_bytes(text_like(60_000, seed=7))
+
+
+def damaged(where):
+    put(where, "ok.gz", GOOD)
+    put(where, "cut.gz", GOOD[: len(GOOD) // 2])
+    put(where, "crc.gz", GOOD[:-8] + bytes([GOOD[-8] ^ 1]) + GOOD[-7:])
+    put(where, "len.gz", GOOD[:-1] + bytes([GOOD[-1] ^ 1]))
+    put(where, "bad.gz", GOOD[:10] + b"\xff" * 40)
+    put(where, "method.gz", b"\x1f\x8b\x09" + GOOD[3:])
+    put(where, "garbage.gz", GOOD + b"junk")
+    put(where, "stray.gz", GOOD + b"x")
+    put(where, "empty.gz", b"")
+
+
+@pytest.mark.parametrize("name", ["cut", "crc", "len", "bad", "method", "garbage", "stray", "empty"])
+@pytest.mark.parametrize("mode", ["-d", "-t", "-dc", "-tv"])
+def test_damaged_input_as_gzip(tmp_path, name, mode):
+    assert_same(tmp_path, [mode, f"{name}.gz", "ok.gz"], damaged, stdout="same" if mode != "-dc" else None)
+
+
+def test_sigpipe_is_silent():
+    blob = gz_bytes(bytes(30_000_000))
+    proc = subprocess.run(f"{' '.join(tool('fgzip'))} -dc | head -c 10", shell=True, input=blob,
+                          capture_output=True, timeout=60, executable="/bin/bash")
+    assert proc.stdout == bytes(10) and proc.stderr == b""
+
+
+@pytest.mark.parametrize("mode", [["-dc"], ["-c"]])
+def test_full_disk_on_stdout(mode):
+    data = GOOD if mode == ["-dc"] else text_like(2_000_000)
+    with open("/dev/full", "wb") as full:
+        ours = subprocess.run([*tool("fgzip"), *mode], input=data, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    with open("/dev/full", "wb") as full:
+        theirs = subprocess.run(["gzip", *mode], input=data, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+def test_signal_removes_partial_output(tmp_path, signum):
+    """Signalled while its temporary output exists, fgzip removes it and dies of the signal."""
+    import random
+    import time
+
+    put(tmp_path, "big", random.Random(3).randbytes(40_000_000))
+    proc = subprocess.Popen([*tool("fgzip"), "-p", "1", "big"], cwd=tmp_path, stderr=subprocess.PIPE)
+    for _ in range(3000):
+        if any(p.name.startswith(".big.gz.") for p in tmp_path.iterdir()) or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("finished before the signal")
+    assert proc.returncode == -signum
+    assert b"Traceback" not in proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
+SEED = gz_bytes(b"hello hello hello world\n" * 50) + gz_bytes(b"second member\n")
+
+
+@st.composite
+def corrupt(draw):
+    data = bytearray(SEED)
+    for _ in range(draw(st.integers(0, 4))):
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data) + draw(st.binary(max_size=12))
+
+
+def reference(blob: bytes):
+    """(output, ok) as zlib reads it: the concatenated members, or None when damaged."""
+    import zlib
+
+    out, rest = b"", blob
+    try:
+        while rest:
+            inflater = zlib.decompressobj(31)
+            out += inflater.decompress(rest)
+            if not inflater.eof:
+                return None
+            rest = inflater.unused_data
+            if rest[:2] != b"\x1f\x8b":
+                return out  # trailing data: gzip warns or fails, never a wrong output
+    except zlib.error:
+        return None
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(corrupt())
+def test_fuzz_never_traceback_hang_or_wrong_output(blob):
+    result = fgzip("-dc", input=blob, timeout=30)
+    assert b"Traceback" not in result.stderr and b"internal error" not in result.stderr
+    assert result.returncode in (0, 1, 2)
+    if result.returncode == 0:
+        assert result.stdout == pygzip.decompress(blob.rstrip(b"\0")) or result.stdout == reference(blob)
+    tested = fgzip("-t", input=blob, timeout=30)
+    assert tested.returncode == result.returncode

@@ -1,0 +1,135 @@
+"""Files a user compresses and decompresses: names, suffixes, refusals, recursion, -N, GZIP.
+Each case runs GNU gzip and fgzip in two identical directories and compares the outcome."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import fgzip, run, text_like
+from test_dropin_common import FIXED_TIME, assert_same, gz_bytes, put
+
+DATA = text_like(20_000, seed=5)
+
+
+def plain(where):
+    put(where, "a", DATA)
+    put(where, "b", DATA[:999], mode=0o600)
+
+
+def specials(where):
+    plain(where)
+    os.link(where / "a", where / "hard")
+    put(where, "suid", DATA, mode=0o4755)
+    put(where, "sgid", DATA, mode=0o2755)
+    put(where, "sticky", DATA, mode=0o1644)
+    os.symlink("a", where / "link")
+    os.mkfifo(where / "fifo")
+    (where / "dir").mkdir()
+
+
+@pytest.mark.parametrize("args", [
+    ["a", "b"], ["-k", "a"], ["-v", "a"], ["-q", "hard"], ["hard"], ["-f", "hard"],
+    ["suid"], ["-f", "suid"], ["sgid"], ["sticky"], ["-f", "sticky"], ["link"], ["-f", "link"],
+    ["fifo"], ["dir"], ["-q", "dir"], ["nosuch", "a"],
+])
+def test_file_types_as_gzip(tmp_path, args):
+    assert_same(tmp_path, args, specials, ratios=False)
+
+
+def test_compress_link_to_stdout(tmp_path):
+    assert_same(tmp_path, ["-c", "link"], specials, stdout="gunzip")
+
+
+def tree(where):
+    for folder in ("", "sub/", "sub/deeper/", "with space/", "ünï/"):
+        put(where, f"t/{folder}plain file", DATA[:3000])
+        put(where, f"t/{folder}é", DATA[:100])
+    put(where, "t/done.gz", gz_bytes(b"x\n"))
+    put(where, "t/sub/upper.GZ", gz_bytes(b"y\n"))
+    os.symlink("plain file", where / "t/sub/link")
+
+
+@pytest.mark.parametrize("args", [["-r", "t"], ["-rv", "t"], ["-rk", "t/"], ["-rq", "t"]])
+def test_recursive_compression(tmp_path, args):
+    assert_same(tmp_path, args, tree, ratios=False)
+
+
+@pytest.mark.parametrize("args", [["-dr", "t"], ["-drv", "t"], ["-tr", "t"], ["-tvr", "t"]])
+def test_recursive_decompression(tmp_path, args):
+    def setup(where):
+        tree(where)
+        run(["gzip", "-r", str(where / "t" / "sub")])
+    assert_same(tmp_path, args, setup, ratios=False)
+
+
+def test_recursive_to_stdout(tmp_path):
+    assert_same(tmp_path, ["-rc", "t"], tree, stdout="gunzip")
+
+
+def compressed(where):
+    put(where, "a.gz", gz_bytes(DATA, b"original", FIXED_TIME - 1000))
+    put(where, "b.tgz", gz_bytes(DATA))
+    put(where, "C.Z", gz_bytes(DATA))
+    put(where, "d.x", gz_bytes(DATA))
+    put(where, "evil.gz", gz_bytes(DATA, b"../../evil", FIXED_TIME - 5))
+    put(where, "plain", DATA)
+    put(where, "a", b"in the way")
+
+
+@pytest.mark.parametrize("args", [
+    ["-d", "b.tgz", "C.Z"], ["-d", "a.gz"], ["-df", "a.gz"], ["-dN", "a.gz"], ["-dN", "evil.gz"],
+    ["-d", "plain"], ["-dq", "plain"], ["-d", "-S", ".x", "d.x"], ["-d", "b"], ["-dv", "b.tgz"],
+    ["-dk", "nosuch"], ["a.gz"], ["-f", "a.gz"], ["-q", "a.gz"],
+])
+def test_decompress_names_as_gzip(tmp_path, args):
+    assert_same(tmp_path, args, compressed)
+
+
+@pytest.mark.parametrize("stdin_data", [b"plain text", b"", b"\x1f", gz_bytes(b"xxx\n") + b"yyy\n",
+                                        gz_bytes(b"xxx\n") + b"\0\0", gz_bytes(b"xxx\n") + b"y"])
+def test_cdf_copies_non_gzip_data(tmp_path, stdin_data):
+    assert_same(tmp_path, ["-cdf"], lambda where: None, input=stdin_data)
+
+
+def test_existing_output_without_terminal(tmp_path):
+    def setup(where):
+        plain(where)
+        put(where, "a.gz", b"precious")
+    assert_same(tmp_path, ["a"], setup)
+    assert_same(tmp_path / "q", ["-q", "a"], setup) if (tmp_path / "q").mkdir() is None else None
+
+
+def test_existing_output_prompt_on_terminal(tmp_path):
+    import pty
+    import subprocess
+
+    from conftest import tool
+
+    for answer, status in ((b"n\n", 2), (b"y\n", 0)):
+        put(tmp_path, "a", DATA)
+        put(tmp_path, "a.gz", b"precious")
+        controller, terminal = pty.openpty()
+        os.write(controller, answer)
+        result = subprocess.run([*tool("fgzip"), "a"], stdin=terminal, capture_output=True, cwd=tmp_path, timeout=60)
+        os.close(controller)
+        os.close(terminal)
+        prompt = b"fgzip: a.gz already exists; do you wish to overwrite (y or n)? "
+        assert result.returncode == status
+        assert result.stderr == prompt + (b"\tnot overwritten\n" if status else b"")
+        assert ((tmp_path / "a.gz").read_bytes() == b"precious") == bool(status)
+
+
+@pytest.mark.parametrize("value", ["-9", "-n -v", "--rsyncable", "-q", "--verb", "-c", "-9c", "--std",
+                                   "-S .x", "foo", "-1 --", "-j", "  "])
+def test_gzip_environment_variable(tmp_path, value):
+    assert_same(tmp_path, ["-k", "a"], plain, env={"GZIP": value}, ratios=False)
+
+
+def test_name_and_time_stored_like_gzip(tmp_path):
+    put(tmp_path, "a", DATA)
+    ours = fgzip("-c", "a", cwd=tmp_path, check=True).stdout
+    theirs = run(["gzip", "-c", "a"], cwd=tmp_path, check=True).stdout
+    assert ours[3:8] == theirs[3:8] and ours[10:12] == theirs[10:12] == b"a\0"
+    assert fgzip("-cn", "a", cwd=tmp_path, check=True).stdout[3:8] == b"\0" * 5
