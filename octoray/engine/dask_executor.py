@@ -42,16 +42,30 @@ def quiet_dask() -> None:
 
 
 class _Task:
-    __slots__ = ("future", "args", "fn", "resubmitted")
+    """One chunk's task: `sending` until its scatter and submit are done, then `future`."""
 
-    def __init__(self, future, fn, args):
-        self.future, self.fn, self.args = future, fn, args
+    __slots__ = ("sending", "_future", "args", "fn", "resubmitted")
+
+    def __init__(self, sending, fn, args):
+        self.sending, self._future, self.fn, self.args = sending, None, fn, args
         self.resubmitted = 0
 
+    @property
+    def future(self):
+        if self._future is None:
+            self._future = self.sending.result()  # a send's ClusterError surfaces here
+        return self._future
+
+    @future.setter
+    def future(self, value) -> None:
+        self._future = value
+
     def cancel(self) -> None:
+        self.sending.cancel()
         try:
-            self.future.cancel()
-        except Exception:  # the client is already closed: nothing left to cancel
+            if self._future is not None or self.sending.done():
+                self.future.cancel()
+        except Exception:  # the client is already closed, or the send failed: nothing to cancel
             pass
 
 
@@ -59,10 +73,16 @@ class DaskExecutor:
     in_process = False
 
     def __init__(self, client, address: str, cluster=None):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.client = client
         self.address = address
         self._cluster = cluster  # a LocalCluster this executor started, closed with it
         self.workers = max(1, self._threads())
+        # Scatter and submit are round trips (10-20 ms a chunk): two sender threads overlap
+        # them with reading the next chunk and with the workers' compute.
+        self._senders = ThreadPoolExecutor(2, thread_name_prefix="octoray-send")
+        self._workers_seen = 0.0
 
     def _threads(self) -> int:
         return sum(w.get("nthreads", 1) for w in self.client.scheduler_info()["workers"].values())
@@ -78,6 +98,7 @@ class DaskExecutor:
                 return self.client.submit(fn, scattered, *args[1:], pure=False)
             except (OSError, TimeoutError) as error:
                 failure = error
+                self._workers_seen = 0.0
                 self._check_alive()
                 time.sleep(0.5)
                 self._refresh()
@@ -90,7 +111,7 @@ class DaskExecutor:
             raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
 
     def submit(self, fn, *args) -> _Task:
-        return _Task(self._send(fn, args), fn, args)
+        return _Task(self._senders.submit(self._send, fn, args), fn, args)
 
     def result(self, task: _Task):
         from distributed import TimeoutError as DaskTimeout
@@ -107,6 +128,7 @@ class DaskExecutor:
                 if task.resubmitted >= RESUBMISSIONS:
                     raise ClusterError(f"chunk failed on {RESUBMISSIONS + 1} workers: {error}") from None
             self._check_alive()
+            self._workers_seen = 0.0
             task.future = self._send(task.fn, task.args)
             task.resubmitted += 1
 
@@ -124,11 +146,14 @@ class DaskExecutor:
             raise ClusterError(f"lost the cluster at {self.address}: the scheduler went away")
 
     def _wait_for_workers(self) -> None:
+        if time.monotonic() - self._workers_seen < 1.0:  # asked the scheduler a moment ago
+            return
         deadline = time.monotonic() + NO_WORKERS_TIMEOUT
         while True:
             self._check_alive()
             try:
                 if self.client.scheduler_info()["workers"]:
+                    self._workers_seen = time.monotonic()
                     return
             except (OSError, TimeoutError) as error:
                 raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
@@ -146,6 +171,7 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Close quietly: a client of a dead scheduler can print tracebacks as it shuts down."""
+        self._senders.shutdown(wait=False, cancel_futures=True)
         saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
