@@ -325,3 +325,17 @@ def test_fgzip_on_the_emulator_round_trips_through_gzip(kind, tmp_path, gzip_bin
 def test_octoray_status_names_the_emulated_card():
     result = run([*tool("octoray"), "status"], env=emulator_env(OCTORAY_DEVICE="1"), check=True)
     assert "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("argv", [["fclassify", "IMAGE"], ["octoray", "status"]])
+def test_asking_for_an_fpga_without_pynq_is_a_plain_error(argv, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    program = argv[0]
+    argv = [*tool(program), *(str(image) if a == "IMAGE" else a for a in argv[1:])]
+    result = run(argv, env=dict(os.environ, OCTORAY_ACCELERATOR="fpga"))
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode() == f"{program}: accelerator 'fpga': pynq not installed (No module named 'pynq')\n"

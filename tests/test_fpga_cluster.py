@@ -32,3 +32,20 @@ def test_fgzip_on_two_emulated_cards(emulated_cluster, gzip_bin):
     assert "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" in rows["card1"]
     tasks = {name: int(line.split()[-1]) for name, line in rows.items()}
     assert all(n >= 3 for n in tasks.values()), tasks
+
+
+def test_fclassify_on_two_emulated_cards_prints_the_cpu_labels(emulated_cluster, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(9)
+    for i in range(64):
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
+    argv = [*tool("fclassify"), "--batch", "8", str(tmp_path)]
+    on_cpu = run(argv, env=dict(os.environ, OCTORAY_ACCELERATOR="cpu"), check=True)
+    on_cards = run(argv, env=dict(os.environ, DASK_SCHEDULER_ADDRESS=emulated_cluster.address), check=True)
+    assert on_cards.stderr == b""
+    assert on_cards.stdout == on_cpu.stdout and len(on_cpu.stdout.splitlines()) == 64
+    done = emulated_cluster.status()
+    assert set(done) == {"card0", "card1"} and all(n >= 2 for n in done.values()), done

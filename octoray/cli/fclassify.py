@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         status = 0
     except Exception as failure:  # noqa: BLE001 - a message, never a traceback
+        from octoray.kernels import AcceleratorError
+
         cluster_error = _cluster_error()
-        if cluster_error and isinstance(failure, cluster_error):
+        if isinstance(failure, AcceleratorError) or (cluster_error and isinstance(failure, cluster_error)):
             sys.stderr.write(f"{PROGRAM}: {failure}\n")
         elif isinstance(failure, OSError):
             where = failure.filename if failure.filename is not None else "stdout"
