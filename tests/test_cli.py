@@ -55,6 +55,11 @@ def make_a(where):
     ["-Z", "a"],
     ["--fast=3", "a"],
     ["-a", "-k", "a"],
+    # abbreviations: gzip's own long options come first, pigz's and octoray's after
+    ["--no-", "-k", "a"], ["--h"], ["--a", "-k", "a"], ["--r", "a"], ["--t", "a"], ["--b", "a"], ["--s", "a"],
+    # -h acts where it stands; values are checked once every option is read
+    ["-h", "-j"], ["-h", "--bogus"], ["-h", "-Z"], ["-S", "", "-h"], ["-a", "-h"],
+    ["-S", "", "-S", ".x", "-k", "a"], ["-S", ".x", "-S", "", "-k", "a"], ["-a", "-S", ""], ["-S", "a/b", "-k", "a"],
 ])
 def test_status_message_and_files_match_gzip(gzip_bin, tmp_path, args):
     def setup(where):

@@ -82,6 +82,9 @@ def compressed(where):
     ["-d", "b.tgz", "C.Z"], ["-d", "a.gz"], ["-df", "a.gz"], ["-dN", "a.gz"], ["-dN", "evil.gz"],
     ["-d", "plain"], ["-dq", "plain"], ["-d", "-S", ".x", "d.x"], ["-d", "b"], ["-dv", "b.tgz"],
     ["-dk", "nosuch"], ["a.gz"], ["-f", "a.gz"], ["-q", "a.gz"],
+    # gzip's -r silences suffix complaints for named files too; -dc never looks at suffixes
+    ["-dr", "plain"], ["-tr", "plain"], ["-lr", "plain"], ["-r", "b.tgz"], ["-rv", "b.tgz"], ["-dcr", "."],
+    ["-d", "a.gz/"],  # Not a directory, under the name given (no suffix search)
 ])
 def test_decompress_names_as_gzip(tmp_path, args):
     assert_same(tmp_path, args, compressed)
@@ -122,7 +125,7 @@ def test_existing_output_prompt_on_terminal(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["-9", "-n -v", "--rsyncable", "-q", "--verb", "-c", "-9c", "--std",
-                                   "-S .x", "foo", "-1 --", "-j", "  "])
+                                   "-S .x", "foo", "-1 --", "-j", "  ", "-0", "-11"])
 def test_gzip_environment_variable(tmp_path, value):
     assert_same(tmp_path, ["-k", "a"], plain, env={"GZIP": value}, ratios=False)
 

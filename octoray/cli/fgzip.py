@@ -7,6 +7,7 @@ the data is done by octoray.jobs.gzip, which never sees an option.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -23,7 +24,8 @@ PROGRAM = "fgzip"
 OK, ERROR, WARNING = 0, 1, 2
 KNOWN_SUFFIXES = (".gz", ".z", "-gz", "-z", "_z", ".tgz", ".taz")
 
-# In gzip's own table order (its ambiguity messages list candidates in this order), then pigz's.
+# In gzip's own table order (its ambiguity messages list candidates in this order), then pigz's
+# and octoray's (extra=True: long names gzip lacks, which abbreviations reach only failing gzip's).
 OPTIONS = [
     Option("ascii", "a", ("ascii",)),
     Option("stdout", "c", ("to-stdout", "stdout")),
@@ -47,21 +49,25 @@ OPTIONS = [
     Option("lzw", "Z", ("lzw",)),
     Option("bits", "", ("bits",), True),
     Option("rsyncable", "R", ("rsyncable",)),
-    Option("processes", "p", ("processes",), True),
-    Option("blocksize", "b", ("blocksize",), True),
-    Option("independent", "i", ("independent",)),
-    Option("no-time", "m", ("no-time",)),
-    Option("no-time", "T", ()),
-    Option("time", "M", ("time",)),
-    Option("zlib", "z", ("zlib",)),
-    Option("zip", "K", ("zip",)),
-    Option("alias", "A", ("alias",), True),
-    Option("comment", "C", ("comment",), True),
-    Option("huffman", "H", ("huffman",)),
-    Option("rle", "U", ("rle",)),
-    Option("scheduler", "", ("scheduler",), True),
-    Option("scheduler-file", "", ("scheduler-file",), True),
-    Option("cluster", "", ("cluster",), True),
+    Option("processes", "p", ("processes",), True, extra=True),
+    Option("blocksize", "b", ("blocksize",), True, extra=True),
+    Option("independent", "i", ("independent",), extra=True),
+    Option("no-time", "m", ("no-time",), extra=True),
+    Option("no-time", "T", (), extra=True),
+    Option("time", "M", ("time",), extra=True),
+    Option("zlib", "z", ("zlib",), extra=True),
+    Option("zip", "K", ("zip",), extra=True),
+    Option("alias", "A", ("alias",), True, extra=True),
+    Option("comment", "C", ("comment",), True, extra=True),
+    Option("huffman", "H", ("huffman",), extra=True),
+    Option("rle", "U", ("rle",), extra=True),
+    Option("scheduler", "", ("scheduler",), True, extra=True),
+    Option("scheduler-file", "", ("scheduler-file",), True, extra=True),
+    Option("cluster", "", ("cluster",), True, extra=True),
+    Option("zopfli", "F", ("first",), extra=True),
+    Option("zopfli", "I", ("iterations",), True, extra=True),
+    Option("zopfli", "J", ("maxsplits",), True, extra=True),
+    Option("zopfli", "O", ("oneblock",), extra=True),
 ]
 LEVEL = "level"  # a run of digits: -1..-9, pigz's -0 and -11
 ENV_ALLOWED = {LEVEL, "fast", "best", "no-name", "name", "quiet", "verbose", "rsyncable"}
@@ -185,15 +191,23 @@ def warning(settings: Settings, text: str, quiet_hides: bool = True) -> None:
         settings.status = WARNING
 
 
+ACTIONS = ("help", "version", "license")
+
+
 def apply_options(found, settings: Settings) -> str | None:
-    """Fold parsed options into `settings`; returns 'help' or 'version' when one was asked for."""
-    action = None
+    """Fold parsed options into `settings`; returns 'help', 'version' or 'license' when one was
+    asked for.  As in gzip, such an option acts where it stands (the parse stops there) and
+    the values are checked only once every option is read (``-S '' -S .x`` is fine)."""
+    checks: list = []
     for key, value, _spelled in found:
-        if key in ("help", "version", "license"):
-            action = action or key
-        else:
-            _apply(key, value, settings)
-    return action
+        if key in ACTIONS:
+            return key
+        _apply(key, value, settings, checks)
+    for check in checks:
+        check()
+    if not settings.suffix:
+        raise Fatal("invalid suffix ''")
+    return None
 
 
 _FLAGS = {"stdout": "stdout", "force": "force", "keep": "keep", "independent": "independent",
@@ -206,7 +220,8 @@ _SETTINGS = {"no-name": {"name_flag": False, "time_flag": False}, "name": {"name
              "quiet": {"quiet": True, "verbose": 0}}
 
 
-def _apply(key: str, value: str | None, settings: Settings) -> None:
+def _apply(key: str, value: str | None, settings: Settings, checks: list) -> None:
+    """Set what `key` asks for; checks of a value wait in `checks` (gzip checks after its loop)."""
     if key in _FLAGS:
         setattr(settings, _FLAGS[key], True)
     elif key in _SETTINGS:
@@ -217,17 +232,13 @@ def _apply(key: str, value: str | None, settings: Settings) -> None:
     elif key == "verbose":
         settings.verbose += 1
         settings.quiet = False
-    elif key == "suffix":
-        if not value or "/" in value:
-            raise Fatal(f"invalid suffix '{value}'")
+    elif key == "suffix":  # gzip takes any suffix but '' (checked at the end), even one with a '/'
         settings.suffix, settings.suffix_set = value, True
     elif key == "processes":
-        settings.processes = _positive_int(value, f"invalid number of processes: {value}")
+        checks.append(lambda: setattr(settings, "processes",
+                                      _positive_int(value, f"invalid number of processes: {value}")))
     elif key == "blocksize":
-        kib = _positive_int(value, f"invalid block size: {value}")
-        if kib < 32:
-            raise Fatal("block size too small (must be >= 32K)")
-        settings.block_size = kib * 1024
+        checks.append(lambda: _set_block_size(settings, value))
     elif key == "comment":
         settings.comment = os.fsencode(value)
     elif key == "alias":
@@ -236,13 +247,25 @@ def _apply(key: str, value: str | None, settings: Settings) -> None:
         setattr(settings, key.replace("-", "_"), value)
     elif key == "cluster":
         if value != "local":
-            raise Fatal(f"--cluster takes 'local', not '{value}'")
+            checks.append(lambda: _raise(Fatal(f"--cluster takes 'local', not '{value}'")))
         settings.cluster = value
     elif key == "ascii":
-        message(f"{PROGRAM}: option --ascii ignored on this system")
+        checks.insert(0, lambda: message(f"{PROGRAM}: option --ascii ignored on this system"))
     elif key == "lzw":
         raise UsageError("-Z not supported in this version")
-    # "bits": gzip accepts and ignores its hidden LZW option
+    # "bits": gzip accepts and ignores its hidden LZW option; "zopfli": pigz's -F -I -J -O tune
+    # zopfli, which fgzip's -11 (libdeflate) does not use
+
+
+def _raise(failure: Exception):
+    raise failure
+
+
+def _set_block_size(settings: Settings, value: str) -> None:
+    kib = _positive_int(value, f"invalid block size: {value}")
+    if kib < 32:
+        raise Fatal("block size too small (must be >= 32K)")
+    settings.block_size = kib * 1024
 
 
 def _positive_int(text: str, complaint: str) -> int:
@@ -268,7 +291,11 @@ def apply_environment(settings: Settings) -> None:
     for key, value, spelled in found:
         if key not in ENV_ALLOWED:
             raise UsageError(f"{spelled}: option not valid in GZIP environment variable")
-        _apply(key, value, settings)
+        if key == LEVEL:  # gzip's digits one by one: no -0, and -11 is -1
+            if "0" in value:
+                raise UsageError("invalid option -- '0'")
+            value = value[-1]
+        _apply(key, value, settings, [])
     if not settings.quiet:
         message(f"{PROGRAM}: warning: GZIP environment variable is deprecated; use an alias or script")
 
@@ -561,11 +588,11 @@ def _header_basename(name: bytes) -> str:
 
 # --- files ----------------------------------------------------------------------------------
 
-def process_file(path: str, settings: Settings, recursing: bool = False) -> None:
+def process_file(path: str, settings: Settings) -> None:
     if settings.decompress or settings.test or settings.list:
-        _decompress_file(path, settings, recursing)
+        _decompress_file(path, settings)
     else:
-        _compress_file(path, settings, recursing)
+        _compress_file(path, settings)
 
 
 def _treat_directory(path: str, settings: Settings) -> None:
@@ -576,7 +603,7 @@ def _treat_directory(path: str, settings: Settings) -> None:
         error(settings, f"{PROGRAM}: {path}: {failure.strerror}")
         return
     for entry in entries:
-        process_file(path + entry if path.endswith("/") else f"{path}/{entry}", settings, recursing=True)
+        process_file(path + entry if path.endswith("/") else f"{path}/{entry}", settings)
 
 
 def _open_input(path: str, settings: Settings) -> tuple[int, os.stat_result] | None:
@@ -631,7 +658,7 @@ def _verbose_prefix(settings: Settings, path: str) -> None:
         message(f"{path}:\t", end="")
 
 
-def _compress_file(path: str, settings: Settings, recursing: bool) -> None:
+def _compress_file(path: str, settings: Settings) -> None:
     opened = _open_input(path, settings)
     if opened is None:
         return
@@ -639,7 +666,7 @@ def _compress_file(path: str, settings: Settings, recursing: bool) -> None:
     try:
         suffix = _has_suffix(os.path.basename(path), settings.suffix)
         if suffix and not settings.force and not settings.stdout:
-            if settings.verbose or not (recursing or settings.quiet):
+            if settings.verbose or not (settings.recursive or settings.quiet):
                 message(f"{PROGRAM}: {path} already has {suffix} suffix -- unchanged")
             return
         name = os.fsencode(os.path.basename(path))
@@ -670,8 +697,13 @@ def _compress_suffix(settings: Settings) -> str:
 def _find_compressed(path: str, settings: Settings) -> str:
     """gzip -d NAME also finds NAME.gz (and its other suffixes) when NAME is missing."""
     following = settings.force or settings.stdout or settings.test or settings.list
-    present = os.path.exists(path) if following else os.path.lexists(path)
-    if present or _has_suffix(os.path.basename(path), settings.suffix):
+    try:
+        (os.stat if following else os.lstat)(path)
+        return path
+    except OSError as failure:
+        if failure.errno != errno.ENOENT:  # "a.gz/" is "Not a directory", under its own name
+            return path
+    if _has_suffix(os.path.basename(path), settings.suffix):
         return path
     candidates = (settings.suffix, ".gz", ".z", "-z", ".Z")
     for candidate in candidates:
@@ -680,7 +712,7 @@ def _find_compressed(path: str, settings: Settings) -> str:
     return path + settings.suffix  # named in the error, as gzip does
 
 
-def _decompress_file(path: str, settings: Settings, recursing: bool) -> None:
+def _decompress_file(path: str, settings: Settings) -> None:
     path = _find_compressed(path, settings)
     opened = _open_input(path, settings)
     if opened is None:
@@ -688,8 +720,10 @@ def _decompress_file(path: str, settings: Settings, recursing: bool) -> None:
     fd, st = opened
     try:
         base = _strip_suffix(os.path.basename(path), settings.suffix)
-        if base is None and (recursing or not (settings.test or settings.list or settings.stdout)):
-            if settings.verbose or not (recursing or settings.quiet):
+        # gzip -dc never looks at the suffix; -t and -l try any file, except under -r
+        checked = settings.test or settings.list or not settings.stdout
+        if base is None and checked and (settings.recursive or not (settings.test or settings.list)):
+            if settings.verbose or not (settings.recursive or settings.quiet):
                 warning(settings, f"{PROGRAM}: {path}: unknown suffix -- ignored")
             return
         if settings.list:
@@ -835,7 +869,7 @@ def _usage_error(failure: Exception) -> int:
 def run(argv: list[str], settings: Settings) -> int:
     try:
         apply_environment(settings)
-        found, operands = parse(argv, OPTIONS, digits=LEVEL)
+        found, operands = parse(argv, OPTIONS, digits=LEVEL, stop=ACTIONS)
         action = apply_options(found, settings)
     except UsageError as failure:
         return _usage_error(failure)

@@ -9,22 +9,29 @@ from __future__ import annotations
 
 
 class Option:
-    __slots__ = ("key", "short", "long", "takes_argument")
+    """`extra`: a long name gzip does not have; an abbreviation matches such names only when it
+    matches none of gzip's own (``--h`` stays --help, ``--no-`` stays --no-name)."""
 
-    def __init__(self, key: str, short: str = "", long: tuple[str, ...] = (), takes_argument: bool = False):
+    __slots__ = ("key", "short", "long", "takes_argument", "extra")
+
+    def __init__(self, key: str, short: str = "", long: tuple[str, ...] = (), takes_argument: bool = False,
+                 extra: bool = False):
         self.key, self.short, self.long, self.takes_argument = key, short, long, takes_argument
+        self.extra = extra
 
 
 class UsageError(Exception):
     """A command-line error; the message is gzip's, without the program name."""
 
 
-def parse(argv: list[str], options: list[Option], digits: str | None = None
+def parse(argv: list[str], options: list[Option], digits: str | None = None, stop: tuple[str, ...] = ()
           ) -> tuple[list[tuple[str, str | None, str]], list[str]]:
     """Return ([(key, argument, spelling)], operands) in command-line order.
 
     With `digits`, a run of digits in a bundle is one option of that key with the run as its
-    argument (``-11`` is pigz's level 11, where getopt would see ``-1 -1``)."""
+    argument (``-11`` is pigz's level 11, where getopt would see ``-1 -1``).  An option whose
+    key is in `stop` ends the parse at once (gzip acts on -h and -V where it meets them, so
+    ``gzip -h -j`` helps rather than complains)."""
     by_short = {o.short: o for o in options if o.short}
     by_long = {name: o for o in options for name in o.long}
     found: list[tuple[str, str | None, str]] = []
@@ -50,6 +57,8 @@ def parse(argv: list[str], options: list[Option], digits: str | None = None
                 if eq:
                     raise UsageError(f"option '--{spelled}' doesn't allow an argument")
                 found.append((option.key, None, "--" + spelled))
+            if option.key in stop:
+                return found, operands
         elif arg.startswith("-") and arg != "-":
             j = 1
             while j < len(arg):
@@ -76,6 +85,8 @@ def parse(argv: list[str], options: list[Option], digits: str | None = None
                     found.append((option.key, value, "-" + char))
                     break
                 found.append((option.key, None, "-" + char))
+                if option.key in stop:
+                    return found, operands
         else:
             operands.append(arg)
     return found, operands
@@ -85,6 +96,8 @@ def _match_long(name: str, by_long: dict[str, Option]) -> tuple[Option, str]:
     if name in by_long:
         return by_long[name], name
     candidates = [n for n in by_long if n.startswith(name)] if name else []
+    own = [n for n in candidates if not by_long[n].extra]
+    candidates = own or candidates
     if not candidates:
         raise UsageError(f"unrecognized option '--{name}'")
     if len({by_long[n].key for n in candidates}) > 1:
