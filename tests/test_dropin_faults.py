@@ -27,12 +27,25 @@ def damaged(where):
     put(where, "garbage.gz", GOOD + b"junk")
     put(where, "stray.gz", GOOD + b"x")
     put(where, "empty.gz", b"")
+    put(where, "one.gz", b"x")  # a single byte: the end comes inside the magic
+    put(where, "short.gz", b"\x1f\x8bxyz")  # the method is checked before the header is whole
+    put(where, "enc.gz", GOOD[:3] + b"\x20" + GOOD[4:])
+    put(where, "flags.gz", GOOD[:3] + b"\x48" + GOOD[4:])  # a reserved bit, with FNAME
+    put(where, "hcrc.gz", GOOD[:3] + b"\x02" + GOOD[4:10] + b"\0\0" + GOOD[10:])
+    # a fault in a later member's header: gzip keeps what it wrote and removes the input
+    put(where, "late.gz", GOOD + GOOD[:3] + b"\x20" + GOOD[4:])
+    put(where, "latemethod.gz", GOOD + b"\x1f\x8b\x07" + GOOD[3:])
 
 
-@pytest.mark.parametrize("name", ["cut", "crc", "len", "bad", "method", "garbage", "stray", "empty"])
+@pytest.mark.parametrize("name", ["cut", "crc", "len", "bad", "method", "garbage", "stray", "empty", "one", "short",
+                                  "enc", "flags", "hcrc", "late", "latemethod"])
 @pytest.mark.parametrize("mode", ["-d", "-t", "-dc", "-tv"])
 def test_damaged_input_as_gzip(tmp_path, name, mode):
     assert_same(tmp_path, [mode, f"{name}.gz", "ok.gz"], damaged, stdout="same" if mode != "-dc" else None)
+
+
+def test_header_faults_in_a_listing(tmp_path):
+    assert_same(tmp_path, ["-l", "enc.gz", "late.gz", "hcrc.gz", "ok.gz"], damaged)
 
 
 def test_sigpipe_is_silent():
@@ -62,7 +75,7 @@ def test_signal_removes_partial_output(tmp_path, signum):
     put(tmp_path, "big", random.Random(3).randbytes(40_000_000))
     proc = subprocess.Popen([*tool("fgzip"), "-p", "1", "big"], cwd=tmp_path, stderr=subprocess.PIPE)
     for _ in range(3000):
-        if any(p.name.startswith(".big.gz.") for p in tmp_path.iterdir()) or proc.poll() is not None:
+        if any(p.name.startswith(".big.gz.fgzip") for p in tmp_path.iterdir()) or proc.poll() is not None:
             break
         time.sleep(0.01)
     proc.send_signal(signum)

@@ -76,6 +76,7 @@ def compressed(where):
     put(where, "evil.gz", gz_bytes(DATA, b"../../evil", FIXED_TIME - 5))
     put(where, "plain", DATA)
     put(where, "a", b"in the way")
+    put(where, "dot.gz", gz_bytes(DATA, b"..", FIXED_TIME - 7))  # -N: gzip takes ".." as it is
 
 
 @pytest.mark.parametrize("args", [
@@ -85,6 +86,7 @@ def compressed(where):
     # gzip's -r silences suffix complaints for named files too; -dc never looks at suffixes
     ["-dr", "plain"], ["-tr", "plain"], ["-lr", "plain"], ["-r", "b.tgz"], ["-rv", "b.tgz"], ["-dcr", "."],
     ["-d", "a.gz/"],  # Not a directory, under the name given (no suffix search)
+    ["-dN", "dot.gz"], ["-dNf", "dot.gz"],
 ])
 def test_decompress_names_as_gzip(tmp_path, args):
     assert_same(tmp_path, args, compressed)
@@ -94,6 +96,36 @@ def test_decompress_names_as_gzip(tmp_path, args):
                                         gz_bytes(b"xxx\n") + b"\0\0", gz_bytes(b"xxx\n") + b"y"])
 def test_cdf_copies_non_gzip_data(tmp_path, stdin_data):
     assert_same(tmp_path, ["-cdf"], lambda where: None, input=stdin_data)
+
+
+def passed_through(where):
+    put(where, "p", b"plain text\n")
+    put(where, "m", gz_bytes(b"xxx\n" * 50) + b"yyy\n")
+    put(where, "e", b"")
+    put(where, "a.gz", gz_bytes(DATA))
+
+
+@pytest.mark.parametrize("args", [["-dcfv", "p", "m", "e", "a.gz"], ["-tfv", "p", "m", "e", "a.gz"]])
+def test_verbose_pass_through_names_each_file(tmp_path, args):
+    assert_same(tmp_path, args, passed_through)
+
+
+@pytest.mark.parametrize("args", [["-dcv"], ["-dv"], ["-tv"], ["-dcfv"]])
+def test_verbose_decompression_of_stdin_says_what_gzip_says(tmp_path, args):
+    assert_same(tmp_path, args, lambda where: None, input=gz_bytes(DATA) + b"more")
+
+
+@pytest.mark.parametrize("name", ["y" * 250, "y" * 254, "y" * 130 + "." + "z" * 124, ".".join(["ab"] * 85),
+                                  "é" * 127])
+@pytest.mark.parametrize("options", [[], ["-q"], ["-v"]])
+def test_names_near_the_length_limit(tmp_path, name, options):
+    """NAME.gz over 255 bytes: gzip shortens the name (and says so); the temporary output
+    beside a long name must fit too."""
+    assert_same(tmp_path, [*options, name], lambda where: put(where, name, DATA), ratios=False)
+
+
+def test_long_stored_name_is_truncated(tmp_path):
+    assert_same(tmp_path, ["-dN", "long.gz"], lambda where: put(where, "long.gz", gz_bytes(DATA, b"x" * 300)))
 
 
 def test_existing_output_without_terminal(tmp_path):

@@ -347,8 +347,11 @@ def header_bytes(totals) -> int | None:
 
 
 def _decompression_ratio(totals) -> str:
-    """gzip counts the last member's output only (it restarts the count at each member)."""
+    """gzip counts the last member's output only (it restarts the count at each member, after
+    reading the magic: data copied by -cdf after a member counts one byte short)."""
     out = totals.last_size
+    if totals.copied:
+        out = totals.copied_bytes - (1 if totals.members and totals.copied_bytes else 0)
     return display_ratio(out - (totals.bytes_in - (header_bytes(totals) or 0)), out)
 
 
@@ -359,12 +362,23 @@ class Abort(Exception):
 def format_error(settings: Settings, label: str, failure) -> None:
     from octoray.jobs.gzip import CRC_ERROR, FORMAT_VIOLATED, LENGTH_ERROR, UNEXPECTED_EOF
 
-    newline = "" if failure.reason.startswith("unknown method") else "\n"
-    error(settings, f"{newline}{PROGRAM}: {label}: {failure.reason}")
+    error(settings, fault_text(label, failure.reason))
     checking = settings.test or settings.list  # gzip -t and -l go on after a bad check value
     if failure.reason in (UNEXPECTED_EOF, FORMAT_VIOLATED) or (
             failure.reason in (CRC_ERROR, LENGTH_ERROR) and not checking):
         raise Abort
+
+
+def fault_text(label: str, reason: str) -> str:
+    """gzip's message: header faults on one line, "a.gz is encrypted" without a colon; faults in
+    the data after an empty line."""
+    from octoray.jobs.gzip import ENCRYPTED
+
+    if reason == ENCRYPTED or reason.startswith("has flags"):
+        return f"{PROGRAM}: {label} {reason}"
+    if reason.startswith(("unknown method", "header checksum")):
+        return f"{PROGRAM}: {label}: {reason}"
+    return f"\n{PROGRAM}: {label}: {reason}"
 
 
 def _has_suffix(name: str, suffix: str) -> str | None:
@@ -457,11 +471,17 @@ def _compress_to_stdout(fd: int, settings: Settings, name: bytes | None, mtime: 
         raise Fatal(str(failure)) from None
 
 
-def _report_decompression(settings: Settings, label: str, totals, warn: str | None) -> None:
-    from octoray.jobs.gzip import TRAILING_ZEROS
+def _report_decompression(settings: Settings, label: str, totals, warn: str | None) -> bool:
+    """Print a trailing-data warning or a later member's header fault; False after a fault
+    (gzip then stops the file there, keeping what it wrote, and says nothing more of it)."""
+    from octoray.jobs.gzip import TRAILING, TRAILING_ZEROS
 
+    if warn and warn not in TRAILING:
+        error(settings, fault_text(label, warn))
+        return False
     if warn and (warn != TRAILING_ZEROS or settings.verbose):
         warning(settings, f"\n{PROGRAM}: {label}: {warn}")
+    return True
 
 
 def _decompress_to_stdout_or_test(fd: int, label: str, settings: Settings) -> None:
@@ -477,12 +497,13 @@ def _decompress_to_stdout_or_test(fd: int, label: str, settings: Settings) -> No
     except FormatError as failure:
         format_error(settings, label, failure)
         return
-    _report_decompression(settings, label, totals, warn)
-    if settings.verbose:
+    if not _report_decompression(settings, label, totals, warn):
+        return
+    if settings.verbose and not (label == "stdin" and warn):  # gzip: no " OK" after a stdin warning
         if settings.test:
             message(" OK")
-        elif label == "stdin" or totals.copied:
-            message(_decompression_ratio(totals) if label == "stdin" else "")
+        elif label == "stdin":
+            pass  # gzip -dv reports nothing for stdin
         else:
             verb = "created" if settings.keep else "replaced with"
             message(f"{_decompression_ratio(totals)} -- {verb} stdout")
@@ -550,7 +571,7 @@ def _list_date(mtime: int) -> str:
 
 def _list(fd: int, name: str, mtime: int, settings: Settings, label: str = "stdin") -> None:
     """gzip 1.12 decompresses the whole file for -l; a row only when it is sound to the end."""
-    from octoray.jobs.gzip import TRAILING_ZEROS, FormatError
+    from octoray.jobs.gzip import TRAILING, TRAILING_ZEROS, FormatError
 
     lister = settings.lister
     try:
@@ -562,6 +583,9 @@ def _list(fd: int, name: str, mtime: int, settings: Settings, label: str = "stdi
             lister.totals(settings)
         return
     _update_header_bytes(lister, totals)
+    if warn and warn not in TRAILING:
+        error(settings, fault_text(label, warn))
+        return
     if warn:
         if warn != TRAILING_ZEROS or settings.verbose:
             warning(settings, f"\n{PROGRAM}: {label}: {warn}")
@@ -677,7 +701,9 @@ def _compress_file(path: str, settings: Settings) -> None:
             done = _compress_to_stdout(fd, settings, name, mtime, mode)
             out_path = "stdout"
         else:
-            out_path = path + _compress_suffix(settings)
+            out_path = _shorten_for_suffix(path, _compress_suffix(settings), settings)
+            if out_path is None:
+                return
             done = _to_file(settings, path, out_path, st,
                             lambda write: _run_compression(fd, write, settings, name, mtime, mode),
                             before=lambda: _verbose_prefix(settings, path))
@@ -686,6 +712,49 @@ def _compress_file(path: str, settings: Settings) -> None:
             message(f"{ratio} -- {verb} {out_path}")
     finally:
         os.close(fd)
+
+
+def _name_max(directory: str) -> int:
+    try:
+        return os.pathconf(directory or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _shorten_for_suffix(path: str, suffix: str, settings: Settings) -> str | None:
+    """PATH+SUFFIX, or, where that name is too long for the directory, gzip's shorter one: a
+    byte off the end of the last dot-separated part longer than 3 bytes (else 2, else 1), again
+    until the name fits, with gzip's "NAME compressed to SHORTER" note."""
+    directory, name = os.path.split(path)
+    limit, stem, tail = _name_max(directory), os.fsencode(name), os.fsencode(suffix)
+    if len(stem) + len(tail) <= limit:
+        return path + suffix
+    while len(stem) + len(tail) > limit:
+        parts = stem.split(b".")
+        for shortest in (3, 2, 1):
+            longer = [i for i, part in enumerate(parts) if len(part) > shortest]
+            if longer:
+                parts[longer[-1]] = parts[longer[-1]][:-1]
+                break
+        else:
+            error(settings, f"{PROGRAM}: {path}{suffix}: {os.strerror(errno.ENAMETOOLONG)}")
+            return None
+        stem = b".".join(parts)
+    out_path = os.path.join(directory, os.fsdecode(stem + tail))
+    if not (settings.quiet or settings.verbose):
+        message(f"{PROGRAM}: {path} compressed to {out_path}")
+    return out_path
+
+
+def _truncate_name(path: str, settings: Settings) -> str:
+    """-N with a stored name too long for the directory: cut from its end, as gzip warns."""
+    directory, name = os.path.split(path)
+    limit, raw = _name_max(directory), os.fsencode(name)
+    if len(raw) <= limit:
+        return path
+    path = os.path.join(directory, os.fsdecode(raw[:limit]))
+    warning(settings, f"{PROGRAM}: {path}: warning, name truncated")
+    return path
 
 
 def _compress_suffix(settings: Settings) -> str:
@@ -743,11 +812,11 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, setti
     mtime_ns = None
     if settings.restore():
         header = _peek_header(fd)
-        if header is not None and header.name and _header_basename(header.name) not in ("", ".", ".."):
+        if header is not None and header.name and _header_basename(header.name):
             base = _header_basename(header.name)
         if header is not None and header.mtime:
             mtime_ns = header.mtime * 1_000_000_000
-    out_path = os.path.join(os.path.dirname(path), base)
+    out_path = _truncate_name(os.path.join(os.path.dirname(path), base), settings)
     try:
         result = _to_file(settings, path, out_path, st, lambda write: _run_decompression(
             fd, write, settings, lambda: _verbose_prefix(settings, path)), mtime_ns=mtime_ns)
@@ -756,8 +825,7 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, setti
         return
     if result is not None:
         totals, warn = result
-        _report_decompression(settings, path, totals, warn)
-        if settings.verbose:
+        if _report_decompression(settings, path, totals, warn) and settings.verbose:
             verb = "created" if settings.keep else "replaced with"
             message(f"{_decompression_ratio(totals)} -- {verb} {out_path}")
 
@@ -805,6 +873,12 @@ def _may_overwrite(settings: Settings, out_path: str) -> bool:
     return False
 
 
+def _temporary_name(name: str) -> str:
+    """A hidden name beside the output that fits NAME_MAX (255 bytes) even when the output's
+    name nearly fills it: ".NAME.fgzipPID", NAME cut to 200 bytes."""
+    return f".{os.fsdecode(os.fsencode(name)[:200])}.fgzip{os.getpid()}"
+
+
 def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result, work,
              mtime_ns: int | None = None, before=None):
     """Write `work`'s output to a temporary file beside `out_path`, then rename it into place
@@ -815,8 +889,11 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
 
     if not _may_overwrite(settings, out_path):
         return None
+    if os.path.isdir(out_path) and not os.path.islink(out_path):  # -f onto a directory ("..")
+        error(settings, f"{PROGRAM}: {out_path}: {os.strerror(errno.EISDIR)}")
+        return None
     directory = os.path.dirname(out_path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(out_path)}.fgzip{os.getpid()}")
+    temporary = os.path.join(directory, _temporary_name(os.path.basename(out_path)))
     try:
         fd_out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as failure:

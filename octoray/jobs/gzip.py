@@ -25,6 +25,7 @@ class Totals:
         self.first_header: gz.MemberHeader | None = None
         self.last_crc = self.last_size = 0  # the last member's trailer, as gzip -l shows it
         self.copied = False  # -cdf passed data through unchanged
+        self.copied_bytes = 0  # how many
         self.more = False  # input followed the first member (gzip then counts no header bytes)
 
     def ratio_saved(self) -> float:
@@ -191,6 +192,37 @@ LENGTH_ERROR = "invalid compressed data--length error"
 FORMAT_VIOLATED = "invalid compressed data--format violated"
 TRAILING_GARBAGE = "decompression OK, trailing garbage ignored"
 TRAILING_ZEROS = "decompression OK, trailing zero bytes ignored"  # gzip says so under -v only
+TRAILING = (TRAILING_GARBAGE, TRAILING_ZEROS)  # the warnings; any other reason returned is an error
+# Faults gzip finds in a header (printed without the leading newline).  In a member after the
+# first, gzip reports them and stops, but keeps what it wrote: they are returned, not raised.
+ENCRYPTED = "is encrypted -- not supported"
+FLAG_RESERVED = 0xC0
+FLAG_ENCRYPTED = 0x20
+
+
+def header_fault(buf) -> str | None:
+    """gzip's complaint about a header that starts with the gzip magic, as soon as the bytes
+    it needs are there: the method (byte 2), then the flags (byte 3)."""
+    if len(buf) >= 3 and buf[2] != gz.METHOD_DEFLATE:
+        return f"unknown method {buf[2]} -- not supported"
+    if len(buf) >= 4:
+        flags = buf[3]
+        if flags & FLAG_ENCRYPTED:
+            return ENCRYPTED
+        if flags & FLAG_RESERVED:
+            return f"has flags 0x{flags:x} -- not supported"
+    return None
+
+
+def header_crc_fault(buf, header) -> str | None:
+    """A stored header CRC (FHCRC) that does not match the header."""
+    if not header.flags & gz.FLAG_HCRC:
+        return None
+    stored = int.from_bytes(bytes(buf[header.length - 2:header.length]), "little")
+    computed = gz.crc32(bytes(buf[:header.length - 2])) & 0xFFFF
+    if stored != computed:
+        return f"header checksum 0x{stored:04x} != computed checksum 0x{computed:04x}"
+    return None
 
 READ_SIZE = 1 << 20
 MAX_OUTPUT_PIECE = 1 << 20  # bounds memory however well the data compresses
@@ -233,9 +265,13 @@ class _Input:
             if not self.fill(1):
                 return True
 
-    def copy_rest(self, write) -> None:
+    def copy_rest(self, write) -> int:
+        copied = 0
         while self.fill(1):
-            write(self.take(len(self.buffer)))
+            piece = self.take(len(self.buffer))
+            copied += len(piece)
+            write(piece)
+        return copied
 
 
 def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header=None) -> tuple[Totals, str | None]:
@@ -261,8 +297,12 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header
 def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool, on_header) -> str | None:
     while True:
         if not source.fill(1):
-            if totals.members == 0 and not passthrough:
-                raise FormatError(UNEXPECTED_EOF)
+            if totals.members == 0:
+                if not passthrough:
+                    raise FormatError(UNEXPECTED_EOF)
+                if on_header is not None:
+                    on_header()  # gzip -cdfv names even an empty file
+                totals.copied = True
             return None
         totals.more = totals.members > 0
         if totals.members and source.buffer[:1] == b"\0" and not passthrough:
@@ -270,10 +310,14 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
         header = _next_header(source, totals, passthrough)
         if header is None:
             if passthrough:
+                if totals.members == 0 and on_header is not None:
+                    on_header()  # gzip names the file before it copies, as before a member
                 totals.copied = True
-                source.copy_rest(write)
+                totals.copied_bytes = source.copy_rest(write)
                 return None
             return TRAILING_GARBAGE
+        if isinstance(header, str):
+            return header  # a fault in a later member's header
         if totals.first_header is None:
             totals.first_header = header
             if on_header is not None:
@@ -283,25 +327,37 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
 
 
 def _next_header(source: _Input, totals: Totals, passthrough: bool):
-    """The next member's header, or None where the data is not gzip (after a member, or -cdf)."""
+    """The next member's header, or None where the data is not gzip (after a member, or -cdf),
+    or the reason a later member's header is refused."""
     while True:
+        fault = header_fault(source.buffer) if source.buffer[:2] == gz.MAGIC else None
         try:
-            return gz.parse_header(source.buffer)
+            if fault is None:
+                header = gz.parse_header(source.buffer)
+                fault = header_crc_fault(source.buffer, header)
         except gz.Truncated:
             if not source.fill(len(source.buffer) + 1):
                 if passthrough and len(source.buffer) < 2:
                     return None
                 raise FormatError(UNEXPECTED_EOF) from None
+            continue
         except gz.NotGzip:
             if passthrough:
                 return None
             if totals.members == 0:
+                if not source.fill(2):  # one byte: gzip hits the end reading the magic
+                    raise FormatError(UNEXPECTED_EOF) from None
                 raise FormatError(NOT_GZIP) from None
             if not source.fill(2):  # gzip reads a lone stray byte as a cut-off magic
                 raise FormatError(UNEXPECTED_EOF) from None
             return None
-        except gz.UnknownMethod as error:
-            raise FormatError(f"unknown method {error.method} -- not supported") from None
+        except gz.UnknownMethod as error:  # header_fault sees it first; kept for safety
+            fault = f"unknown method {error.method} -- not supported"
+        if fault is None:
+            return header
+        if totals.members == 0:
+            raise FormatError(fault)
+        return fault
 
 
 def _inflate_member(source: _Input, write, totals: Totals) -> None:
