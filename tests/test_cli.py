@@ -238,3 +238,30 @@ def test_interrupted_compression_removes_partial_output(tmp_path):
     assert proc.returncode == -signal.SIGTERM
     assert b"Traceback" not in proc.stderr.read()
     assert not big.exists()
+
+
+def _on_terminal(argv, which, cwd):
+    """Run with stdin or stdout on a fresh terminal (stdin gets end-of-file keys)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    streams = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE}
+    streams[which] = terminal
+    if which == "stdin":
+        os.write(controller, b"\x04" * 20)
+    try:
+        result = subprocess.run(argv, cwd=cwd, stderr=subprocess.PIPE, timeout=60, **streams)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return result.returncode, result.stderr.replace(b"fgzip", b"gzip")
+
+
+@pytest.mark.parametrize("which, args", [
+    ("stdout", []), ("stdout", ["-"]), ("stdout", ["-c", "a"]), ("stdout", ["-d"]),
+    ("stdin", ["-d"]), ("stdin", ["-t"]), ("stdin", ["-dc", "-"]), ("stdin", []),
+    ("stdin", ["-l"]),  # gzip -l reads a terminal: no refusal, "unexpected end of file"
+])
+def test_terminal_checks_as_gzip(gzip_bin, tmp_path, which, args):
+    make_a(tmp_path)
+    assert _on_terminal([*tool("fgzip"), *args], which, tmp_path) == _on_terminal([gzip_bin, *args], which, tmp_path)

@@ -443,7 +443,7 @@ def process_stdin(settings: Settings) -> None:
 
     fd = sys.stdin.fileno()
     compressing = not (settings.decompress or settings.test or settings.list)
-    if not settings.force:
+    if not settings.force and not settings.list:  # gzip -l reads a terminal
         if compressing and os.isatty(sys.stdout.fileno()):
             raise Fatal("compressed data not written to a terminal. Use -f to force compression.\n"
                         f"For help, type: {PROGRAM} -h")
