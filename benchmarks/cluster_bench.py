@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--level", type=int, default=6)
+    p.add_argument("--block-kib", type=int, default=0, help="fgzip -b (chunk size in KiB); default fgzip's own")
     args = p.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         corpus = build_corpus(args.corpus or sorted(SILESIA.glob("*.xz")), workdir)
         size = corpus.stat().st_size * args.repeat
         source = "cat " + " ".join([shlex.quote(str(corpus))] * args.repeat)
-        fg = f"{fgzip_command()} -{args.level}"
+        fg = f"{fgzip_command()} -{args.level}" + (f" -b {args.block_kib}" if args.block_kib else "")
         (workdir / "one").mkdir()
         (workdir / "two").mkdir()
         one, two = LoopbackCluster(workdir / "one"), LoopbackCluster(workdir / "two")

@@ -85,7 +85,7 @@ def with_cluster_env(cluster):
 
 def test_fgzip_spreads_chunks_over_both_workers(cluster, gzip_bin):
     data = text_like(24 << 20, seed=11)
-    out = fgzip("-b", "512", input=data, env=with_cluster_env(cluster), check=True)
+    out = fgzip("-b", "64", input=data, env=with_cluster_env(cluster), check=True)
     assert out.stderr == b""  # no Dask log lines leak into the tool's stderr
     assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
     done = cluster.status()
@@ -101,7 +101,7 @@ def test_fclassify_on_the_cluster_prints_what_it_prints_locally(cluster, tmp_pat
     for i in range(96):
         small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
-    argv = [*tool("fclassify"), "--batch", "8", str(tmp_path)]
+    argv = [*tool("fclassify"), "--batch", "1", str(tmp_path)]
     local = run(argv, check=True)
     remote = run(argv, env=with_cluster_env(cluster), check=True)
     assert remote.stderr == b""
@@ -136,7 +136,7 @@ def slow_feed(proc, data: bytes, piece: int, pause: float, on_progress=None) -> 
 
 def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin):
     data = text_like(16 << 20, seed=12)
-    proc = subprocess.Popen([*tool("fgzip"), "-b", "256"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*tool("fgzip"), "-b", "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=with_cluster_env(cluster))
     killed = threading.Event()
 

@@ -66,3 +66,43 @@ def test_a_worker_error_reaches_the_writer_and_stops_reading():
             out.append(value)
     assert out == list(range(50))
     assert len(consumed) < 50 + default_window(2) + 1
+
+
+class GroupingExecutor(LocalExecutor):
+    """A thread pool that asks, as the Dask executor does, for several jobs per task."""
+
+    in_process = False
+
+    def __init__(self, threads: int, jobs_per_task: int):
+        super().__init__(threads)
+        self.jobs_per_task = jobs_per_task
+        self.sizes: list[int] = []
+
+    def submit(self, fn, *args):
+        import pickle
+
+        group, task = pickle.loads(pickle.dumps(args))  # as if it travelled to a worker
+        self.sizes.append(len(group.jobs))
+        return super().submit(fn, group, task)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 100])
+def test_jobs_grouped_per_task_come_back_one_result_per_job_in_order(count):
+    with GroupingExecutor(2, jobs_per_task=8) as executor:
+        out = list(ordered_map(slow_square, ((i,) for i in range(count)), executor))
+    assert out == [i * i for i in range(count)]
+    assert executor.sizes == [8] * (count // 8) + ([count % 8] if count % 8 else [])
+
+
+def head(data, n):
+    return bytes(data)[:n]
+
+
+def test_a_group_carries_memoryviews_as_bytes():
+    from octoray.engine.stream import JobGroup
+
+    data = bytearray(b"chunk of input")
+    with GroupingExecutor(2, jobs_per_task=4) as executor:
+        out = list(ordered_map(head, ((memoryview(data), n) for n in range(6)), executor))
+    assert out == [bytes(data)[:n] for n in range(6)]
+    assert JobGroup([(memoryview(b"ab"), 1)]).jobs == [(b"ab", 1)]

@@ -24,7 +24,7 @@ def emulated_cluster(tmp_path):
 def test_fgzip_on_two_emulated_cards(emulated_cluster, gzip_bin):
     data = text_like(12 << 20, seed=21)
     env = dict(os.environ, DASK_SCHEDULER_ADDRESS=emulated_cluster.address)
-    out = fgzip("-b", "512", input=data, env=env, check=True)
+    out = fgzip("-b", "64", input=data, env=env, check=True)
     assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
     status = run([*tool("octoray"), "status", "--scheduler", emulated_cluster.address], check=True)
     rows = {line.split()[0]: line for line in status.stdout.decode().splitlines()[1:]}
@@ -42,7 +42,7 @@ def test_fclassify_on_two_emulated_cards_prints_the_cpu_labels(emulated_cluster,
     for i in range(64):
         small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
-    argv = [*tool("fclassify"), "--batch", "8", str(tmp_path)]
+    argv = [*tool("fclassify"), "--batch", "1", str(tmp_path)]
     on_cpu = run(argv, env=dict(os.environ, OCTORAY_ACCELERATOR="cpu"), check=True)
     on_cards = run(argv, env=dict(os.environ, DASK_SCHEDULER_ADDRESS=emulated_cluster.address), check=True)
     assert on_cards.stderr == b""

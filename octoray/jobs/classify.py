@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from octoray.engine.stream import ordered_map
+from octoray.engine.stream import batched, ordered_map
 from octoray.formats.images import CIFAR_RECORD, IMAGE_SUFFIXES, cifar_records, looks_like_image
 
 INPUT_FORMATS = ("auto", "image", "tar", "cifar")
@@ -213,7 +213,7 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
     sent: deque = deque()
 
     def jobs():
-        for group in _batches(stream, batch):
+        for group in batched(stream, batch):
             sent.append(group)
             yield (ImageBatch([item.payload if item.error is None else None for item in group]),)
 
@@ -222,14 +222,3 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
         for item, row, reason in zip(group, scores, reasons):
             error = item.error or reason
             yield Result(item.name, None if error else row, error)
-
-
-def _batches(stream: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    group: list[Item] = []
-    for item in stream:
-        group.append(item)
-        if len(group) >= size:
-            yield group
-            group = []
-    if group:
-        yield group
