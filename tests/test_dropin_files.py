@@ -87,6 +87,9 @@ def compressed(where):
     ["-dr", "plain"], ["-tr", "plain"], ["-lr", "plain"], ["-r", "b.tgz"], ["-rv", "b.tgz"], ["-dcr", "."],
     ["-d", "a.gz/"],  # Not a directory, under the name given (no suffix search)
     ["-dN", "dot.gz"], ["-dNf", "dot.gz"],
+    # the longest matching suffix wins, -S or gzip's own
+    ["-d", "-S", "gz", "evil.gz"], ["-d", "-S", "z", "C.Z"], ["-d", "-S", "gz", "b.tgz"], ["-d", "-S", "l.gz", "evil.gz"],
+    ["-S", "l.gz", "evil.gz"],
 ])
 def test_decompress_names_as_gzip(tmp_path, args):
     assert_same(tmp_path, args, compressed)
@@ -96,6 +99,11 @@ def test_decompress_names_as_gzip(tmp_path, args):
                                         gz_bytes(b"xxx\n") + b"\0\0", gz_bytes(b"xxx\n") + b"y"])
 def test_cdf_copies_non_gzip_data(tmp_path, stdin_data):
     assert_same(tmp_path, ["-cdf"], lambda where: None, input=stdin_data)
+
+
+@pytest.mark.parametrize("args", [["-k", ".gz"], ["-d", ".gz"], ["-k", "-S", "gz", "gz"]])
+def test_a_name_that_is_only_a_suffix(tmp_path, args):
+    assert_same(tmp_path, args, lambda where: (put(where, ".gz", gz_bytes(DATA)), put(where, "gz", DATA)), ratios=False)
 
 
 def passed_through(where):

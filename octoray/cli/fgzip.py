@@ -382,18 +382,21 @@ def fault_text(label: str, reason: str) -> str:
 
 
 def _has_suffix(name: str, suffix: str) -> str | None:
-    """The compressed suffix `name` ends with, spelled as in `name`."""
+    """The compressed suffix `name` ends with, spelled as in `name`: the longest of the -S
+    suffix and gzip's own that matches in any letter case, leaving at least one character
+    before it (gzip: `-S z` takes "i.z" to "i", `-S e.gz` takes "a.gz" to "a"; ".gz" has none)."""
     lower = name.lower()
-    for candidate in (suffix, *KNOWN_SUFFIXES):
-        if lower.endswith(candidate.lower()):
-            return name[len(name) - len(candidate):]
-    return None
+    found = [c for c in (suffix, *KNOWN_SUFFIXES) if len(name) > len(c) and lower.endswith(c.lower())]
+    if not found:
+        return None
+    longest = max(len(c) for c in found)
+    return name[len(name) - longest:]
 
 
 def _strip_suffix(name: str, suffix: str) -> str | None:
     """The output name for decompressing `name`, or None if it has no compressed suffix."""
     found = _has_suffix(name, suffix)
-    if found is None or len(found) == len(name):
+    if found is None:
         return None
     base = name[: -len(found)]
     return base + ".tar" if found.lower() in (".tgz", ".taz") else base
