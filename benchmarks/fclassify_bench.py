@@ -5,9 +5,9 @@ one run: whole processes, wall time, images per second, and whether the labels a
     python benchmarks/fclassify_bench.py --images DIR --runs 5 --plot docs/fclassify-bench.png
 
 The folder defaults to the first N images of each class of ../shared/data/cifar10-train.tar.gz,
-extracted to a temporary folder.  fclassify runs once untimed first (the kernel's first
-compilation is cached on disk, as for any user's second run); that cold run is reported too.
-Needs the training extra for the PyTorch side: pip install '.[train]'.
+extracted to a temporary folder.  fclassify runs once first (a user's first run after
+installing); that cold run is reported too.  Needs the bench extra for the PyTorch and
+Brevitas sides: pip install '.[bench]' (without Brevitas its column is left out).
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ def extract(archive: Path, count: int, where: Path) -> Path:
     return where
 
 
+BREVITAS = "Brevitas cnv_1w1a (2 threads)"
+FIRST = "fclassify, first run after install"
+
+
+def brevitas_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("brevitas_examples") is not None
+
+
 def fclassify_command() -> list[str]:
     beside = Path(sys.executable).parent / "fclassify"
     return [str(beside)] if beside.exists() else [sys.executable, str(ROOT / "bin" / "fclassify")]
@@ -72,28 +82,32 @@ def main(argv=None) -> int:
         folder = args.images or extract(args.archive, args.count, workdir / "images")
         n = sum(len(files) for _, _, files in os.walk(folder))
         ours = [*fclassify_command(), str(folder)]
-        theirs = [sys.executable, str(ROOT / "benchmarks" / "torch_classify.py"), str(folder)]
+        others = {"PyTorch (float CNV, 2 threads)": "torch_classify.py"}
+        if brevitas_installed():
+            others[BREVITAS] = "brevitas_classify.py"
+        commands = {"fclassify": ours, **{name: [sys.executable, str(ROOT / "benchmarks" / script), str(folder)]
+                                          for name, script in others.items()}}
         cold, first = timed(ours)
-        seconds: dict[str, list[float]] = {"fclassify": [], "PyTorch (float CNV, 2 threads)": []}
+        seconds: dict[str, list[float]] = {name: [] for name in commands}
         outputs = {}
-        for _ in range(args.runs):  # interleaved, so that both see the same machine
-            t, outputs["fclassify"] = timed(ours)
-            seconds["fclassify"].append(t)
-            t, outputs["torch"] = timed(theirs)
-            seconds["PyTorch (float CNV, 2 threads)"].append(t)
+        for _ in range(args.runs):  # interleaved, so that all see the same machine
+            for name, argv in commands.items():
+                t, outputs[name] = timed(argv)
+                seconds[name].append(t)
         ours_labels = [line.split(b"\t")[1] for line in outputs["fclassify"].splitlines()]
-        their_labels = [line.split(b"\t")[1] for line in outputs["torch"].splitlines()]
+        their_labels = [line.split(b"\t")[1] for line in outputs["PyTorch (float CNV, 2 threads)"].splitlines()]
         agree = sum(a == b for a, b in zip(ours_labels, their_labels)) / max(1, len(ours_labels))
         base = statistics.median(seconds["PyTorch (float CNV, 2 threads)"])
         print(f"{n:,} images in {folder}, whole process, median of {args.runs}; {os.cpu_count()} CPUs\n")
-        print("| tool | seconds | images/s | vs PyTorch |")
-        print("| --- | --- | --- | --- |")
+        brevitas = statistics.median(seconds[BREVITAS]) if BREVITAS in seconds else None
+        print("| tool | seconds | images/s | vs PyTorch |" + (" vs Brevitas |" if brevitas else ""))
+        print("| --- | --- | --- | --- |" + (" --- |" if brevitas else ""))
         rates = {}
-        for name, runs in seconds.items():
-            median = statistics.median(runs)
-            rates[name] = n / median
-            print(f"| {name} | {median:.2f} | {n / median:,.0f} | {base / median:.1f}x |")
-        print(f"| fclassify, first run (compiles its kernel) | {cold:.2f} | {n / cold:,.0f} | {base / cold:.1f}x |")
+        for name, median in [*((k, statistics.median(v)) for k, v in seconds.items()), (FIRST, cold)]:
+            if name != FIRST:
+                rates[name] = n / median
+            print(f"| {name} | {median:.2f} | {n / median:,.0f} | {base / median:.1f}x |"
+                  + (f" {brevitas / median:.1f}x |" if brevitas else ""))
         print(f"\nlabels agreeing with the float model: {100 * agree:.2f} % of {len(ours_labels):,}"
               f" (first run identical to later runs: {first == outputs['fclassify']})")
         if args.plot:
@@ -111,7 +125,7 @@ def plot(rates: dict[str, float], n: int, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 2.6))
     names = list(rates)
-    ax.barh(names, [rates[k] for k in names], color=["#2a7", "#888"])
+    ax.barh(names, [rates[k] for k in names], color=["#2a7"] + ["#888"] * (len(names) - 1))
     for i, name in enumerate(names):
         ax.text(rates[name], i, f" {rates[name]:,.0f}", va="center")
     ax.set_xlabel(f"images/s, whole process, {n:,} CIFAR-10 JPEGs, 2 cores")
