@@ -66,7 +66,7 @@ def test_full_disk_on_stdout(mode):
     assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXCPU])
 def test_signal_removes_partial_output(tmp_path, signum):
     """Signalled while its temporary output exists, fgzip removes it and dies of the signal."""
     import random

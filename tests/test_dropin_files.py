@@ -32,7 +32,7 @@ def specials(where):
 @pytest.mark.parametrize("args", [
     ["a", "b"], ["-k", "a"], ["-v", "a"], ["-q", "hard"], ["hard"], ["-f", "hard"],
     ["suid"], ["-f", "suid"], ["sgid"], ["sticky"], ["-f", "sticky"], ["link"], ["-f", "link"],
-    ["fifo"], ["dir"], ["-q", "dir"], ["nosuch", "a"],
+    ["fifo"], ["dir"], ["-q", "dir"], ["nosuch", "a"], ["", "a"], ["-d", ""],
 ])
 def test_file_types_as_gzip(tmp_path, args):
     assert_same(tmp_path, args, specials, ratios=False)

@@ -317,7 +317,7 @@ def _remove_partial_and_die(signum, _frame) -> None:
 
 def _install_signal_handlers() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fgzip -dc big | head` ends silently
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU):
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _remove_partial_and_die)
 
@@ -641,8 +641,8 @@ def _open_input(path: str, settings: Settings) -> tuple[int, os.stat_result] | N
     try:
         fd = os.open(path, flags)
         st = os.fstat(fd)
-    except OSError as failure:
-        error(settings, f"{PROGRAM}: {path}: {failure.strerror}")
+    except OSError as failure:  # gzip's perror(name): an empty name leaves no "name: "
+        error(settings, f"{PROGRAM}: {path + ': ' if path else ''}{failure.strerror}")
         return None
     refusal = _refusal(path, st, settings)
     if refusal is not None:
