@@ -112,6 +112,7 @@ pigz options:
   -K, --zip           write a one-entry PKZip (.zip) instead of gzip
   -A, --alias=NAME    the zip entry's name when reading standard input
   -Y, --synchronous   same as --synchronous
+  -F, -I N, -J N, -O  pigz's zopfli tuning: accepted and ignored
 
 Cluster (default: DASK_SCHEDULER_ADDRESS or Dask's config, else this process):
       --scheduler=ADDR       run on the Dask scheduler at ADDR (tcp://, tls://)
