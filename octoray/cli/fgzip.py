@@ -984,9 +984,11 @@ class _NoCluster(Exception):
 
 
 def _cluster_error():
-    """The exception a cluster raises, without importing Dask when none is in use."""
-    module = sys.modules.get("octoray.engine.dask_executor")
-    return module.ClusterError if module else _NoCluster
+    """The exceptions a cluster or an accelerator raises, without importing Dask (or the
+    kernels) when none is in use."""
+    dask_executor, kernels = (sys.modules.get(f"octoray.{m}") for m in ("engine.dask_executor", "kernels"))
+    return (dask_executor.ClusterError if dask_executor else _NoCluster,
+            kernels.AcceleratorError if kernels else _NoCluster)
 
 
 def main(argv: list[str] | None = None) -> int:
