@@ -26,8 +26,6 @@
 
 #define PIXELS 3072          /* 32 x 32 x 3 bytes an image */
 #define CLASSES 10
-#define BLOCK 16             /* output channels per pass of the AVX2 binary layers */
-#define NIBBLES 0x0F0F0F0F0F0F0F0FULL
 
 /* ---------------------------------------------------------------- the model layout */
 
@@ -36,6 +34,11 @@ enum { CONV2, CONV3, CONV4, CONV5, CONV6, FC1, FC2, BINARY_LAYERS };
 static const char *const binary_names[BINARY_LAYERS] = {"conv2", "conv3", "conv4", "conv5", "conv6", "fc1", "fc2"};
 static const int binary_words[BINARY_LAYERS] = {9, 9, 18, 18, 36, 4, 8};
 static const int binary_cout[BINARY_LAYERS] = {64, 128, 128, 256, 256, 512, 512};
+/* The AVX2 path's blocking: 32-channel registers a block of output channels (the block's
+ * weights, K x 512 bytes a register, should stay in L1 while every position uses them),
+ * and positions a pass (sharing the loaded weights). */
+static const int binary_regs[BINARY_LAYERS] = {2, 4, 2, 2, 8, 8, 8};
+static const int binary_positions[BINARY_LAYERS] = {4, 2, 5, 3, 1, 1, 1};  /* each divides out_w */
 
 enum {
     S_U8,            /* uint8[256]: u = q + 128 of each pixel value */
@@ -43,8 +46,9 @@ enum {
     S_C1_PAIRS_T,    /* int16[4][16]: AVX2 conv1 thresholds minus one, same lane order */
     S_C1_TAPS,       /* int8[64][27]: conv1 weights +-1, taps in (dy, dx, c) order */
     S_C1_T,          /* int32[64]: conv1 thresholds on sum(u w) */
-    S_SPLIT,         /* 7 sections: uint64[cout/16][K][4][2][4], see xnor_block */
-    S_WORDS = S_SPLIT + BINARY_LAYERS,   /* 7 sections: uint64[cout][K], weight bits */
+    S_NIBBLES,       /* 7 sections: uint8[cout/B][K][16][B], B = 32 regs, see nibble_pass */
+    S_LIMITS16 = S_NIBBLES + BINARY_LAYERS,  /* 7 sections: int16[cout/32][2][16], see nibble_pass */
+    S_WORDS = S_LIMITS16 + BINARY_LAYERS,    /* 7 sections: uint64[cout][K], weight bits */
     S_LIMITS = S_WORDS + BINARY_LAYERS,  /* 7 sections: int64[cout], fires iff mismatches < limit */
     S_FC3 = S_LIMITS + BINARY_LAYERS,    /* uint64[10][8]: fc3 weight bits */
     SECTIONS
@@ -68,10 +72,14 @@ static void build_layout(void)
         case S_C1_T: bytes = 64 * 4; what = "conv1_thresholds"; break;
         case S_FC3: bytes = CLASSES * 8 * 8; what = "fc3_words"; break;
         default:
-            if (s < S_WORDS) {
-                layer = s - S_SPLIT;
+            if (s < S_LIMITS16) {
+                layer = s - S_NIBBLES;
                 bytes = (Py_ssize_t)binary_cout[layer] * binary_words[layer] * 16;
-                what = "split";
+                what = "nibbles";
+            } else if (s < S_WORDS) {
+                layer = s - S_LIMITS16;
+                bytes = (Py_ssize_t)binary_cout[layer] * 2;
+                what = "limits16";
             } else if (s < S_LIMITS) {
                 layer = s - S_WORDS;
                 bytes = (Py_ssize_t)binary_cout[layer] * binary_words[layer] * 8;
@@ -98,18 +106,20 @@ static void build_layout(void)
 /* ---------------------------------------------------------------- scratch buffers */
 
 /* Activations between layers, one image at a time.  Plain words: bit c of word j of a
- * position is channel 64 j + c.  The AVX2 path also keeps its inputs split into nibbles
- * (lo = w & 0x0f.., hi = (w >> 4) & 0x0f..), the indices of its popcount lookups. */
+ * position is channel 64 j + c.  The AVX2 path also keeps its inputs as nibbles, one a
+ * byte (nibble t of a word at byte 16 i + t, stored times 8), which select its lookup
+ * tables. */
 typedef struct {
-    uint8_t u[PIXELS + 64];        /* the image as u = q + 128, zero padded */
-    uint64_t a1[900], a1lo[900], a1hi[900];     /* conv1: 30 x 30 x 1 */
-    uint64_t p2[196], p2lo[196], p2hi[196];     /* conv2 pooled: 14 x 14 x 1 */
-    uint64_t a3[288], a3lo[288], a3hi[288];     /* conv3: 12 x 12 x 2 */
-    uint64_t p4[50], p4lo[50], p4hi[50];        /* conv4 pooled: 5 x 5 x 2 */
-    uint64_t a5[36], a5lo[36], a5hi[36];        /* conv5: 3 x 3 x 4 */
-    uint64_t a6[4], a6lo[4], a6hi[4];           /* conv6: 1 x 1 x 4 */
-    uint64_t h1[8], h1lo[8], h1hi[8];           /* fc1 */
+    uint8_t u[PIXELS + 64];                     /* the image as u = q + 128, zero padded */
+    uint64_t a1[900];                           /* conv1: 30 x 30 x 1 */
+    uint64_t p2[196];                           /* conv2 pooled: 14 x 14 x 1 */
+    uint64_t a3[288];                           /* conv3: 12 x 12 x 2 */
+    uint64_t p4[50];                            /* conv4 pooled: 5 x 5 x 2 */
+    uint64_t a5[36];                            /* conv5: 3 x 3 x 4 */
+    uint64_t a6[4];                             /* conv6: 1 x 1 x 4 */
+    uint64_t h1[8];                             /* fc1 */
     uint64_t h2[8];                             /* fc2 */
+    uint8_t n1[900 * 16], n2[196 * 16], n3[288 * 16], n4[50 * 16], n5[36 * 16], n6[4 * 16], nh1[8 * 16];
 } scratch;
 
 static inline int popcount64(uint64_t x)
@@ -227,93 +237,148 @@ static void network_portable(const uint8_t *model, const uint8_t *image, int64_t
  * and keeps every term alive at once, spilling most of them to the stack. */
 #define KEEP(v) __asm__("" : "+x"(v))
 
-static void split(const uint64_t *words, int n, uint64_t *lo, uint64_t *hi)
+/* pop(v ^ i) for i = 0..15, twice (both 128-bit lanes), for each nibble v: table v is
+ * the popcount of a weight nibble's mismatches with an input nibble v. */
+static uint8_t nibble_tables[16 * 32] __attribute__((aligned(64)));
+
+static void fill_nibble_tables(void)
 {
+    for (int v = 0; v < 16; v++)
+        for (int i = 0; i < 32; i++)
+            nibble_tables[32 * v + i] = (uint8_t)popcount64((uint64_t)(v ^ (i & 15)));
+}
+
+/* One byte of nibbles, read with an asm the compiler cannot see through: neighbouring
+ * positions read the same bytes one word apart, and GCC's predictive commoning would
+ * otherwise carry them from word to word in spilled registers. */
+AVX2_INLINE size_t nibble_at(const uint8_t *p)
+{
+    uint64_t v;
+    __asm__("movzbl %1, %k0" : "=r"(v) : "m"(*p));  /* a 32-bit write zeroes the upper half */
+    return (size_t)v;
+}
+
+/* words -> their 16 nibbles a byte each, times 8 (a table's offset / 4) */
+AVX2_INLINE void expand(const uint64_t *words, int n, uint8_t *nibbles)
+{
+    const __m128i mask = _mm_set1_epi8(0x0F);
     for (int i = 0; i < n; i++) {
-        lo[i] = words[i] & NIBBLES;
-        hi[i] = (words[i] >> 4) & NIBBLES;
+        const __m128i v = _mm_loadl_epi64((const __m128i *)(words + i));
+        const __m128i lo = _mm_and_si128(v, mask), hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+        _mm_storeu_si128((__m128i *)(nibbles + 16 * i), _mm_slli_epi16(_mm_unpacklo_epi8(lo, hi), 3));
     }
 }
 
-/* 16 output channels at one position of a binary layer.  xlo/xhi: the input nibbles at
- * the window's first word; the K = rows * row_len words are runs of row_len words,
- * row_stride apart.  w: the block's weights, for each input word k and each group q of
- * 4 channels the 4 words' low nibbles then their high nibbles (one 256-bit register
- * each).  The popcount of x ^ w is two 16-entry table lookups (vpshufb) a byte, whose
- * byte counts add up for up to 31 words (8 at most a word) before vpsadbw sums them. */
-AVX2_INLINE uint32_t xnor_block(const uint64_t *xlo, const uint64_t *xhi, const int rows, const int row_len,
-                                const ptrdiff_t row_stride, const __m256i *w, const __m256i *limit)
+/* One pass of a binary layer: `regs` registers of 32 output channels (one a byte) at P
+ * positions side by side.  The input words of the first position are `rows` runs of
+ * row_len words, row_stride apart, the nibbles of the first at nib (see expand); each
+ * next position is wpp words on.  w: the block's
+ * weight nibbles, for each input word k and nibble t the block's channels (a byte each).
+ * For each input nibble its lookup table (chosen by the nibble's value) turns 32
+ * channels' weight nibbles into their mismatch counts in one vpshufb, so the inner loop
+ * is a table load per position, and per register a vpshufb and a byte add.  Byte counts
+ * (4 at most a nibble) are widened to 16 bits every 3 words.  A channel fires iff its
+ * mismatches < its limit (limit16: per register the int16 limits of channels 0-7 16-23
+ * then 8-15 24-31, the lane order of vpunpck{l,h}bw; vpacksswb + vpmovmskb then give
+ * channel b at bit b). */
+AVX2_INLINE void nibble_pass(const uint8_t *nib, const int wpp, const int P, const int regs, const int rows,
+                             const int row_len, const ptrdiff_t row_stride, const uint8_t *w,
+                             const __m256i *limit16, uint32_t *bits)
 {
-    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i zero = _mm256_setzero_si256();
-    __m256i acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero;
-    __m256i cnt0 = zero, cnt1 = zero, cnt2 = zero, cnt3 = zero;
-    int pending = 0;
-#define XNOR_STEP(q, acc)                                                                           \
-    acc = _mm256_add_epi8(acc, _mm256_add_epi8(                                                     \
-        _mm256_shuffle_epi8(table, _mm256_xor_si256(bl, _mm256_loadu_si256(wk + 2 * (q)))),         \
-        _mm256_shuffle_epi8(table, _mm256_xor_si256(bh, _mm256_loadu_si256(wk + 2 * (q) + 1)))));   \
-    KEEP(acc)
-#pragma GCC unroll 4
+    __m256i acc[5][8], lo16[5][8], hi16[5][8];
+#pragma GCC unroll 5
+    for (int p = 0; p < P; p++) {
+#pragma GCC unroll 8
+        for (int q = 0; q < regs; q++)
+            acc[p][q] = lo16[p][q] = hi16[p][q] = zero;
+    }
+    /* groups of at most 3 words (48 byte adds of at most 4), each within a run */
     for (int r = 0; r < rows; r++) {
-#pragma GCC unroll 36
-        for (int j = 0; j < row_len; j++) {
-            const ptrdiff_t i = r * row_stride + j;
-            const __m256i bl = _mm256_set1_epi64x((long long)xlo[i]);
-            const __m256i bh = _mm256_set1_epi64x((long long)xhi[i]);
-            const __m256i *wk = w + (r * row_len + j) * 8;
-            XNOR_STEP(0, acc0);
-            XNOR_STEP(1, acc1);
-            XNOR_STEP(2, acc2);
-            XNOR_STEP(3, acc3);
-            if (++pending == 31) {
-                cnt0 = _mm256_add_epi64(cnt0, _mm256_sad_epu8(acc0, zero));
-                cnt1 = _mm256_add_epi64(cnt1, _mm256_sad_epu8(acc1, zero));
-                cnt2 = _mm256_add_epi64(cnt2, _mm256_sad_epu8(acc2, zero));
-                cnt3 = _mm256_add_epi64(cnt3, _mm256_sad_epu8(acc3, zero));
-                acc0 = acc1 = acc2 = acc3 = zero;
-                pending = 0;
+        for (int g = 0; g < row_len; g += 3) {
+            const int n = row_len - g < 3 ? row_len - g : 3;
+            for (int j = g; j < g + n; j++) {
+                const uint8_t *x = nib + (r * row_stride + j) * 16;
+                const __m256i *wk = (const __m256i *)(w + (ptrdiff_t)(r * row_len + j) * 16 * regs * 32);
+#pragma GCC unroll 16
+                for (int t = 0; t < 16; t++) {
+                    const __m256i *wt = wk + t * regs;
+                    if (P == 1) {
+                        const __m256i table = _mm256_load_si256((const __m256i *)(nibble_tables + 4 * nibble_at(x + t)));
+#pragma GCC unroll 8
+                        for (int q = 0; q < regs; q++) {
+                            acc[0][q] = _mm256_add_epi8(acc[0][q], _mm256_shuffle_epi8(table, _mm256_loadu_si256(wt + q)));
+                            KEEP(acc[0][q]);
+                        }
+                    } else {
+                        __m256i wq[8];
+#pragma GCC unroll 8
+                        for (int q = 0; q < regs; q++)
+                            wq[q] = _mm256_loadu_si256(wt + q);
+#pragma GCC unroll 5
+                        for (int p = 0; p < P; p++) {
+                            const __m256i table = _mm256_load_si256(
+                                (const __m256i *)(nibble_tables + 4 * nibble_at(x + 16 * wpp * p + t)));
+#pragma GCC unroll 8
+                            for (int q = 0; q < regs; q++) {
+                                acc[p][q] = _mm256_add_epi8(acc[p][q], _mm256_shuffle_epi8(table, wq[q]));
+                                KEEP(acc[p][q]);
+                            }
+                        }
+                    }
+                }
+            }
+#pragma GCC unroll 5
+            for (int p = 0; p < P; p++) {
+#pragma GCC unroll 8
+                for (int q = 0; q < regs; q++) {
+                    lo16[p][q] = _mm256_add_epi16(lo16[p][q], _mm256_unpacklo_epi8(acc[p][q], zero));
+                    hi16[p][q] = _mm256_add_epi16(hi16[p][q], _mm256_unpackhi_epi8(acc[p][q], zero));
+                    acc[p][q] = zero;
+                }
             }
         }
     }
-#undef XNOR_STEP
-    cnt0 = _mm256_add_epi64(cnt0, _mm256_sad_epu8(acc0, zero));
-    cnt1 = _mm256_add_epi64(cnt1, _mm256_sad_epu8(acc1, zero));
-    cnt2 = _mm256_add_epi64(cnt2, _mm256_sad_epu8(acc2, zero));
-    cnt3 = _mm256_add_epi64(cnt3, _mm256_sad_epu8(acc3, zero));
-    /* fires iff mismatches < limit: vpcmpgtq, then one bit a channel */
-    const uint32_t b0 = (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_loadu_si256(limit), cnt0)));
-    const uint32_t b1 = (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_loadu_si256(limit + 1), cnt1)));
-    const uint32_t b2 = (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_loadu_si256(limit + 2), cnt2)));
-    const uint32_t b3 = (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_loadu_si256(limit + 3), cnt3)));
-    return b0 | b1 << 4 | b2 << 8 | b3 << 12;
+#pragma GCC unroll 5
+    for (int p = 0; p < P; p++) {
+#pragma GCC unroll 8
+        for (int q = 0; q < regs; q++) {
+            const __m256i lo = lo16[p][q], hi = hi16[p][q];
+            const __m256i fires = _mm256_packs_epi16(_mm256_cmpgt_epi16(_mm256_loadu_si256(limit16 + 2 * q), lo),
+                                                     _mm256_cmpgt_epi16(_mm256_loadu_si256(limit16 + 2 * q + 1), hi));
+            bits[p * 8 + q] = (uint32_t)_mm256_movemask_epi8(fires);
+        }
+    }
 }
 
 /* A binary layer: a 3x3 convolution over an in_w x in_w x (64 wpp) input (in_w > 0),
  * or fully connected (in_w == 0, K words); out (zeroed by the caller) gets each
- * position's words, ORed 2x2 when pool.  Channel blocks outside, positions inside: a
- * block's weights (K x 256 bytes) stay in L1 while every position uses them. */
-AVX2_INLINE void binary_avx2(const uint8_t *model, const int layer, const uint64_t *xlo, const uint64_t *xhi,
-                             const int in_w, const int wpp, const int out_w, const int pool, uint64_t *out)
+ * position's words, ORed 2x2 when pool.  Channel blocks outside, positions inside. */
+AVX2_INLINE void binary_avx2(const uint8_t *model, const int layer, const uint8_t *nib, const int in_w,
+                             const int wpp, const int out_w, const int pool, uint64_t *out)
 {
     const int k_words = binary_words[layer], cout = binary_cout[layer], words_out = cout / 64;
-    const __m256i *w = SECTION(model, S_SPLIT + layer, __m256i);
-    const __m256i *limit = SECTION(model, S_LIMITS + layer, __m256i);
+    const int regs = binary_regs[layer], P = binary_positions[layer];
+    const uint8_t *w = SECTION(model, S_NIBBLES + layer, uint8_t);
+    const __m256i *limit16 = SECTION(model, S_LIMITS16 + layer, __m256i);
     const int rows = in_w > 0 ? 3 : 1, row_len = k_words / rows;
     const ptrdiff_t row_stride = (ptrdiff_t)in_w * wpp;
-    const int out_h = in_w > 0 ? out_w : 1;
-    for (int block = 0; block < cout / BLOCK; block++) {
-        const __m256i *wb = w + (ptrdiff_t)block * k_words * 8;
-        const __m256i *lb = limit + block * 4;
-        const int word = block >> 2, shift = 16 * (block & 3);
-        for (int y = 0; y < out_h; y++) {
-            for (int x = 0; x < out_w; x++) {
-                const ptrdiff_t at = (ptrdiff_t)(y * in_w + x) * wpp;
-                const uint64_t bits = xnor_block(xlo + at, xhi + at, rows, row_len, row_stride, wb, lb);
-                const int index = pool ? (y >> 1) * (out_w >> 1) + (x >> 1) : y * out_w + x;
-                out[(ptrdiff_t)index * words_out + word] |= bits << shift;
-            }
+    const int positions = in_w > 0 ? out_w * out_w : 1;
+    for (int block = 0; block < cout / (32 * regs); block++) {
+        const uint8_t *wb = w + (ptrdiff_t)block * k_words * 16 * regs * 32;
+        const __m256i *lb = limit16 + block * regs * 2;
+        for (int first = 0; first < positions; first += P) {  /* P positions in one row */
+            const int y = first / out_w, x0 = first % out_w;
+            int index[5];
+            for (int p = 0; p < P; p++)
+                index[p] = pool ? (y >> 1) * (out_w >> 1) + ((x0 + p) >> 1) : y * out_w + x0 + p;
+            uint32_t bits[5 * 8];
+            nibble_pass(nib + (ptrdiff_t)(y * in_w + x0) * wpp * 16, wpp, P, regs, rows, row_len, row_stride, wb, lb, bits);
+            for (int p = 0; p < P; p++)
+                for (int q = 0; q < regs; q++) {
+                    const int reg = block * regs + q;
+                    out[(ptrdiff_t)index[p] * words_out + (reg >> 1)] |= (uint64_t)bits[p * 8 + q] << (32 * (reg & 1));
+                }
         }
     }
 }
@@ -344,13 +409,16 @@ AVX2_INLINE void conv1_avx2(const uint8_t *model, scratch *s)
                 a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(v, _mm256_loadu_si256(w + 4 * p + 1)));
                 a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(v, _mm256_loadu_si256(w + 4 * p + 2)));
                 a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(v, _mm256_loadu_si256(w + 4 * p + 3)));
+                KEEP(a0);
+                KEEP(a1);
+                KEEP(a2);
+                KEEP(a3);
             }
             const __m256i lo = _mm256_packs_epi16(_mm256_cmpgt_epi16(a0, t0), _mm256_cmpgt_epi16(a1, t1));
             const __m256i hi = _mm256_packs_epi16(_mm256_cmpgt_epi16(a2, t2), _mm256_cmpgt_epi16(a3, t3));
             const uint64_t word = (uint64_t)(uint32_t)_mm256_movemask_epi8(lo)
                                   | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
-            s->a1lo[30 * y + x] = word & NIBBLES;
-            s->a1hi[30 * y + x] = (word >> 4) & NIBBLES;
+            s->a1[30 * y + x] = word;
         }
     }
 }
@@ -363,46 +431,47 @@ AVX2_LAYER void conv1_layer(const uint8_t *model, const uint8_t *image, scratch 
 {
     to_u(model, image, s);
     conv1_avx2(model, s);
+    expand(s->a1, 900, s->n1);
 }
 
 AVX2_LAYER void conv2_layer(const uint8_t *model, scratch *s)
 {
     memset(s->p2, 0, sizeof s->p2);
-    binary_avx2(model, CONV2, s->a1lo, s->a1hi, 30, 1, 28, 1, s->p2);
-    split(s->p2, 196, s->p2lo, s->p2hi);
+    binary_avx2(model, CONV2, s->n1, 30, 1, 28, 1, s->p2);
+    expand(s->p2, 196, s->n2);
 }
 
 AVX2_LAYER void conv3_layer(const uint8_t *model, scratch *s)
 {
     memset(s->a3, 0, sizeof s->a3);
-    binary_avx2(model, CONV3, s->p2lo, s->p2hi, 14, 1, 12, 0, s->a3);
-    split(s->a3, 288, s->a3lo, s->a3hi);
+    binary_avx2(model, CONV3, s->n2, 14, 1, 12, 0, s->a3);
+    expand(s->a3, 288, s->n3);
 }
 
 AVX2_LAYER void conv4_layer(const uint8_t *model, scratch *s)
 {
     memset(s->p4, 0, sizeof s->p4);
-    binary_avx2(model, CONV4, s->a3lo, s->a3hi, 12, 2, 10, 1, s->p4);
-    split(s->p4, 50, s->p4lo, s->p4hi);
+    binary_avx2(model, CONV4, s->n3, 12, 2, 10, 1, s->p4);
+    expand(s->p4, 50, s->n4);
 }
 
 AVX2_LAYER void conv5_layer(const uint8_t *model, scratch *s)
 {
     memset(s->a5, 0, sizeof s->a5);
-    binary_avx2(model, CONV5, s->p4lo, s->p4hi, 5, 2, 3, 0, s->a5);
-    split(s->a5, 36, s->a5lo, s->a5hi);
+    binary_avx2(model, CONV5, s->n4, 5, 2, 3, 0, s->a5);
+    expand(s->a5, 36, s->n5);
 }
 
 AVX2_LAYER void conv6_fc_layers(const uint8_t *model, scratch *s, int64_t *result)
 {
     memset(s->a6, 0, sizeof s->a6);
-    binary_avx2(model, CONV6, s->a5lo, s->a5hi, 3, 4, 1, 0, s->a6);
-    split(s->a6, 4, s->a6lo, s->a6hi);
+    binary_avx2(model, CONV6, s->n5, 3, 4, 1, 0, s->a6);
+    expand(s->a6, 4, s->n6);
     memset(s->h1, 0, sizeof s->h1);
-    binary_avx2(model, FC1, s->a6lo, s->a6hi, 0, 4, 1, 0, s->h1);
-    split(s->h1, 8, s->h1lo, s->h1hi);
+    binary_avx2(model, FC1, s->n6, 0, 4, 1, 0, s->h1);
+    expand(s->h1, 8, s->nh1);
     memset(s->h2, 0, sizeof s->h2);
-    binary_avx2(model, FC2, s->h1lo, s->h1hi, 0, 8, 1, 0, s->h2);
+    binary_avx2(model, FC2, s->nh1, 0, 8, 1, 0, s->h2);
     fc3(model, s->h2, result);
 }
 
@@ -501,6 +570,9 @@ static int module_exec(PyObject *module)
 {
     build_layout();
     have_avx2 = cpu_has_avx2();
+#if CNV_HAVE_AVX2_PATH
+    fill_nibble_tables();
+#endif
     PyObject *layout = PyDict_New();
     if (layout == NULL)
         return -1;
@@ -517,9 +589,24 @@ static int module_exec(PyObject *module)
         Py_DECREF(layout);
         return -1;
     }
-    if (PyModule_AddIntConstant(module, "SIZE", (long)model_bytes) < 0
-        || PyModule_AddIntConstant(module, "BLOCK", BLOCK) < 0)
+    if (PyModule_AddIntConstant(module, "SIZE", (long)model_bytes) < 0)
         return -1;
+    PyObject *blocks = PyDict_New();
+    if (blocks == NULL)
+        return -1;
+    for (int layer = 0; layer < BINARY_LAYERS; layer++) {
+        PyObject *channels = PyLong_FromLong(32L * binary_regs[layer]);
+        if (channels == NULL || PyDict_SetItemString(blocks, binary_names[layer], channels) < 0) {
+            Py_XDECREF(channels);
+            Py_DECREF(blocks);
+            return -1;
+        }
+        Py_DECREF(channels);
+    }
+    if (PyModule_AddObject(module, "BLOCKS", blocks) < 0) {
+        Py_DECREF(blocks);
+        return -1;
+    }
     return 0;
 }
 

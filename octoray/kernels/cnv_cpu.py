@@ -6,13 +6,16 @@ start (importing numba, loading the cached machine code); the extension loads in
 under a millisecond and is as fast or faster.
 
 Why this algorithm: after conv1 every activation and weight is a bit, so a binary layer
-is XNOR-popcount over 64-bit words, and CPUs without AVX-512 have no vector popcount:
-the AVX2 path does two 16-entry table lookups (``vpshufb``) per byte, lets the byte
-counts add up over a whole window before one ``vpsadbw``, and runs each block of 16
-output channels over every position of a layer so that the block's weights stay in L1
-(the whole model, ~0.6 MB here, does not fit).  conv1 keeps its 8-bit input and uses
-``vpmaddubsw`` on u = q + 128 (its offset folded into the thresholds).  A portable
-scalar path covers other CPUs; ``OCTORAY_CNV_PORTABLE=1`` forces it (the tests run both).
+is a count of mismatching bits, and CPUs without AVX-512 have no vector popcount.  The
+AVX2 path stores weights as nibbles, one output channel a byte, and picks for each input
+nibble one of 16 lookup tables (the popcount of v ^ i for its value v): one ``vpshufb``
+then gives 32 channels' mismatch counts for that nibble, and the inner loop is a table
+load, a lookup and a byte add, with no xor and no per-channel horizontal sums.  Each
+block of output channels runs over every position of a layer, a few positions at a time
+sharing the loaded weights, so that the block's weights stay in L1 (the whole model,
+~0.6 MB here, does not).  conv1 keeps its 8-bit input and uses ``vpmaddubsw`` on
+u = q + 128 (the offset folded into the thresholds).  A portable scalar path covers
+other CPUs; ``OCTORAY_CNV_PORTABLE=1`` forces it (the tests run both).
 
 Why threads: the C code releases the GIL, so a batch is cut into chunks of 32 images
 that threads take in turn.  The engine itself runs batches concurrently on its own
@@ -33,7 +36,6 @@ from octoray.formats.cnv_input import PIXEL_TO_Q17
 from octoray.formats.cnv_model import CONV_SHAPES, FC_SHAPES, CnvModel, fan_in
 from octoray.kernels import _cnv_native
 
-_LO = np.uint64(0x0F0F0F0F0F0F0F0F)
 _CONV1_LIMIT = 27 * 128 + 1  # |conv1 acc| <= 27 * 128: thresholds beyond this are equivalent
 _BINARY = list(CONV_SHAPES)[1:] + ["fc1", "fc2"]
 
@@ -64,10 +66,13 @@ class PackedModel:
       where T' = T + 128 sum(w) is the threshold on sum(u w).
     - conv1, portable: ``conv1_taps`` int8 (64, 27) and ``conv1_thresholds`` int32 (64,) T'.
     - Binary layers (conv2..conv6, fc1, fc2), K words of input a channel:
-      ``<name>_split`` uint64 (Cout/16, K, 4, 2, 4): per block of 16 channels and input
-      word, 4 groups of 4 channels' low nibbles (w & 0x0f..), then their high nibbles;
-      ``<name>_words`` uint64 (Cout, K), the plain weight bits; ``<name>_limits`` int64
-      (Cout,): a channel fires iff its mismatches sum popcount(x ^ w) < 64 K - T + 1.
+      ``<name>_nibbles`` uint8 (Cout/B, K, 16, B), B = ``_cnv_native.BLOCKS[name]``: per
+      block of B channels, input word and nibble t, each channel's weight nibble
+      (w >> 4t) & 15; ``<name>_limits16`` int16 (Cout/32, 2, 16), per 32 channels the
+      limits of channels 0-7 and 16-23, then 8-15 and 24-31 (the lane order of the
+      kernel's 16-bit counts); ``<name>_words`` uint64 (Cout, K), the plain weight bits,
+      and ``<name>_limits`` int64 (Cout,), for the portable path.  A channel fires iff
+      its mismatches sum popcount(x ^ w) < 64 K - T + 1 (T clipped to 0 .. 64 K + 1).
     - ``fc3_words`` uint64 (10, 8).
     """
 
@@ -96,15 +101,18 @@ class PackedModel:
         pairs = taps.reshape(64, 15, 2)[lanes]  # (4, 16, 15, 2): register, lane, pair, tap
         put("conv1_pairs", pairs.transpose(2, 0, 1, 3))
         put("conv1_pair_thresholds", (t1[lanes] - 1).astype(np.int16))
-        block = _cnv_native.BLOCK
         for name in _BINARY:
             cout, k = (CONV_SHAPES.get(name) or FC_SHAPES[name])[1], fan_in(name) // 64
+            block = _cnv_native.BLOCKS[name]
             words = _words(model.weights_pm1(name) > 0).reshape(cout, k)
-            nibbles = np.stack([words & _LO, (words >> np.uint64(4)) & _LO])  # (2, Cout, K)
-            put(f"{name}_split", nibbles.reshape(2, cout // block, block // 4, 4, k).transpose(1, 4, 2, 0, 3))
+            nibbles = ((words[:, :, None] >> (4 * np.arange(16, dtype=np.uint64))) & np.uint64(15)).astype(np.uint8)
+            put(f"{name}_nibbles", nibbles.reshape(cout // block, block, k, 16).transpose(0, 2, 3, 1))
             put(f"{name}_words", words)
             t = np.clip(model.thresholds[name].astype(np.int64), 0, fan_in(name) + 1)
-            put(f"{name}_limits", fan_in(name) - t + 1)
+            limits = fan_in(name) - t + 1  # 0 .. 64 K + 1
+            put(f"{name}_limits", limits)
+            lanes = limits.reshape(cout // 32, 2, 2, 8).transpose(0, 2, 1, 3)  # (0-7 16-23) (8-15 24-31)
+            put(f"{name}_limits16", lanes.astype(np.int16))
         put("fc3_words", _words(model.weights_pm1("fc3") > 0).reshape(10, 8))
         assert all(fan_in(n) % 64 == 0 for n in ("fc1", "fc2", "fc3"))
 
