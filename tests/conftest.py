@@ -65,6 +65,17 @@ def text_like(size: int, seed: int = 0) -> bytes:
     return bytes(out[:size])
 
 
+def blurry_pngs(folder: Path, count: int, seed: int) -> None:
+    """`count` small blurry RGB pictures 000.png, 001.png, ... (JPEG-friendly, unlike noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(folder / f"{i:03d}.png")
+
+
 SAMPLES = {
     "empty": lambda: b"",
     "tiny": lambda: b"hello, world\n",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, fgzip, run, text_like, tool
+from conftest import ROOT, blurry_pngs, fgzip, run, text_like, tool
 
 
 def dask_command() -> list[str]:
@@ -94,13 +94,7 @@ def test_fgzip_spreads_chunks_over_both_workers(cluster, gzip_bin):
 
 
 def test_fclassify_on_the_cluster_prints_what_it_prints_locally(cluster, tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(8)
-    for i in range(96):
-        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
+    blurry_pngs(tmp_path, 96, seed=8)
     argv = [*tool("fclassify"), "--batch", "1", str(tmp_path)]
     local = run(argv, check=True)
     remote = run(argv, env=with_cluster_env(cluster), check=True)

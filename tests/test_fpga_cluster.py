@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import fgzip, run, text_like, tool
+from conftest import blurry_pngs, fgzip, run, text_like, tool
 from test_cluster import Cluster
 
 
@@ -35,13 +35,7 @@ def test_fgzip_on_two_emulated_cards(emulated_cluster, gzip_bin):
 
 
 def test_fclassify_on_two_emulated_cards_prints_the_cpu_labels(emulated_cluster, tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(9)
-    for i in range(64):
-        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(tmp_path / f"{i:03d}.png")
+    blurry_pngs(tmp_path, 64, seed=9)
     argv = [*tool("fclassify"), "--batch", "1", str(tmp_path)]
     on_cpu = run(argv, env=dict(os.environ, OCTORAY_ACCELERATOR="cpu"), check=True)
     on_cards = run(argv, env=dict(os.environ, DASK_SCHEDULER_ADDRESS=emulated_cluster.address), check=True)
