@@ -7,7 +7,9 @@
  * cnv_cpu.PackedModel; the layout of each section is described where it is read.
  *
  * Two code paths, picked per call: AVX2 (functions compiled for the avx2 target only,
- * used when the CPU and OS support it) and a portable scalar one (portable=1, or no AVX2).
+ * so the module builds and loads on any x86-64; taken when the CPU and OS support AVX2)
+ * and a portable scalar one (portable=1, no AVX2, or not x86).  Both give the numpy
+ * reference's results exactly (tests/test_cnv_kernels.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(CNV_NO_AVX2)
 #define CNV_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 #else
@@ -35,10 +37,9 @@ static const char *const binary_names[BINARY_LAYERS] = {"conv2", "conv3", "conv4
 static const int binary_words[BINARY_LAYERS] = {9, 9, 18, 18, 36, 4, 8};
 static const int binary_cout[BINARY_LAYERS] = {64, 128, 128, 256, 256, 512, 512};
 /* The AVX2 path's blocking: 32-channel registers a block of output channels (the block's
- * weights, K x 512 bytes a register, should stay in L1 while every position uses them),
- * and positions a pass (sharing the loaded weights). */
+ * weights, K x 512 bytes a register, should stay in L1 while every position uses them;
+ * the layout of the nibbles sections follows it). */
 static const int binary_regs[BINARY_LAYERS] = {2, 4, 2, 2, 8, 8, 8};
-static const int binary_positions[BINARY_LAYERS] = {4, 2, 5, 3, 1, 1, 1};  /* each divides out_w */
 
 enum {
     S_U8,            /* uint8[256]: u = q + 128 of each pixel value */
@@ -237,6 +238,11 @@ static void network_portable(const uint8_t *model, const uint8_t *image, int64_t
  * and keeps every term alive at once, spilling most of them to the stack. */
 #define KEEP(v) __asm__("" : "+x"(v))
 
+/* Positions a pass of each binary layer, which share the loaded weights (measured best
+ * with binary_regs, within a few per cent; each divides its layer's output width). */
+#define MAX_P 5
+static const int binary_positions[BINARY_LAYERS] = {4, 2, 5, 3, 1, 1, 1};
+
 /* pop(v ^ i) for i = 0..15, twice (both 128-bit lanes), for each nibble v: table v is
  * the popcount of a weight nibble's mismatches with an input nibble v. */
 static uint8_t nibble_tables[16 * 32] __attribute__((aligned(64)));
@@ -253,9 +259,9 @@ static void fill_nibble_tables(void)
  * otherwise carry them from word to word in spilled registers. */
 AVX2_INLINE size_t nibble_at(const uint8_t *p)
 {
-    uint64_t v;
-    __asm__("movzbl %1, %k0" : "=r"(v) : "m"(*p));  /* a 32-bit write zeroes the upper half */
-    return (size_t)v;
+    size_t v;
+    __asm__("movzbl %1, %k0" : "=r"(v) : "m"(*p));  /* on x86-64 a 32-bit write zeroes the upper half */
+    return v;
 }
 
 /* words -> their 16 nibbles a byte each, times 8 (a table's offset / 4) */
@@ -286,7 +292,7 @@ AVX2_INLINE void nibble_pass(const uint8_t *nib, const int wpp, const int P, con
                              const __m256i *limit16, uint32_t *bits)
 {
     const __m256i zero = _mm256_setzero_si256();
-    __m256i acc[5][8], lo16[5][8], hi16[5][8];
+    __m256i acc[MAX_P][8], lo16[MAX_P][8], hi16[MAX_P][8];
 #pragma GCC unroll 5
     for (int p = 0; p < P; p++) {
 #pragma GCC unroll 8
@@ -369,10 +375,10 @@ AVX2_INLINE void binary_avx2(const uint8_t *model, const int layer, const uint8_
         const __m256i *lb = limit16 + block * regs * 2;
         for (int first = 0; first < positions; first += P) {  /* P positions in one row */
             const int y = first / out_w, x0 = first % out_w;
-            int index[5];
+            int index[MAX_P];
             for (int p = 0; p < P; p++)
                 index[p] = pool ? (y >> 1) * (out_w >> 1) + ((x0 + p) >> 1) : y * out_w + x0 + p;
-            uint32_t bits[5 * 8];
+            uint32_t bits[MAX_P * 8];
             nibble_pass(nib + (ptrdiff_t)(y * in_w + x0) * wpp * 16, wpp, P, regs, rows, row_len, row_stride, wb, lb, bits);
             for (int p = 0; p < P; p++)
                 for (int q = 0; q < regs; q++) {
