@@ -296,7 +296,7 @@ def test_auto_without_any_xclbin_is_the_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(fpga, "pynq_installed", lambda: True)
     monkeypatch.setattr(fpga, "overlay_dirs", lambda: [fpga.Path(__file__).resolve().parent.parent / "overlays"])
     acc = open_accelerator("auto")
-    assert acc.name.startswith("cpu (no FPGA: no overlay xclbin (gzip_u50, cnv_w1a1_u50")
+    assert acc.name.startswith("cpu (no FPGA: no overlay xclbin (gzip_u50/gzip_hbm_u50, cnv_w1a1_u50")
 
 
 def test_auto_when_pynq_cannot_load_xrt(monkeypatch, pynq_without_xrt_files):

@@ -1,9 +1,14 @@
 """FPGA accelerators: PYNQ 3.0.1 drivers for the Alveo overlays in ``overlays/``.
 
-- gzip: the Vitis Data Compression Library's ``xilGzipCompBlock`` kernel (overlay
-  ``gzip_u50``).  The kernel writes non-final deflate blocks that end byte-aligned, so the
-  outputs of consecutive runs join into one stream; the host appends the final empty stored
-  block after a stream's last chunk and computes the CRC-32 itself (octoray.kernels.tasks).
+- gzip, either of two overlays, chosen by the manifest's ``interface``:
+  - ``gzip_u50``: the Vitis Data Compression Library's ``xilGzipCompBlock`` kernel (2020.2 and
+    later), :class:`GzipDriver`;
+  - ``gzip_hbm_u50``: the 2019.2 library's ``gzip_hbm`` pair ``xilLz77Compress`` +
+    ``xilHuffmanKernel`` (1 MiB blocks, 8 engines), :class:`Lz77HuffmanDriver`.
+  Both give non-final deflate blocks that end byte-aligned, so the outputs of consecutive runs
+  join into one stream; the host appends the final empty stored block after a stream's last
+  chunk and computes the CRC-32 itself (octoray.kernels.tasks).  Where both xclbins are
+  installed, ``gzip_u50`` is used (``FUNCTION_OVERLAYS`` gives the order).
 - CNV-W1A1: FINN's Alveo interface (overlay ``cnv_w1a1_u50``): DMA kernels ``idma0`` /
   ``odma0`` moving FINN-packed uint8 buffers of the manifest's shapes, a batch at a time; the
   output is the top-1 class index of each image.
@@ -33,8 +38,12 @@ from pathlib import Path
 
 OVERLAYS_ENV = "OCTORAY_OVERLAYS"
 GZIP_OVERLAY = "gzip_u50"
+GZIP_HBM_OVERLAY = "gzip_hbm_u50"
 CNV_OVERLAY = "cnv_w1a1_u50"
-FUNCTIONS = {"gzip": GZIP_OVERLAY, "cnv": CNV_OVERLAY}
+FUNCTIONS = {"gzip": GZIP_OVERLAY, "cnv": CNV_OVERLAY}  # each function's preferred overlay
+# every overlay that can serve a function, preferred first: the first whose xclbin is found is
+# used (the 2020.2+ single kernel before the 2019.2 pair: fewer runs, no host-side fallbacks)
+FUNCTION_OVERLAYS = {"gzip": (GZIP_OVERLAY, GZIP_HBM_OVERLAY), "cnv": (CNV_OVERLAY,)}
 FINAL_EMPTY_BLOCK = b"\x01\x00\x00\xff\xff"  # BFINAL=1, stored, LEN=0, NLEN=0xffff
 MANIFEST_FORMAT = "octoray-overlay"
 
@@ -92,13 +101,14 @@ def pynq_missing_reason() -> str | None:
     if not pynq_installed():
         return "pynq not installed"
     missing = []
-    for name in FUNCTIONS.values():
-        try:
-            if find_xclbin(load_manifest(name)) is not None:
-                return None
-        except FpgaUnavailable:
-            pass
-        missing.append(name)
+    for names in FUNCTION_OVERLAYS.values():
+        for name in names:
+            try:
+                if find_xclbin(load_manifest(name)) is not None:
+                    return None
+            except FpgaUnavailable:
+                pass
+        missing.append("/".join(names))
     return f"no overlay xclbin ({', '.join(missing)}; see overlays/README.md)"
 
 
@@ -295,6 +305,144 @@ class GzipDriver:
             self.overlay = None
 
 
+SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"  # how a block ends after an empty stored block (sync flush)
+STORED_MAX = 65535  # a stored block's LEN is 16 bits
+
+
+def stored_blocks(data) -> bytes:
+    """`data` as non-final stored deflate blocks, starting and ending byte-aligned (each block:
+    a 0x00 header byte, BFINAL=0 and BTYPE=00 padded to the byte, then LEN, NLEN and the bytes)."""
+    data = memoryview(data).cast("B")
+    parts = []
+    for start in range(0, len(data), STORED_MAX):
+        piece = data[start:start + STORED_MAX]
+        n = len(piece)
+        parts += [b"\x00", n.to_bytes(2, "little"), (n ^ 0xFFFF).to_bytes(2, "little"), piece]
+    return b"".join(parts)
+
+
+class Lz77HuffmanDriver:
+    """The 2019.2 ``gzip_hbm`` pair on buffers allocated once, of the manifest's shapes:
+
+    ``xilLz77Compress(in, lz77_out, compressd_size*, in_block_size*, dyn_ltree_freq*,
+    dyn_dtree_freq*, uint block_size_in_kb, uint input_size)`` then ``xilHuffmanKernel(lz77_out,
+    dyn_ltree_freq*, dyn_dtree_freq*, out, compressd_size*, in_block_size*, uint
+    block_size_in_kb, uint input_size)``, as the library's host (L3 ``zlib.cpp``) binds them.
+
+    A run takes up to ``max_input_bytes`` (8 MiB) as blocks of ``block_size`` (1 MiB), one an
+    engine; the host gives each block's length in ``in_block_size[b]``.  Afterwards
+    ``compressd_size[b]`` holds the deflate bytes of block b, written at ``out[b * block_size]``
+    (one non-final dynamic-Huffman block and a sync flush).  The host joins the blocks in order.
+
+    The library's host copies every block as the card wrote it.  This driver does not where the
+    card's bytes cannot be right or do not help: a block whose output is not smaller than its
+    input (random data: the kernels never emit a stored block, so it comes out larger than its
+    1 MiB slot and runs into the next block's, written at the same time by another engine), the
+    block after such a one (its start may be overwritten), and a block the kernels did not
+    encode (under 128 bytes, some releases report its input size and write nothing).  Those the
+    host writes itself as stored blocks from its own copy of the input."""
+
+    INTERFACE = "xilLz77Compress+xilHuffmanKernel"
+    BUFFERS = ("in", "lz77_out", "compressd_size", "in_block_size", "dyn_ltree_freq", "dyn_dtree_freq", "out")
+
+    def __init__(self, pynq, device, manifest: dict, xclbin: str):
+        if manifest.get("interface") != self.INTERFACE:
+            raise FpgaUnavailable(f"{manifest['name']}: gzip interface {manifest.get('interface')} is not supported")
+        self.manifest = manifest
+        self.max_input = int(manifest["max_input_bytes"])
+        self.block = int(manifest["block_size"])
+        if self.block <= 0 or self.block % 1024 or self.max_input <= 0:
+            raise FpgaUnavailable(f"{manifest['name']}: block_size must be a positive number of KiB")
+        self.max_blocks = -(-self.max_input // self.block)
+        self.stats = {"runs": 0, "card_blocks": 0, "stored_blocks": 0}
+        self.overlay = pynq.Overlay(xclbin, device=device)
+        self.buffers = {}
+        try:
+            kernels = manifest["kernels"]
+            self.lz77 = getattr(self.overlay, kernels["lz77"])
+            self.huffman = getattr(self.overlay, kernels["huffman"])
+            bank = _bank(self.overlay, manifest)
+            for name in self.BUFFERS:
+                spec = manifest["buffers"][name]
+                target = _bank(self.overlay, {"name": manifest["name"], "memory": spec["memory"]}) if spec.get("memory") else bank
+                self.buffers[name] = _allocate(pynq, spec, target)
+        except BaseException:
+            self.close()
+            raise
+        b = self.buffers
+        needed = {"in": self.max_input, "lz77_out": 4 * self.max_input, "out": self.max_blocks * self.block,
+                  "compressd_size": 4 * self.max_blocks, "in_block_size": 4 * self.max_blocks,
+                  "dyn_ltree_freq": 4 * 1024 * self.max_blocks, "dyn_dtree_freq": 4 * 64 * self.max_blocks}
+        for name, nbytes in needed.items():
+            if b[name].nbytes < nbytes:
+                self.close()
+                raise FpgaUnavailable(f"{manifest['name']}: buffer {name} holds {b[name].nbytes} bytes, "
+                                      f"{nbytes} needed for max_input_bytes {self.max_input}")
+
+    def deflate(self, data) -> bytes:
+        """Non-final deflate blocks of `data`, ending byte-aligned (joinable)."""
+        import numpy as np
+
+        view = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        pieces = []
+        for start in range(0, len(view), self.max_input):
+            pieces.append(self._run(view[start:start + self.max_input]))
+        return b"".join(pieces)
+
+    def block_lengths(self, n: int) -> list[int]:
+        return [min(self.block, n - start) for start in range(0, n, self.block)]
+
+    def _run(self, piece: np.ndarray) -> bytes:
+        import numpy as np
+
+        b = self.buffers
+        n = len(piece)
+        lengths = self.block_lengths(n)
+        src = b["in"][:n]
+        np.copyto(src, piece)
+        src.sync_to_device()
+        b["in_block_size"][:] = 0
+        b["in_block_size"][:len(lengths)] = lengths
+        b["in_block_size"].sync_to_device()
+        kb = self.block // 1024
+        self.lz77.call(b["in"], b["lz77_out"], b["compressd_size"], b["in_block_size"],
+                       b["dyn_ltree_freq"], b["dyn_dtree_freq"], kb, n)
+        self.huffman.call(b["lz77_out"], b["dyn_ltree_freq"], b["dyn_dtree_freq"], b["out"],
+                          b["compressd_size"], b["in_block_size"], kb, n)
+        self.stats["runs"] += 1
+        sizes_buf = b["compressd_size"][:len(lengths)]
+        sizes_buf.sync_from_device()
+        sizes = [int(s) for s in sizes_buf]
+        parts = []
+        overran = False  # the previous block ran past its slot into this one's
+        for i, (length, size) in enumerate(zip(lengths, sizes)):
+            start = i * self.block
+            if size == 0 or start + size > b["out"].nbytes:
+                raise RuntimeError(f"{self.manifest['name']}: kernel reported {size} compressed bytes for block {i} "
+                                   f"({length} input bytes, output buffer {b['out'].nbytes})")
+            if size < length and not overran:
+                out = b["out"][start:start + size]
+                out.sync_from_device()
+                body = out.tobytes()
+                if not body.endswith(SYNC_FLUSH_TAIL):
+                    raise RuntimeError(f"{self.manifest['name']}: block {i} does not end byte-aligned with a sync flush")
+                parts.append(body)
+                self.stats["card_blocks"] += 1
+            else:
+                parts.append(stored_blocks(piece[start:start + length]))
+                self.stats["stored_blocks"] += 1
+            overran = size > self.block
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for buf in self.buffers.values():
+            buf.freebuffer()
+        self.buffers = {}
+        if self.overlay is not None:
+            self.overlay.free()
+            self.overlay = None
+
+
 class CnvDriver:
     """FINN's Alveo accelerator: ``idma0.start(ibuf, n)``, ``odma0.start(obuf, n)``, wait on
     the odma; packed uint8 buffers of the manifest's shapes with its batch size."""
@@ -369,7 +517,15 @@ class CnvDriver:
             self.overlay = None
 
 
-DRIVERS = {"gzip": GzipDriver, "cnv": CnvDriver}
+# drivers by the manifest's "interface"
+DRIVERS = {"xilGzipCompBlock": GzipDriver, Lz77HuffmanDriver.INTERFACE: Lz77HuffmanDriver, "finn-alveo": CnvDriver}
+
+
+def driver_class(manifest: dict):
+    try:
+        return DRIVERS[manifest.get("interface")]
+    except KeyError:
+        raise FpgaUnavailable(f"{manifest.get('name')}: no driver for interface {manifest.get('interface')!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,19 +582,12 @@ class FpgaAccelerator:
         self.device_name = str(getattr(self.device, "name", "?"))
         self.available: dict[str, tuple[dict, str]] = {}
         missing = {}
-        for function, name in (overlays or FUNCTIONS).items():
-            try:
-                manifest = load_manifest(name)
-            except FpgaUnavailable as error:
-                missing[function] = str(error)
-                continue
-            xclbin = find_xclbin(manifest)
-            if xclbin is None and self.emulated:  # the emulator knows its overlays by file name
-                xclbin = Path(manifest["_dir"]) / manifest["xclbin"]
-            if xclbin is None:
-                missing[function] = f"no {manifest['xclbin']} for {name}"
+        for function, names in (overlays or FUNCTION_OVERLAYS).items():
+            chosen, why = self._choose_overlay((names,) if isinstance(names, str) else tuple(names))
+            if chosen is None:
+                missing[function] = why
             else:
-                self.available[function] = (manifest, str(xclbin))
+                self.available[function] = chosen
         if not self.available:
             self._thread.stop()
             raise FpgaUnavailable("; ".join(missing.values()) or "no overlays")
@@ -447,6 +596,26 @@ class FpgaAccelerator:
         self.name = f"{kind}:{self.device_index} " + "+".join(m["name"] for m, _ in self.available.values())
         if missing and fallback is not None:
             self.name += " (" + ", ".join(f"{f}: cpu" for f in missing) + ")"
+
+    def _choose_overlay(self, names: tuple[str, ...]) -> tuple[tuple[dict, str] | None, str]:
+        """The first of `names` whose manifest and xclbin are found; on the emulator, where
+        none has an xclbin, the first with a manifest (it knows its overlays by file name)."""
+        reasons, manifests = [], []
+        for name in names:
+            try:
+                manifest = load_manifest(name)
+            except FpgaUnavailable as error:
+                reasons.append(str(error))
+                continue
+            manifests.append(manifest)
+            xclbin = find_xclbin(manifest)
+            if xclbin is not None:
+                return (manifest, str(xclbin)), ""
+            reasons.append(f"no {manifest['xclbin']} for {name}")
+        if self.emulated and manifests:
+            manifest = manifests[0]
+            return (manifest, str(Path(manifest["_dir"]) / manifest["xclbin"])), ""
+        return None, ", ".join(reasons) or "no overlays"
 
     def _open_device(self):
         devices = list(self.pynq.Device.devices)
@@ -464,7 +633,7 @@ class FpgaAccelerator:
             self._driver.close()
             self._driver, self._function = None, None
         manifest, xclbin = self.available[function]
-        self._driver = DRIVERS[function](self.pynq, self.device, manifest, xclbin)
+        self._driver = driver_class(manifest)(self.pynq, self.device, manifest, xclbin)
         self._function = function
         self.overlays_opened += 1
         return self._driver

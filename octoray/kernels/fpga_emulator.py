@@ -14,7 +14,10 @@ cards whose kernels compute what the overlays in ``overlays/`` compute.
   ``freebuffer`` frees.
 - Kernels: ``call`` / ``start`` + ``wait``, ``signature``, ``register_map``.
   ``xilGzipCompBlock`` writes non-final raw deflate blocks (independent 32 KiB blocks, each
-  ending with a sync flush) and the CRC-32 register, as the Vitis kernel does; FINN's
+  ending with a sync flush) and the CRC-32 register, as the Vitis kernel does;
+  ``xilLz77Compress`` + ``xilHuffmanKernel`` (the 2019.2 ``gzip_hbm`` pair) write LZ77
+  tokens, frequencies and then a deflate block per 1 MiB slot with the byte counts, as the
+  2019.2 kernels do (incompressible blocks larger than their slot included); FINN's
   ``idma0`` / ``odma0`` run the shipped CNV-W1A1 model on the packed input and write the top-1
   class indices.
 
@@ -247,14 +250,18 @@ class _Kernel:
         raise NotImplementedError
 
     # checks shared by the kernels
-    def _buffer(self, port: str, value, dtype=None, shape=None) -> EmulatedBuffer:
+    def _spec_buffer(self, port: str, value, spec: dict) -> EmulatedBuffer:
+        """`value` checked against a manifest buffer spec (dtype, shape, its own bank if given)."""
+        return self._buffer(port, value, spec["dtype"], spec["shape"], bank=spec.get("memory"))
+
+    def _buffer(self, port: str, value, dtype=None, shape=None, bank=None) -> EmulatedBuffer:
         if not isinstance(value, EmulatedBuffer) or value._store is None:
             raise EmulatorError(f"{self.name}.{port}: expected a buffer from pynq.allocate, got {type(value).__name__}")
         value._store.check(f"{self.name}.{port}'s buffer")
         if value._store.device is not self.overlay.device:
             raise EmulatorError(f"{self.name}.{port}: buffer is on card {value._store.device.index}, "
                                 f"the kernel on card {self.overlay.device.index}")
-        bank = self.manifest.get("memory")
+        bank = bank or self.manifest.get("memory")
         if bank and value._store.bank != bank:
             raise EmulatorError(f"{self.name}.{port} is connected to {bank}, the buffer is in {value._store.bank}")
         if dtype is not None and value.dtype != np.dtype(dtype):
@@ -275,13 +282,23 @@ class _Kernel:
                                 f"the device (sync_to_device / flush) before the kernel ran")
         return device.copy()
 
-    def _write(self, port: str, buffer: EmulatedBuffer, data: bytes | np.ndarray) -> None:
-        data = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
-        if data.size > buffer.nbytes:
-            raise EmulatorError(f"{self.name}.{port}: {data.size} bytes overflow a {buffer.nbytes}-byte buffer "
-                                f"(the card would overwrite the memory after it)")
-        start = buffer._offset
-        buffer._store.memory[start:start + data.size] = data.reshape(-1)
+    def _device(self, buffer: EmulatedBuffer, nbytes: int, offset: int = 0) -> np.ndarray:
+        """Device bytes a kernel reads that the card itself wrote (no host copy to compare)."""
+        if offset + nbytes > buffer.nbytes:
+            raise EmulatorError(f"{self.name}: reads {nbytes} bytes at {offset} past a {buffer.nbytes}-byte buffer")
+        start = buffer._offset + offset
+        return buffer._store.memory[start:start + nbytes].copy()
+
+    def _write(self, port: str, buffer: EmulatedBuffer, data: bytes | np.ndarray, offset: int = 0) -> None:
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        else:
+            data = np.frombuffer(bytes(data), dtype=np.uint8)
+        if offset + data.size > buffer.nbytes:
+            raise EmulatorError(f"{self.name}.{port}: {data.size} bytes at {offset} overflow a {buffer.nbytes}-byte "
+                                f"buffer (the card would overwrite the memory after it)")
+        start = buffer._offset + offset
+        buffer._store.memory[start:start + data.size] = data
 
     def _scalar(self, port: str, value, low: int, high: int) -> int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -328,6 +345,142 @@ class GzipCompBlockKernel(_Kernel):
         else:
             result = zlib.adler32(data, register)
         self._write("checksumData", checksum, np.array([result], dtype="<u4"))
+        return _Handle()
+
+
+class _Lz77HuffmanState:
+    """What xilLz77Compress left in its buffers for xilHuffmanKernel (the emulator's record of
+    device memory the card wrote, so that the Huffman kernel can refuse a run no LZ77 run fed)."""
+
+    def __init__(self, stores: dict, input_size: int, block: int, lengths: list[int]):
+        self.stores = stores
+        self.input_size = input_size
+        self.block = block
+        self.lengths = lengths
+
+
+class Lz77CompressKernel(_Kernel):
+    """Vitis 2019.2 ``xilLz77Compress(in, out, compressd_size*, in_block_size*, dyn_ltree_freq*,
+    dyn_dtree_freq*, uint block_size_in_kb, uint input_size)``.
+
+    Reads ``in_block_size[b]`` (host-written block lengths) for the ceil(input_size / block)
+    blocks, LZ77-codes block b of ``in`` (from ``in[b * block]``) into 32-bit tokens at
+    ``out[4 * block * b]`` (bits 7:0 literal, 15:8 match length, 31:16 distance; the emulator
+    finds no matches, so every token is a literal: its own, valid, representation), writes the
+    token bytes into ``compressd_size[b]`` and the block's literal/length frequencies into
+    ``dyn_ltree_freq[1024 * b:]`` (distance ones into ``dyn_dtree_freq[64 * b:]``).  A block
+    under 128 bytes is not coded: its size is reported as its length, nothing is written (as
+    the 2019.2-era source does)."""
+
+    arguments = ("in", "out", "compressd_size", "in_block_size", "dyn_ltree_freq", "dyn_dtree_freq",
+                 "block_size_in_kb", "input_size")
+    MIN_BLOCK = 128
+
+    def _run(self, src, lz77, sizes, lengths, ltree, dtree, block_kb, input_size) -> _Handle:
+        specs = self.manifest["buffers"]
+        src = self._spec_buffer("in", src, specs["in"])
+        lz77 = self._spec_buffer("out", lz77, specs["lz77_out"])
+        sizes = self._spec_buffer("compressd_size", sizes, specs["compressd_size"])
+        lengths_buf = self._spec_buffer("in_block_size", lengths, specs["in_block_size"])
+        ltree = self._spec_buffer("dyn_ltree_freq", ltree, specs["dyn_ltree_freq"])
+        dtree = self._spec_buffer("dyn_dtree_freq", dtree, specs["dyn_dtree_freq"])
+        block = int(self.manifest["block_size"])
+        self._scalar("block_size_in_kb", block_kb, block // 1024, block // 1024)
+        n = self._scalar("input_size", input_size, 1, int(self.manifest["max_input_bytes"]))
+        nblocks = -(-n // block)
+        for port, buf, per_block in (("compressd_size", sizes, 4), ("in_block_size", lengths_buf, 4),
+                                     ("dyn_ltree_freq", ltree, 4096), ("dyn_dtree_freq", dtree, 256)):
+            if buf.nbytes < per_block * nblocks:
+                raise EmulatorError(f"{self.name}.{port}: {nblocks} blocks need {per_block * nblocks} bytes, "
+                                    f"the buffer has {buf.nbytes}")
+        lengths = [int(v) for v in self._read("in_block_size", lengths_buf, 4 * nblocks).view("<u4")]
+        data = self._read("in", src, n)
+        sizes_out = np.zeros(nblocks, dtype="<u4")
+        lfreq = np.zeros((nblocks, 1024), dtype="<u4")
+        dfreq = np.zeros((nblocks, 64), dtype="<u4")
+        for b, length in enumerate(lengths):
+            start = b * block
+            if not 1 <= length <= block:
+                raise EmulatorError(f"{self.name}: in_block_size[{b}]={length} is outside 1..{block}")
+            if start + length > n:
+                raise EmulatorError(f"{self.name}: block {b} ({length} bytes from {start}) reads past "
+                                    f"input_size={n}")
+            if length < self.MIN_BLOCK:
+                sizes_out[b] = length
+                continue
+            literals = data[start:start + length]
+            tokens = literals.astype("<u4")  # match length 0, distance 0: literals
+            self._write("out", lz77, tokens.view(np.uint8), offset=4 * block * b)
+            sizes_out[b] = tokens.nbytes
+            lfreq[b, :256] = np.bincount(literals, minlength=256)
+            lfreq[b, 256] = 1  # end of block
+        self._write("compressd_size", sizes, sizes_out)
+        self._write("dyn_ltree_freq", ltree, lfreq)
+        self._write("dyn_dtree_freq", dtree, dfreq)
+        stores = {"lz77": lz77._store, "sizes": sizes._store, "ltree": ltree._store, "dtree": dtree._store}
+        self.overlay._lz77_state = _Lz77HuffmanState(stores, n, block, lengths)
+        return _Handle()
+
+
+class HuffmanKernel(_Kernel):
+    """Vitis 2019.2 ``xilHuffmanKernel(in, dyn_ltree_freq*, dyn_dtree_freq*, out,
+    in_block_size*, compressd_size*, uint block_size_in_kb, uint input_size)``; the library's
+    host binds the LZ77 buffer to ``in`` and its ``compressd_size`` buffer to the kernel's
+    ``in_block_size`` port (the LZ77 byte counts in, the deflate byte counts out).
+
+    Block b's tokens become deflate data at ``out[block * b]``: non-final, ending with an empty
+    stored block (a sync flush), byte-aligned, no dictionary from the block before; its byte
+    count replaces the LZ77 one.  The card writes one dynamic-Huffman block and never a stored
+    one; the emulator compresses the literals with ISA-L, which may split a block or store
+    parts, but it keeps what the host sees: an incompressible block comes out larger than its
+    input (and than its slot), and the engines write at the same time, so such a block's tail
+    may land on the next block's start (the emulator writes the last block first, so it does).
+    A block the LZ77 kernel did not code (under 128 bytes) keeps its reported size and writes
+    nothing."""
+
+    arguments = ("in", "dyn_ltree_freq", "dyn_dtree_freq", "out", "in_block_size", "compressd_size",
+                 "block_size_in_kb", "input_size")
+
+    def _run(self, lz77, ltree, dtree, dst, sizes, lengths, block_kb, input_size) -> _Handle:
+        specs = self.manifest["buffers"]
+        lz77 = self._spec_buffer("in", lz77, specs["lz77_out"])
+        ltree = self._spec_buffer("dyn_ltree_freq", ltree, specs["dyn_ltree_freq"])
+        dtree = self._spec_buffer("dyn_dtree_freq", dtree, specs["dyn_dtree_freq"])
+        dst = self._spec_buffer("out", dst, specs["out"])
+        sizes = self._spec_buffer("in_block_size", sizes, specs["compressd_size"])
+        self._spec_buffer("compressd_size", lengths, specs["in_block_size"])
+        block = int(self.manifest["block_size"])
+        self._scalar("block_size_in_kb", block_kb, block // 1024, block // 1024)
+        n = self._scalar("input_size", input_size, 1, int(self.manifest["max_input_bytes"]))
+        state = self.overlay._lz77_state
+        expected = (lz77._store, sizes._store, ltree._store, dtree._store)
+        if state is None or (state.stores["lz77"], state.stores["sizes"], state.stores["ltree"],
+                             state.stores["dtree"]) != expected:
+            raise EmulatorError(f"{self.name}: its in / in_block_size / frequency buffers are not the ones an "
+                                f"xilLz77Compress run just wrote: the card would encode stale memory")
+        if state.input_size != n:
+            raise EmulatorError(f"{self.name}: input_size={n}, the LZ77 run had {state.input_size}")
+        self.overlay._lz77_state = None  # the sizes are overwritten below: a second run would read garbage
+        nblocks = len(state.lengths)
+        lz77_sizes = self._device(sizes, 4 * nblocks).view("<u4")
+        from isal import isal_zlib
+
+        results = []
+        for b, length in enumerate(state.lengths):
+            size = int(lz77_sizes[b])
+            if length < Lz77CompressKernel.MIN_BLOCK:
+                results.append((b, None, size))
+                continue
+            tokens = self._device(lz77, size, offset=4 * block * b).view("<u4")
+            if np.any(tokens >> 8):
+                raise EmulatorError(f"{self.name}: block {b} holds match tokens the emulator never writes")
+            compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+            body = compressor.compress(tokens.astype(np.uint8).tobytes()) + compressor.flush(isal_zlib.Z_SYNC_FLUSH)
+            results.append((b, body, len(body)))
+        for b, body, _ in reversed(results):  # all engines at once: a long block overruns the next
+            if body is not None:
+                self._write("out", dst, body, offset=block * b)
+        self._write("in_block_size", sizes, np.array([size for _, _, size in results], dtype="<u4"))
         return _Handle()
 
 
@@ -397,12 +550,20 @@ class EmulatedOverlay:
         self._unloaded = None
         self._pipeline = {"inputs": collections.deque()}
         self.kernels: dict[str, _Kernel] = {}
-        if self.manifest["function"] == "gzip":
+        self._lz77_state = None
+        interface = self.manifest.get("interface")
+        if interface == "xilGzipCompBlock":
             self.kernels[self.manifest["kernel"]] = GzipCompBlockKernel(self, self.manifest["kernel"])
-        else:
+        elif interface == "xilLz77Compress+xilHuffmanKernel":
+            names = self.manifest["kernels"]
+            self.kernels[names["lz77"]] = Lz77CompressKernel(self, names["lz77"])
+            self.kernels[names["huffman"]] = HuffmanKernel(self, names["huffman"])
+        elif interface == "finn-alveo":
             for key, direction in (("input_dma", "in"), ("output_dma", "out")):
                 name = self.manifest[key]
                 self.kernels[name] = FinnDmaKernel(self, name, direction)
+        else:
+            raise EmulatorError(f"{self.manifest['name']}: the emulator has no kernels for interface {interface!r}")
         self.ip_dict = {name: {"type": type(k).__name__, "mem_id": self.manifest.get("memory")}
                         for name, k in self.kernels.items()}
         self.mem_dict = {name: {"used": 1} for name in device.memories}
@@ -457,12 +618,13 @@ class EmulatedPynq:
             devices = int(value) if value else DEFAULT_DEVICES
         if devices < 0:
             raise ValueError(f"{DEVICES_ENV} must be >= 0")
-        from octoray.kernels.fpga import FUNCTIONS, load_manifest
+        from octoray.kernels.fpga import FUNCTION_OVERLAYS, load_manifest
 
         self.manifests = {}
-        for name in FUNCTIONS.values():
-            manifest = load_manifest(name)
-            self.manifests[manifest["xclbin"]] = manifest
+        for names in FUNCTION_OVERLAYS.values():
+            for name in names:
+                manifest = load_manifest(name)
+                self.manifests[manifest["xclbin"]] = manifest
         self.shell = shell or next(iter(self.manifests.values()))["shell"]
         self.lock = threading.RLock()
         self.stats: collections.Counter = collections.Counter()
