@@ -40,10 +40,11 @@ _CONV1_LIMIT = 27 * 128 + 1  # |conv1 acc| <= 27 * 128: thresholds beyond this a
 _BINARY = list(CONV_SHAPES)[1:] + ["fc1", "fc2"]
 
 
-def _words(bits_by_input: np.ndarray) -> np.ndarray:
-    """(..., C) bits (C a multiple of 64) -> (..., C/64) uint64, bit i of word j = input 64j+i."""
-    packed = np.packbits(bits_by_input.astype(bool), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64)
+def _bytes(model: CnvModel, name: str) -> np.ndarray:
+    """(Cout, K/8) the layer's weight bits as stored (bit i of byte j = input 8j + i),
+    for the layers whose fan-in is a multiple of 64 (so rows are whole words)."""
+    assert fan_in(name) % 64 == 0
+    return np.ascontiguousarray(model.weight_bits[name], dtype=np.uint8)
 
 
 def _conv1_lane_channels() -> np.ndarray:
@@ -104,8 +105,9 @@ class PackedModel:
         for name in _BINARY:
             cout, k = (CONV_SHAPES.get(name) or FC_SHAPES[name])[1], fan_in(name) // 64
             block = _cnv_native.BLOCKS[name]
-            words = _words(model.weights_pm1(name) > 0).reshape(cout, k)
-            nibbles = ((words[:, :, None] >> (4 * np.arange(16, dtype=np.uint64))) & np.uint64(15)).astype(np.uint8)
+            bits = _bytes(model, name)
+            words = bits.view("<u8").astype(np.uint64)  # (Cout, K), bit i of word j = input 64 j + i
+            nibbles = np.stack([bits & 15, bits >> 4], axis=-1)  # nibble t of word j at 16 j + t
             put(f"{name}_nibbles", nibbles.reshape(cout // block, block, k, 16).transpose(0, 2, 3, 1))
             put(f"{name}_words", words)
             t = np.clip(model.thresholds[name].astype(np.int64), 0, fan_in(name) + 1)
@@ -113,8 +115,7 @@ class PackedModel:
             put(f"{name}_limits", limits)
             lanes = limits.reshape(cout // 32, 2, 2, 8).transpose(0, 2, 1, 3)  # (0-7 16-23) (8-15 24-31)
             put(f"{name}_limits16", lanes.astype(np.int16))
-        put("fc3_words", _words(model.weights_pm1("fc3") > 0).reshape(10, 8))
-        assert all(fan_in(n) % 64 == 0 for n in ("fc1", "fc2", "fc3"))
+        put("fc3_words", _bytes(model, "fc3").view("<u8").astype(np.uint64))
 
 
 max_threads: int | None = None
