@@ -150,6 +150,136 @@ def test_gzip_members_from_the_card_pass_gzip_t(card, tmp_path, gzip_bin):
     assert run([gzip_bin, "-dc", str(path)], check=True).stdout == data
 
 
+# --- gzip_hbm driver (the 2019.2 xilLz77Compress + xilHuffmanKernel pair) ----------------------
+
+MiB = 1 << 20
+HBM = {"gzip": "gzip_hbm_u50"}
+
+
+@pytest.fixture
+def hbm_card(emulator):
+    acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", overlays=HBM)
+    yield acc
+    acc.close()
+
+
+def test_hbm_driver_buffers_follow_the_manifest(hbm_card):
+    hbm_card.deflate(b"x" * 1000, None, 6, False)
+    driver = hbm_card._driver
+    assert isinstance(driver, fpga.Lz77HuffmanDriver) and driver.block == MiB and driver.max_input == 8 * MiB
+    b = driver.buffers
+    expected = {"in": (8 * MiB, np.uint8), "lz77_out": (32 * MiB, np.uint8), "out": (16 * MiB, np.uint8),
+                "compressd_size": (8, np.uint32), "in_block_size": (8, np.uint32),
+                "dyn_ltree_freq": (8 * 1024, np.uint32), "dyn_dtree_freq": (8 * 64, np.uint32)}
+    manifest = fpga.load_manifest("gzip_hbm_u50")
+    for name, (length, dtype) in expected.items():
+        assert b[name].shape == (length,) == tuple(manifest["buffers"][name]["shape"]) and b[name].dtype == dtype
+    assert {buf.bank for buf in b.values()} == {"HBM0"}
+
+
+def test_hbm_blocks_join_in_order_with_a_last_partial_block(hbm_card, emulator):
+    data = text_like(3 * MiB + 12345, seed=6)
+    body = hbm_card.deflate(data, None, 6, False)
+    driver = hbm_card._driver
+    assert driver.stats == {"runs": 1, "card_blocks": 4, "stored_blocks": 0}
+    lz77, huffman = (emulator.Device.devices[0].loaded.kernels[k] for k in ("xilLz77Compress_1", "xilHuffmanKernel_1"))
+    assert lz77.register_map.input_size == huffman.register_map.input_size == len(data)
+    assert lz77.register_map.block_size_in_kb == 1024
+    assert driver.buffers["in_block_size"].tolist() == [MiB, MiB, MiB, 12345, 0, 0, 0, 0]
+    # each block on its own, byte-aligned, in input order: block b inflates to the b-th MiB
+    d = zlib.decompressobj(-15)
+    assert d.decompress(body) == data and not d.eof
+    assert body.endswith(b"\x00\x00\xff\xff") and inflate(body + FINAL_EMPTY_BLOCK) == data
+
+
+def test_hbm_blocks_that_do_not_shrink_are_stored_by_the_host(hbm_card):
+    rng = np.random.default_rng(7)
+    noise = rng.bytes(MiB)
+    data = text_like(MiB, seed=7) + noise + text_like(MiB, seed=8) + text_like(MiB, seed=9) + rng.bytes(100)
+    body = hbm_card.deflate(data, None, 6, True)
+    assert inflate(body) == data
+    stats = hbm_card._driver.stats
+    # the noise block (larger than its slot on the card), the block after it (its start may be
+    # overwritten) and the 100-byte tail (not encoded) come from the host
+    assert stats == {"runs": 1, "card_blocks": 2, "stored_blocks": 3}
+    assert fpga.stored_blocks(noise) in body and fpga.stored_blocks(data[-100:]) in body
+    assert fpga.stored_blocks(data[2 * MiB:3 * MiB]) in body
+
+
+def test_stored_blocks_are_non_final_and_at_most_65535_bytes():
+    stream = fpga.stored_blocks(bytes(range(256)) * 600)  # 153600 bytes: 3 blocks
+    assert stream[:5] == b"\x00\xff\xff\x00\x00" and len(stream) == 153600 + 3 * 5
+    assert inflate(stream + FINAL_EMPTY_BLOCK) == bytes(range(256)) * 600
+    assert fpga.stored_blocks(b"") == b""
+
+
+def test_hbm_empty_input_runs_nothing(hbm_card, emulator):
+    assert hbm_card.deflate(b"", None, 6, False) == b""
+    assert hbm_card.deflate(b"", None, 6, True) == FINAL_EMPTY_BLOCK
+    assert emulator.stats["runs:xilLz77Compress_1"] == emulator.stats["runs:xilHuffmanKernel_1"] == 0
+
+
+def test_hbm_input_over_8_mib_runs_in_pieces(hbm_card, emulator):
+    data = text_like(17 * MiB + 5, seed=10)
+    assert inflate(hbm_card.deflate(data, None, 1, True)) == data
+    assert emulator.stats["runs:xilLz77Compress_1"] == emulator.stats["runs:xilHuffmanKernel_1"] == 3
+    assert hbm_card._driver.stats == {"runs": 3, "card_blocks": 17, "stored_blocks": 1}  # the 5-byte tail
+
+
+def test_hbm_gzip_member_passes_gzip_t_with_the_hosts_crc(hbm_card, tmp_path, gzip_bin):
+    import gzip
+
+    from octoray.formats.gzip import crc32
+
+    rng = np.random.default_rng(11)
+    data = text_like(2 * MiB + 777, seed=12) + rng.bytes(MiB + 3) + text_like(300_000, seed=13)
+    body = hbm_card.deflate(data[:MiB + 5], None, 6, False) + hbm_card.deflate(data[MiB + 5:], None, 6, True)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    member = header + body + crc32(data).to_bytes(4, "little") + len(data).to_bytes(4, "little")
+    (tmp_path / "x.gz").write_bytes(member)
+    run([gzip_bin, "-t", str(tmp_path / "x.gz")], check=True)
+    assert run([gzip_bin, "-dc", str(tmp_path / "x.gz")], check=True).stdout == data
+    assert gzip.decompress(member) == data
+    bad = header + body + (crc32(data) ^ 1).to_bytes(4, "little") + len(data).to_bytes(4, "little")
+    with pytest.raises(gzip.BadGzipFile):  # the trailer's CRC is checked: the host's, not the card's
+        gzip.decompress(bad)
+
+
+def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator, monkeypatch, tmp_path):
+    for overlays, driver in ((None, fpga.GzipDriver), (HBM, fpga.Lz77HuffmanDriver)):
+        acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", overlays=overlays)
+        try:
+            acc.deflate(b"abc", None, 6, True)
+            assert type(acc._driver) is driver
+        finally:
+            acc.close()
+    manifest = dict(fpga.load_manifest("gzip_hbm_u50"), interface="xilSomethingElse")
+    with pytest.raises(FpgaUnavailable, match="no driver for interface 'xilSomethingElse'"):
+        fpga.driver_class(manifest)
+    with pytest.raises(FpgaUnavailable, match="not supported"):
+        fpga.Lz77HuffmanDriver(emulator, None, dict(manifest), "gzip_hbm_u50.xclbin")
+
+
+@pytest.mark.parametrize("xclbins, chosen", [(["gzip_u50", "gzip_hbm_u50"], "gzip_u50"),
+                                             (["gzip_hbm_u50"], "gzip_hbm_u50"), (["gzip_u50"], "gzip_u50")])
+def test_auto_prefers_gzip_u50_and_takes_gzip_hbm_u50_when_only_it_is_there(xclbins, chosen, monkeypatch, tmp_path):
+    monkeypatch.setattr(fpga, "pynq_installed", lambda: True)
+    for name in xclbins:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.xclbin").write_bytes(b"xclbin2\0")
+    monkeypatch.setenv("OCTORAY_OVERLAYS", str(tmp_path))
+    emulator = EmulatedPynq(devices=1, classifier=fake_classes)
+    emulator.emulated = False  # as strict as real pynq: only overlays whose xclbin exists
+    monkeypatch.setattr(fpga, "import_pynq", lambda: emulator)
+    acc = open_accelerator("auto", 0)
+    try:
+        assert acc.name == f"fpga:0 {chosen} (cnv: cpu)"
+        data = text_like(1_500_000, seed=14)
+        assert inflate(acc.deflate(data, None, 6, True)) == data
+    finally:
+        acc.close()
+
+
 # --- cards, overlays, threads ------------------------------------------------------------------
 
 def test_the_card_is_chosen_by_index_not_by_name():
@@ -320,6 +450,28 @@ def test_fgzip_on_the_emulator_round_trips_through_gzip(kind, tmp_path, gzip_bin
     (tmp_path / "x.gz").write_bytes(out.stdout)
     run([gzip_bin, "-t", str(tmp_path / "x.gz")], check=True)
     assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+
+
+def hbm_only_overlays(tmp_path):
+    """An overlays folder with only gzip_hbm_u50's xclbin (any file: the emulator knows it by name)."""
+    (tmp_path / "gzip_hbm_u50").mkdir(parents=True)
+    (tmp_path / "gzip_hbm_u50" / "gzip_hbm_u50.xclbin").write_bytes(b"")
+    return str(tmp_path)
+
+
+def test_fgzip_on_the_emulated_gzip_hbm_overlay_round_trips_through_gzip(tmp_path, gzip_bin):
+    rng = np.random.default_rng(15)
+    data = text_like(2_200_000, seed=16) + rng.bytes(1_200_000) + text_like(900_000, seed=17)
+    source = tmp_path / "f"
+    source.write_bytes(data)
+    env = emulator_env(OCTORAY_DEVICE="1", OCTORAY_OVERLAYS=hbm_only_overlays(tmp_path / "ov"))
+    status = run([*tool("octoray"), "status"], env=env, check=True).stdout.decode()
+    assert "fpga-emulator:1 gzip_hbm_u50+cnv_w1a1_u50" in status
+    with open(source, "rb") as stdin:
+        out = run([*tool("fgzip"), "-b", "4096"], stdin=stdin, env=env, check=True).stdout
+    (tmp_path / "x.gz").write_bytes(out)
+    run([gzip_bin, "-t", str(tmp_path / "x.gz")], check=True)
+    assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
 
 
 def test_octoray_status_names_the_emulated_card():

@@ -196,3 +196,117 @@ def test_finn_dma_misuse_is_refused(pynq):
         ol.odma0.start(obuf, 8).wait()
     with pytest.raises(EmulatorError, match="uint8"):
         ol.idma0.start(pynq.allocate((8, 32, 32, 1, 3), np.float32, target=ol.HBM0), 8)
+
+
+# --- the 2019.2 gzip_hbm pair -------------------------------------------------------------------
+
+HBM = load_manifest("gzip_hbm_u50")
+MiB = 1 << 20
+
+
+def hbm_buffers(pynq, ol):
+    return {name: pynq.allocate(tuple(s["shape"]), s["dtype"], target=ol.HBM0) for name, s in HBM["buffers"].items()}
+
+
+def hbm_input(b, data):
+    """As the library's host: the input and each block's length (1 MiB, the last one the rest)."""
+    b["in"][:len(data)] = np.frombuffer(data, np.uint8)
+    b["in"].sync_to_device()
+    lengths = [min(MiB, len(data) - s) for s in range(0, len(data), MiB)]
+    b["in_block_size"][:] = 0
+    b["in_block_size"][:len(lengths)] = lengths
+    b["in_block_size"].sync_to_device()
+    return lengths
+
+
+def run_lz77(ol, b, n, kb=1024):
+    ol.xilLz77Compress_1.call(b["in"], b["lz77_out"], b["compressd_size"], b["in_block_size"],
+                              b["dyn_ltree_freq"], b["dyn_dtree_freq"], kb, n)
+
+
+def run_huffman(ol, b, n, sizes="compressd_size", lengths="in_block_size"):
+    ol.xilHuffmanKernel_1.call(b["lz77_out"], b["dyn_ltree_freq"], b["dyn_dtree_freq"], b["out"],
+                               b[sizes], b[lengths], 1024, n)
+
+
+def block_outputs(b, count):
+    b["compressd_size"].sync_from_device()
+    sizes = [int(s) for s in b["compressd_size"][:count]]
+    out = []
+    for i, size in enumerate(sizes):
+        view = b["out"][i * MiB:i * MiB + size]
+        view.sync_from_device()
+        out.append(view.tobytes())
+    return sizes, out
+
+
+def test_hbm_pair_writes_one_open_block_per_mib_slot_with_its_size(pynq):
+    from conftest import text_like
+
+    ol = load(pynq, HBM)
+    b = hbm_buffers(pynq, ol)
+    data = text_like(2 * MiB + 5000, seed=21)
+    lengths = hbm_input(b, data)
+    run_lz77(ol, b, len(data))
+    b["compressd_size"].sync_from_device()
+    assert b["compressd_size"][:3].tolist() == [4 * n for n in lengths]  # 32-bit tokens, a literal each
+    tokens = b["lz77_out"][4 * MiB:4 * MiB + 16]
+    tokens.sync_from_device()
+    assert tokens.view("<u4").tolist() == list(data[MiB:MiB + 4])  # block 1 at 4 MiB: literal, length 0
+    run_huffman(ol, b, len(data))
+    sizes, blocks = block_outputs(b, 3)
+    assert all(0 < s < n for s, n in zip(sizes, lengths))
+    for i, block in enumerate(blocks):  # each block alone: non-final, sync flush, no dictionary
+        assert block.endswith(b"\x00\x00\xff\xff")
+        d = zlib.decompressobj(-15)
+        assert d.decompress(block) == data[i * MiB:(i + 1) * MiB] and not d.eof
+    assert ol.xilHuffmanKernel_1.register_map.input_size == len(data)
+    assert ol.xilHuffmanKernel_1.signature.startswith("xilHuffmanKernel_1(in, dyn_ltree_freq, dyn_dtree_freq, out, ")
+
+
+def test_an_incompressible_block_overruns_its_slot_and_the_librarys_plain_join_breaks(pynq):
+    from conftest import text_like
+
+    ol = load(pynq, HBM)
+    b = hbm_buffers(pynq, ol)
+    noise = np.random.default_rng(22).bytes(MiB)
+    data = noise + text_like(MiB, seed=23) + b"tail" * 10  # the last block is under 128 bytes
+    hbm_input(b, data)
+    run_lz77(ol, b, len(data))
+    run_huffman(ol, b, len(data))
+    sizes, blocks = block_outputs(b, 3)
+    assert sizes[0] > MiB  # larger than its input: runs into block 1's slot
+    assert sizes[2] == 40  # not encoded: the input size comes back, nothing is written
+    joined = b"".join(blocks) + b"\x01\x00\x00\xff\xff"  # what the 2019.2 host writes
+    d = zlib.decompressobj(-15)
+    try:
+        assert d.decompress(joined) != data
+    except zlib.error:
+        pass
+
+
+def test_hbm_kernels_refuse_what_the_card_would_get_wrong(pynq):
+    ol = load(pynq, HBM)
+    b = hbm_buffers(pynq, ol)
+    data = b"abc" * 1000
+    hbm_input(b, data)
+    with pytest.raises(EmulatorError, match="not the ones an xilLz77Compress run just wrote"):
+        run_huffman(ol, b, len(data))  # no LZ77 run before it
+    with pytest.raises(EmulatorError, match="block_size_in_kb=512"):
+        run_lz77(ol, b, len(data), kb=512)
+    run_lz77(ol, b, len(data))
+    with pytest.raises(EmulatorError, match="not the ones"):  # the size buffers swapped
+        run_huffman(ol, b, len(data), sizes="in_block_size", lengths="compressd_size")
+    run_lz77(ol, b, len(data))
+    run_huffman(ol, b, len(data))
+    with pytest.raises(EmulatorError, match="not the ones"):  # the sizes now hold the deflate counts
+        run_huffman(ol, b, len(data))
+    b["in_block_size"][0] = 7  # not synced
+    with pytest.raises(EmulatorError, match="not synced"):
+        run_lz77(ol, b, len(data))
+    b["in_block_size"][0] = MiB + 1
+    b["in_block_size"].sync_to_device()
+    with pytest.raises(EmulatorError, match="outside 1..1048576"):
+        run_lz77(ol, b, len(data))
+    with pytest.raises(EmulatorError, match="input_size=8388609"):
+        run_lz77(ol, b, 8 * MiB + 1)
