@@ -245,7 +245,7 @@ def test_hbm_gzip_member_passes_gzip_t_with_the_hosts_crc(hbm_card, tmp_path, gz
         gzip.decompress(bad)
 
 
-def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator, monkeypatch, tmp_path):
+def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator):
     for overlays, driver in ((None, fpga.GzipDriver), (HBM, fpga.Lz77HuffmanDriver)):
         acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", overlays=overlays)
         try:
