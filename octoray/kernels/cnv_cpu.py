@@ -121,7 +121,7 @@ class PackedModel:
 max_threads: int | None = None
 """Threads a call may use when it runs alone; None: one per CPU this process may run on."""
 
-_CHUNK = 32  # images a thread takes at a time (~3 ms of work)
+_CHUNK = 32  # images a thread takes at a time (~4 ms of work)
 _lock = threading.Lock()
 _active = 0  # calls of fc3_popcounts running now, which share the CPUs
 _executor = None
@@ -141,11 +141,12 @@ def _share() -> int:
 
 def _pool():
     global _executor
-    if _executor is None:
-        from concurrent.futures import ThreadPoolExecutor
+    with _lock:
+        if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, _cpus()), thread_name_prefix="cnv_cpu")
-    return _executor
+            _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, _cpus()), thread_name_prefix="cnv_cpu")
+        return _executor
 
 
 def _portable() -> bool:
@@ -168,9 +169,21 @@ def fc3_popcounts(packed: PackedModel, images: np.ndarray) -> np.ndarray:
     result = np.zeros((n, 10), dtype=np.int64)
     portable = _portable()
     blob, run = packed.blob, _cnv_native.run
-    if n <= _CHUNK:
-        run(blob, images, result, 0, n, portable)
-        return result
+    with _lock:
+        _active += 1
+    try:
+        if n <= _CHUNK:
+            run(blob, images, result, 0, n, portable)
+        else:
+            _run_chunks(run, blob, images, result, portable)
+    finally:
+        with _lock:
+            _active -= 1
+    return result
+
+
+def _run_chunks(run, blob, images, result, portable) -> None:
+    n = len(images)
     # Chunks go to whoever asks next: this thread, and helpers while this call's share of
     # the CPUs allows them (a helper stops at a chunk boundary when other calls start, and
     # the caller adds helpers again when they finish).
@@ -199,22 +212,15 @@ def fc3_popcounts(packed: PackedModel, images: np.ndarray) -> np.ndarray:
         for _ in range(extra):
             futures.append(_pool().submit(helper))
 
-    with _lock:
-        _active += 1
-    try:
-        while True:
-            top_up()
-            with _lock:
-                first = next(todo, None)
-            if first is None:
-                break
-            work(first)
-        for future in futures:
-            future.result()
-    finally:
+    while True:
+        top_up()
         with _lock:
-            _active -= 1
-    return result
+            first = next(todo, None)
+        if first is None:
+            break
+        work(first)
+    for future in futures:
+        future.result()
 
 
 def classify(packed: PackedModel, images: np.ndarray) -> np.ndarray:
