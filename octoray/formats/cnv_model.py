@@ -1,6 +1,6 @@
 """The shipped CNV-W1A1 model file: +-1 weights packed as bits, one integer threshold per
 channel (FINN's folding of BatchNorm + sign), and metadata.  numpy ``.npz``, loaded with
-``allow_pickle=False``; every kernel (numpy reference, numba CPU, FPGA emulator) runs it.
+``allow_pickle=False``; every kernel (numpy reference, C CPU kernel, FPGA emulator) runs it.
 
 Conventions, identical in every kernel:
 
