@@ -8,6 +8,7 @@ and every task in that process reaches it through :func:`local_accelerator`.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
@@ -64,15 +65,28 @@ def open_accelerator(kind: str | None = None, device: int | None = None) -> Acce
         raise AcceleratorError(f"accelerator {kind!r}: {type(error).__name__}: {error}") from None
 
 
+def _pynq_on_path() -> bool:
+    """A quick look for pynq (importlib.machinery is loaded already; importlib.util is not)."""
+    import importlib.machinery
+
+    return "pynq" in sys.modules or importlib.machinery.PathFinder.find_spec("pynq") is not None
+
+
 def _auto_accelerator(device: int | None) -> Accelerator:
     """An FPGA where pynq imports, a card is there and an overlay's xclbin is installed (the
     CPU doing what no xclbin is installed for); else the CPU, whose ``fallback_reason`` and
     ``name`` say why: ``cpu (no FPGA: pynq not installed)``."""
     from octoray.kernels.cpu import CpuAccelerator
-    from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable, pynq_missing_reason
 
-    reason = pynq_missing_reason()  # cheap checks first: no import of pynq where it cannot serve
+    if "octoray.kernels.fpga" not in sys.modules and not _pynq_on_path():
+        reason = "pynq not installed"  # the drivers' module costs fgzip 17 ms of start-up
+    else:
+        from octoray.kernels.fpga import pynq_missing_reason
+
+        reason = pynq_missing_reason()  # cheap checks first: no import of pynq where it cannot serve
     if reason is None:
+        from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
+
         try:
             return FpgaAccelerator(device, kind="fpga", fallback=CpuAccelerator())
         except FpgaUnavailable as error:
