@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import queue
 import stat
-import threading
 
 PIPE_BUFFER = 1 << 20  # a 1 MiB pipe buffer doubles Python's pipe read rate here
 F_SETPIPE_SZ = 1031  # Linux fcntl command; not in the fcntl module before Python 3.10 everywhere
@@ -53,16 +51,31 @@ def write_all(fd: int, data) -> None:
 class BackgroundWriter:
     """Writes on a thread of its own so that computing the next piece overlaps the write.
 
-    The queue is bounded (memory stays flat); a write error is raised by the next `write`
-    or by `close`.
+    The thread starts once more than `SMALL` bytes are waiting: a small output (most files a
+    script compresses) is written at `close` without starting one, and fgzip's start-up
+    does not import threading for it.  The queue is bounded (memory stays flat); a write
+    error is raised by the next `write` or by `close`.
     """
 
+    SMALL = 1 << 16
+
     def __init__(self, fd: int, depth: int = 4):
-        self.fd = fd
-        self._queue: queue.Queue = queue.Queue(depth)
+        self.fd, self.depth = fd, depth
+        self._held: list = []  # pieces written before the thread started
+        self._held_bytes = 0
+        self._queue = self._thread = None
         self._error: BaseException | None = None
+
+    def _start(self) -> None:
+        import queue
+        import threading
+
+        self._queue = queue.Queue(self.depth)
         self._thread = threading.Thread(target=self._run, name="octoray-writer", daemon=True)
         self._thread.start()
+        for piece in self._held:
+            self._queue.put(piece)
+        self._held = []
 
     def _run(self) -> None:
         while True:
@@ -78,10 +91,21 @@ class BackgroundWriter:
     def write(self, data) -> None:
         if self._error is not None:
             raise self._error
-        if data:
+        if not data:
+            return
+        if self._thread is not None:
             self._queue.put(data)
+            return
+        self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        if self._held_bytes > self.SMALL:
+            self._start()
 
     def close(self) -> None:
+        if self._thread is None:
+            write_all(self.fd, b"".join(self._held))
+            self._held = []
+            return
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
@@ -98,6 +122,9 @@ class ReadAhead:
     """
 
     def __init__(self, fd: int, size: int, depth: int = 2):
+        import queue
+        import threading
+
         self.fd, self.size = fd, size
         self._queue: queue.Queue = queue.Queue(depth)
         self._stopping = False
@@ -128,6 +155,8 @@ class ReadAhead:
         return piece
 
     def close(self) -> None:
+        import queue
+
         self._stopping = True
         try:
             while True:  # unblock a put
