@@ -53,11 +53,15 @@ class Printer:
         order = sorted(range(len(scores)), key=lambda c: (-int(scores[c]), c))
         return [(self.names[c], int(scores[c])) for c in order[: max(1, self.top_k)]]
 
-    def write(self, name: str, scores) -> None:
-        ranked = self.ranked(scores)
+    def write(self, name: str, scores, best: int) -> None:
         if self.labels_only:
-            self.out.write(ranked[0][0] + "\n")
-        elif self.format is OutputFormat.jsonl:
+            self.out.write(self.names[best] + "\n")
+            return
+        if not self.top_k and self.format is OutputFormat.tsv:  # the default, kept quick
+            self.out.write(f"{name}\t{self.names[best]}\n")
+            return
+        ranked = self.ranked(scores)
+        if self.format is OutputFormat.jsonl:
             import json
 
             record = {"path": name, "label": ranked[0][0]}
@@ -165,7 +169,7 @@ def _run(paths, files_from, input_format, output, top_k, labels_only, quiet, ver
             if result.error:
                 complain(f"{result.name}: {result.error}")
             else:
-                printer.write(result.name, result.scores)
+                printer.write(result.name, result.scores, result.best)
             progress.step()
         sys.stdout.flush()
         progress.done()

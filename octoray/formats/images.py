@@ -42,7 +42,7 @@ def looks_like_image(head: bytes) -> bool:
     """Whether the first bytes of a file carry a known image signature."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
-    return any(head.startswith(magic) for magic in _MAGICS)
+    return head.startswith(_MAGICS)
 
 
 def decode_image(data: bytes) -> np.ndarray:
