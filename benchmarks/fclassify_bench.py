@@ -123,7 +123,7 @@ def plot(rates: dict[str, float], n: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = plt.subplots(figsize=(7, 2.6))
     names = list(rates)
     ax.barh(names, [rates[k] for k in names], color=["#2a7"] + ["#888"] * (len(names) - 1))
     for i, name in enumerate(names):
