@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
-import threading
 
 from conftest import text_like, tool
 

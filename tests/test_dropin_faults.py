@@ -4,14 +4,13 @@ never a traceback.  A hypothesis fuzz test throws damaged members at fgzip -dc a
 from __future__ import annotations
 
 import gzip as pygzip
-import os
 import signal
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import fgzip, run, text_like, tool
+from conftest import fgzip, text_like, tool
 from test_dropin_common import assert_same, gz_bytes, put
 
 GOOD = gz_bytes(text_like(60_000, seed=7))
