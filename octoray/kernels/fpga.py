@@ -244,7 +244,20 @@ def _bank(overlay, manifest: dict):
     return target
 
 
-class GzipDriver:
+class _PiecewiseDeflate:
+    """A gzip overlay's `deflate`: the input in runs of at most `max_input` bytes (`_run`)."""
+
+    max_input: int
+
+    def deflate(self, data) -> bytes:
+        """Non-final deflate blocks of `data`, ending byte-aligned (joinable)."""
+        import numpy as np
+
+        view = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        return b"".join(self._run(view[start:start + self.max_input]) for start in range(0, len(view), self.max_input))
+
+
+class GzipDriver(_PiecewiseDeflate):
     """``xilGzipCompBlock(in, out, compressd_size*, checksumData*, uint input_size,
     bool checksumType)`` on buffers allocated once, of the manifest's shapes."""
 
@@ -265,16 +278,6 @@ class GzipDriver:
             raise
         if self.buffers["in"].nbytes < self.max_input:
             raise FpgaUnavailable(f"{manifest['name']}: input buffer smaller than max_input_bytes")
-
-    def deflate(self, data) -> bytes:
-        """Non-final deflate blocks of `data`, ending byte-aligned (joinable)."""
-        import numpy as np
-
-        view = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-        pieces = []
-        for start in range(0, len(view), self.max_input):
-            pieces.append(self._run(view[start:start + self.max_input]))
-        return b"".join(pieces)
 
     def _run(self, piece: np.ndarray) -> bytes:
         import numpy as np
@@ -321,7 +324,7 @@ def stored_blocks(data) -> bytes:
     return b"".join(parts)
 
 
-class Lz77HuffmanDriver:
+class Lz77HuffmanDriver(_PiecewiseDeflate):
     """The 2019.2 ``gzip_hbm`` pair on buffers allocated once, of the manifest's shapes:
 
     ``xilLz77Compress(in, lz77_out, compressd_size*, in_block_size*, dyn_ltree_freq*,
@@ -378,16 +381,6 @@ class Lz77HuffmanDriver:
                 self.close()
                 raise FpgaUnavailable(f"{manifest['name']}: buffer {name} holds {b[name].nbytes} bytes, "
                                       f"{nbytes} needed for max_input_bytes {self.max_input}")
-
-    def deflate(self, data) -> bytes:
-        """Non-final deflate blocks of `data`, ending byte-aligned (joinable)."""
-        import numpy as np
-
-        view = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-        pieces = []
-        for start in range(0, len(view), self.max_input):
-            pieces.append(self._run(view[start:start + self.max_input]))
-        return b"".join(pieces)
 
     def block_lengths(self, n: int) -> list[int]:
         return [min(self.block, n - start) for start in range(0, n, self.block)]
