@@ -244,10 +244,13 @@ def _bank(overlay, manifest: dict):
     return target
 
 
-class _PiecewiseDeflate:
-    """A gzip overlay's `deflate`: the input in runs of at most `max_input` bytes (`_run`)."""
+class _GzipOverlayDriver:
+    """What both gzip overlays' drivers share: `deflate` in runs of at most `max_input`
+    bytes (`_run`), and freeing their buffers and overlay."""
 
     max_input: int
+    buffers: dict
+    overlay = None
 
     def deflate(self, data) -> bytes:
         """Non-final deflate blocks of `data`, ending byte-aligned (joinable)."""
@@ -256,8 +259,16 @@ class _PiecewiseDeflate:
         view = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
         return b"".join(self._run(view[start:start + self.max_input]) for start in range(0, len(view), self.max_input))
 
+    def close(self) -> None:
+        for buf in self.buffers.values():
+            buf.freebuffer()
+        self.buffers = {}
+        if self.overlay is not None:
+            self.overlay.free()
+            self.overlay = None
 
-class GzipDriver(_PiecewiseDeflate):
+
+class GzipDriver(_GzipOverlayDriver):
     """``xilGzipCompBlock(in, out, compressd_size*, checksumData*, uint input_size,
     bool checksumType)`` on buffers allocated once, of the manifest's shapes."""
 
@@ -299,14 +310,6 @@ class GzipDriver(_PiecewiseDeflate):
         out.sync_from_device()
         return out.tobytes()
 
-    def close(self) -> None:
-        for buf in self.buffers.values():
-            buf.freebuffer()
-        self.buffers = {}
-        if self.overlay is not None:
-            self.overlay.free()
-            self.overlay = None
-
 
 SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"  # how a block ends after an empty stored block (sync flush)
 STORED_MAX = 65535  # a stored block's LEN is 16 bits
@@ -324,7 +327,7 @@ def stored_blocks(data) -> bytes:
     return b"".join(parts)
 
 
-class Lz77HuffmanDriver(_PiecewiseDeflate):
+class Lz77HuffmanDriver(_GzipOverlayDriver):
     """The 2019.2 ``gzip_hbm`` pair on buffers allocated once, of the manifest's shapes:
 
     ``xilLz77Compress(in, lz77_out, compressd_size*, in_block_size*, dyn_ltree_freq*,
@@ -426,14 +429,6 @@ class Lz77HuffmanDriver(_PiecewiseDeflate):
                 self.stats["stored_blocks"] += 1
             overran = size > self.block
         return b"".join(parts)
-
-    def close(self) -> None:
-        for buf in self.buffers.values():
-            buf.freebuffer()
-        self.buffers = {}
-        if self.overlay is not None:
-            self.overlay.free()
-            self.overlay = None
 
 
 class CnvDriver:
