@@ -63,15 +63,64 @@ def test_crc_is_combined_across_chunks():
     assert int.from_bytes(member[-4:], "little") == len(data)
 
 
-def test_join_works_with_the_system_zlib_too(monkeypatch):
-    """Without zlib-ng's exported inflate, the block walk falls back to the system zlib."""
+# --- the block walk that makes libdeflate's streams joinable (formats/_deflate_blocks.c) ---
+
+def walk(stream: bytes) -> tuple[int, int]:
+    from octoray.formats.deflate_join import WALK_PADDING, final_block_bits
+
+    return final_block_bits(bytearray(stream) + bytes(WALK_PADDING), len(stream))
+
+
+@settings(max_examples=60, deadline=None)
+@given(head=chunky_data, tail=st.binary(min_size=0, max_size=200),
+       level=st.integers(0, 9), strategy=st.sampled_from([zlib.Z_DEFAULT_STRATEGY, zlib.Z_FIXED,
+                                                          zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE]))
+def test_the_walk_finds_the_final_block_where_zlib_put_it(head, tail, level, strategy):
+    """zlib after a full flush starts a new block on a byte boundary; a short tail then makes
+    one final block (stored, fixed or dynamic), so its start is known exactly."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
+    flushed = compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)
+    stream = flushed + compressor.compress(tail) + compressor.flush(zlib.Z_FINISH)
+    start, end = walk(stream)
+    assert start == 8 * len(flushed)
+    assert 8 * len(stream) - 8 < end <= 8 * len(stream)
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=chunky_data, second=chunky_data, level=st.integers(0, 12))
+def test_an_unfinished_libdeflate_stream_joins_the_next(first, second, level):
     import deflate
 
-    from octoray.formats import deflate_join
+    from octoray.formats.deflate_join import unfinish
 
-    monkeypatch.setattr(deflate_join._Inflater, "_zlib_ng", staticmethod(lambda: (None, "")))
-    monkeypatch.setattr(deflate_join, "_zlib", None)
-    data = bytes(range(256)) * 3000
-    joined = deflate_join.unfinish(deflate.deflate_compress(data, 6)) + deflate.deflate_compress(data, 6)
-    assert zlib.decompressobj(-15).decompress(joined) == data + data
-    assert deflate_join._zlib.inflate.__name__ == "inflate"
+    joined = unfinish(deflate.deflate_compress(first, level)) + deflate.deflate_compress(second, level)
+    d = zlib.decompressobj(-15)
+    assert d.decompress(joined) == first + second and d.eof and not d.unused_data
+
+
+@settings(max_examples=300, deadline=None)
+@given(junk=st.binary(max_size=3000))
+def test_the_walk_refuses_what_is_not_one_complete_stream(junk):
+    """Random bytes give ValueError, or (rarely: they can be valid deflate) block bounds
+    inside the data; never a crash or another error."""
+    try:
+        start, end = walk(junk)
+    except ValueError:
+        return
+    assert 0 <= start < end <= 8 * len(junk)
+
+
+def test_the_walk_refuses_a_truncated_stream_and_a_short_buffer():
+    import deflate
+    import pytest
+
+    from octoray.formats.deflate_join import final_block_bits
+
+    stream = deflate.deflate_compress(bytes(range(256)) * 400 + b"tail" * 999, 6)
+    for cut in (1, 2, len(stream) // 2, len(stream) - 1):
+        with pytest.raises(ValueError):
+            walk(stream[:cut])
+    with pytest.raises(ValueError, match="bytes more"):
+        final_block_bits(bytearray(stream), len(stream))
+    with pytest.raises(ValueError):
+        walk(b"")

@@ -1,9 +1,10 @@
-"""CPU kernels: ISA-L for the fast gzip levels, zlib-ng for the rest (measured choice, see
-benchmarks/README.md).  Both release the GIL, so threads scale across cores."""
+"""CPU kernels: ISA-L for the fast gzip levels, libdeflate for the rest (measured choice:
+the figures below, and benchmarks/gzip_bench.py).  Both release the GIL, so threads scale
+across cores."""
 
 from __future__ import annotations
 
-# level -> (library, library level), measured on Silesia (benchmarks/README.md):
+# level -> (library, library level), measured on Silesia:
 # - ISA-L is several times faster than zlib; its level 2 runs as fast as its level 1 here and
 #   writes 1.5 % less than gzip -1 (level 1: 0.8 % more), so -1 uses it.  ISA-L takes a
 #   preset dictionary, so each chunk is primed with the previous chunk's last 32 KiB.
