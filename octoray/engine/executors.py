@@ -54,9 +54,12 @@ class LocalExecutor:
         self.tasks_done += 1
         if self.workers == 1:
             return _Done(fn, args)
-        if self._pool is None:
+        if self._pool is None:  # a stream longer than one task: tune for it
             from concurrent.futures import ThreadPoolExecutor
 
+            from octoray.engine.allocator import keep_freed_memory
+
+            keep_freed_memory()
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="octoray")
         return self._pool.submit(fn, *args)
 
