@@ -46,19 +46,22 @@ def classify_batch(batch: ImageBatch) -> tuple:
     from octoray.formats.images import ImageError, decode_image
 
     payloads = batch.payloads
-    images = np.empty((len(payloads), 32, 32, 3), dtype=np.uint8)
     reasons: list = [None] * len(payloads)
-    decoded = []
+    pixels, decoded = [], []
     for i, payload in enumerate(payloads):
         if payload is None:
             continue
-        try:
-            images[len(decoded)] = payload if isinstance(payload, np.ndarray) else decode_image(payload)
-        except ImageError as error:
-            reasons[i] = str(error)
-            continue
+        if not isinstance(payload, np.ndarray):
+            try:
+                payload = decode_image(payload)
+            except ImageError as error:
+                reasons[i] = str(error)
+                continue
+        pixels.append(payload)
         decoded.append(i)
+    if len(decoded) == len(payloads):  # the usual case: every image decoded
+        return local_accelerator().cnv_scores(np.stack(pixels)), reasons
     scores = np.zeros((len(payloads), 10), dtype=np.int64)
     if decoded:
-        scores[decoded] = local_accelerator().cnv_scores(images[: len(decoded)])
+        scores[decoded] = local_accelerator().cnv_scores(np.stack(pixels))
     return scores, reasons
