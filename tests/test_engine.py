@@ -98,11 +98,36 @@ def head(data, n):
     return bytes(data)[:n]
 
 
-def test_a_group_carries_memoryviews_as_bytes():
-    from octoray.engine.stream import JobGroup
-
+def test_a_group_carries_memoryviews():
     data = bytearray(b"chunk of input")
     with GroupingExecutor(2, jobs_per_task=4) as executor:
         out = list(ordered_map(head, ((memoryview(data), n) for n in range(6)), executor))
     assert out == [bytes(data)[:n] for n in range(6)]
-    assert JobGroup([(memoryview(b"ab"), 1)]).jobs == [(b"ab", 1)]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_group_pickles_its_buffers_with_any_protocol(protocol):
+    import pickle
+
+    from octoray.engine.stream import JobGroup
+
+    chunk = bytearray(b"x" * 100_000)
+    group = JobGroup([(memoryview(chunk), b"dict", 6, False), (memoryview(chunk)[:10], None, 6, True)])
+    out = pickle.loads(pickle.dumps(group, protocol=protocol))
+    assert [(bytes(a), *rest) for a, *rest in out.jobs] == \
+        [(bytes(chunk), b"dict", 6, False), (b"x" * 10, None, 6, True)]
+
+
+def test_a_group_sends_its_chunks_out_of_band():
+    """As Dask's comms pickle: the chunk travels as a buffer of its own, not in the stream."""
+    import pickle
+
+    from octoray.engine.stream import JobGroup
+
+    chunk = bytearray(b"y" * 1_000_000)
+    buffers = []
+    stream = pickle.dumps(JobGroup([(memoryview(chunk), None, 6, True)]), protocol=5,
+                          buffer_callback=buffers.append)
+    assert len(stream) < 1_000 and len(buffers) == 1
+    out = pickle.loads(stream, buffers=[b.raw() for b in buffers])
+    assert bytes(out.jobs[0][0]) == bytes(chunk)

@@ -20,19 +20,31 @@ def default_window(workers: int) -> int:
 
 
 class JobGroup:
-    """Consecutive jobs sent as one object (Dask would scatter a plain list item by item)."""
+    """Consecutive jobs sent as one object (Dask would scatter a plain list item by item).
+
+    Buffers in the jobs (chunks of input) travel out of band where the pickler can take them
+    (protocol 5, as Dask's comms use it): no copy into the pickle stream, and memoryviews
+    need no conversion to bytes first.  They arrive as buffers (bytes or memoryviews)."""
 
     __slots__ = ("jobs",)
 
     def __init__(self, jobs: list[tuple]):
-        # memoryviews cannot be pickled: a group only travels to other processes
-        self.jobs = [tuple(bytes(a) if isinstance(a, memoryview) else a for a in job) for job in jobs]
+        self.jobs = jobs
 
-    def __getstate__(self):
-        return (self.jobs,)  # never falsy, so pickle always calls __setstate__
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            from pickle import PickleBuffer
 
-    def __setstate__(self, state):
-        (self.jobs,) = state
+            def carry(value):
+                return PickleBuffer(value) if isinstance(value, (memoryview, bytearray)) else value
+        else:  # memoryviews cannot be pickled in band
+            def carry(value):
+                return bytes(value) if isinstance(value, memoryview) else value
+        return _rebuilt_group, ([tuple(carry(a) for a in job) for job in self.jobs],)
+
+
+def _rebuilt_group(jobs: list[tuple]) -> JobGroup:
+    return JobGroup(jobs)
 
 
 def run_group(group: JobGroup, task) -> list:
