@@ -1,4 +1,5 @@
-"""Pipes and files: the read-ahead thread keeps order, reports errors, and stops cleanly."""
+"""Pipes and files: full chunks however a pipe delivers them, whole writes, write errors
+carried back from the writer thread."""
 
 from __future__ import annotations
 
@@ -7,42 +8,72 @@ import threading
 
 import pytest
 
-from octoray.streams import ReadAhead
+from octoray.streams import BackgroundWriter, read_chunks
 
 
-def test_read_ahead_returns_every_piece_in_order_then_eof():
-    r, w = os.pipe()
-    payload = os.urandom(300_000)
-
+def feed_in_dribbles(w: int, payload: bytes, piece: int) -> threading.Thread:
     def feed():
-        for i in range(0, len(payload), 7_000):
-            os.write(w, payload[i:i + 7_000])
+        for i in range(0, len(payload), piece):
+            os.write(w, payload[i:i + piece])
         os.close(w)
 
-    threading.Thread(target=feed).start()
-    reader = ReadAhead(r, 64 * 1024)
-    got = b"".join(iter(reader.read, b""))
-    assert got == payload
-    assert reader.read() == b""
-    reader.close()
+    thread = threading.Thread(target=feed)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("total", [0, 1, 65_536, 300_001])
+def test_chunks_are_full_sized_whatever_the_pipe_delivers(total):
+    r, w = os.pipe()
+    payload = os.urandom(total)
+    feeder = feed_in_dribbles(w, payload, 7_001)
+    chunks = [(bytes(chunk), last) for chunk, last in read_chunks(r, 65_536)]
+    feeder.join()
+    os.close(r)
+    assert b"".join(c for c, _ in chunks) == payload
+    assert all(len(c) == 65_536 for c, _ in chunks[:-1])
+    assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True] * bool(chunks)
+
+
+def test_a_small_output_is_written_at_close_without_a_thread():
+    r, w = os.pipe()
+    writer = BackgroundWriter(w)
+    writer.write(b"small")
+    assert writer._thread is None
+    writer.close()
+    os.close(w)
+    assert os.read(r, 100) == b"small"
     os.close(r)
 
 
-def test_read_ahead_carries_a_read_error_to_the_consumer(tmp_path):
-    fd = os.open(tmp_path, os.O_RDONLY)  # reading a directory fails with EISDIR
-    reader = ReadAhead(fd, 4096)
-    with pytest.raises(IsADirectoryError):
-        reader.read()
-    reader.close()
-    os.close(fd)
+def test_a_large_output_arrives_whole_and_in_order():
+    r, w = os.pipe()
+    pieces = [os.urandom(50_000) for _ in range(20)]
+    got = bytearray()
+
+    def drain():
+        for piece in iter(lambda: os.read(r, 1 << 16), b""):
+            got.extend(piece)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    writer = BackgroundWriter(w)
+    for piece in pieces:
+        writer.write(piece)
+    assert writer._thread is not None
+    writer.close()
+    os.close(w)
+    reader.join()
+    os.close(r)
+    assert bytes(got) == b"".join(pieces)
 
 
-def test_close_stops_the_thread_on_a_file_left_half_read(tmp_path):
-    path = tmp_path / "big"
-    path.write_bytes(b"x" * (8 << 20))
-    fd = os.open(path, os.O_RDONLY)
-    reader = ReadAhead(fd, 1 << 20, depth=1)
-    assert reader.read() == b"x" * (1 << 20)
-    reader.close()
-    assert not reader._thread.is_alive()  # the descriptor can be closed and reused safely
-    os.close(fd)
+def test_a_write_error_on_the_thread_is_raised_to_the_producer():
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: the writer thread gets EPIPE
+    writer = BackgroundWriter(w)
+    with pytest.raises(BrokenPipeError):
+        for _ in range(100):
+            writer.write(b"x" * 100_000)
+        writer.close()
+    os.close(w)

@@ -898,12 +898,13 @@ def _to_file(settings: Settings, in_path: str, out_path: str, st: os.stat_result
         return None
     directory = os.path.dirname(out_path) or "."
     temporary = os.path.join(directory, _temporary_name(os.path.basename(out_path)))
+    _partial_output = temporary  # before it exists: a signal between the two still removes it
     try:
         fd_out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as failure:
+        _partial_output = None
         error(settings, f"{PROGRAM}: {out_path}: {failure.strerror}")
         return None
-    _partial_output = temporary
     if before is not None:
         before()
     try:

@@ -6,11 +6,12 @@ file descriptors and options and maps their exceptions to gzip's messages.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from octoray.engine.stream import ordered_map
 from octoray.formats import gzip as gz
-from octoray.streams import ReadAhead, read_chunks, read_full
+from octoray.streams import read_chunks, read_full
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB: larger chunks unbalance two threads, smaller cost ratio
 
@@ -229,10 +230,14 @@ MAX_OUTPUT_PIECE = 1 << 20  # bounds memory however well the data compresses
 
 
 class _Input:
-    """Buffered reads from a descriptor with look-ahead, for member-by-member parsing."""
+    """Buffered reads from a descriptor with look-ahead, for member-by-member parsing.
+
+    Plain reads on this thread: compressed input is a fraction of the output, the kernel
+    reads ahead on files and the writer of a pipe runs on its own; a read-ahead thread
+    cost more than it saved (measured: 0.525 against 0.495 s on 224 MB of gzip -6 data)."""
 
     def __init__(self, fd: int):
-        self.reader = ReadAhead(fd, READ_SIZE)
+        self.fd = fd
         self.buffer = b""
         self.eof = False
         self.consumed = 0
@@ -240,7 +245,7 @@ class _Input:
     def fill(self, n: int) -> bool:
         """Try to hold at least `n` bytes; False at end of input with fewer."""
         while len(self.buffer) < n and not self.eof:
-            data = self.reader.read()
+            data = os.read(self.fd, READ_SIZE)
             if data:
                 self.buffer = self.buffer + data if self.buffer else data
             else:
@@ -290,8 +295,6 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header
     except FormatError as failure:
         failure.totals = totals  # what came before the fault (gzip -l's figures)
         raise
-    finally:
-        source.reader.close()
 
 
 def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool, on_header) -> str | None:
