@@ -129,3 +129,27 @@ def test_known_validation_images_are_classified_correctly(shipped):
     # the model's validation accuracy predicts how many of the 50 it gets right
     expected = shipped.metadata["validation"]["integer_accuracy"] * len(chosen)
     assert correct >= expected - 3 * np.sqrt(expected * (1 - expected / len(chosen)))
+
+
+def test_the_portable_training_state_is_the_shipped_model():
+    """benchmarks/torch_classify.py runs the float model from training/: folded, it must give
+    exactly the shipped integer model (bits and thresholds), or the benchmark's baseline
+    is another network."""
+    pytest.importorskip("torch")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from torch_classify import DEFAULT_WEIGHTS
+
+    from octoray.models.cnv import CNV
+    from octoray.models.export import export
+    from octoray.models.train import load_portable
+
+    model = CNV()
+    load_portable(DEFAULT_WEIGHTS, model)
+    bits, thresholds = export(model)
+    with np.load(DEFAULT_PATH, allow_pickle=False) as z:
+        for name, packed in bits.items():
+            assert np.array_equal(packed, z[f"{name}.weight_bits"]), name
+        for name, t in thresholds.items():
+            assert np.array_equal(t, z[f"{name}.thresholds"]), name

@@ -51,12 +51,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _half_keeping_sign(value: torch.Tensor) -> torch.Tensor:
+    """fp16 latent weights whose sign (the binary weight) is the fp32 one: a tiny negative
+    weight would round to -0.0, which binarises to +1 (one such conv1 weight changed 11 % of
+    the labels of the epoch-33 file)."""
+    half = value.half()
+    lost = (half == 0) & (value < 0)
+    half[lost] = -torch.finfo(torch.float16).smallest_normal / 1024  # the smallest subnormal
+    return half
+
+
 def save_portable(last: Path, path: Path) -> None:
     state = torch.load(last, weights_only=False)
     arrays = {}
     for key, value in state["model"].items():
         value = value.detach().cpu()
-        arrays[key] = (value.half() if value.is_floating_point() and value.dim() > 1 else value).numpy()
+        arrays[key] = (_half_keeping_sign(value) if value.is_floating_point() and value.dim() > 1 else value).numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history")}
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
