@@ -32,6 +32,22 @@ def read_full(fd: int, size: int) -> memoryview:
     return view
 
 
+def read_full_bytes(fd: int, size: int) -> bytes:
+    """read_full as bytes, for readers that slice and join what they read: no zero-filled
+    buffer, and no copy when one read brings it all (a file, a full pipe)."""
+    data = os.read(fd, size)
+    if not data or len(data) == size:
+        return data
+    parts, got = [data], len(data)
+    while got < size:
+        part = os.read(fd, size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_chunks(fd: int, size: int):
     """(chunk, is_last) pairs of `size` bytes; reads one ahead so the last chunk is known."""
     chunk = read_full(fd, size)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from octoray.streams import BackgroundWriter, read_chunks
+from octoray.streams import BackgroundWriter, read_chunks, read_full_bytes
 
 
 def feed_in_dribbles(w: int, payload: bytes, piece: int) -> threading.Thread:
@@ -33,6 +33,18 @@ def test_chunks_are_full_sized_whatever_the_pipe_delivers(total):
     assert b"".join(c for c, _ in chunks) == payload
     assert all(len(c) == 65_536 for c, _ in chunks[:-1])
     assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True] * bool(chunks)
+
+
+@pytest.mark.parametrize("total", [0, 5, 65_536, 200_000])
+def test_full_reads_as_bytes_wait_for_the_size_or_the_end(total):
+    r, w = os.pipe()
+    payload = os.urandom(total)
+    feeder = feed_in_dribbles(w, payload, 3_001)
+    pieces = list(iter(lambda: read_full_bytes(r, 65_536), b""))
+    feeder.join()
+    os.close(r)
+    assert b"".join(pieces) == payload
+    assert all(len(p) == 65_536 for p in pieces[:-1]) and all(isinstance(p, bytes) for p in pieces)
 
 
 def test_a_small_output_is_written_at_close_without_a_thread():
