@@ -60,6 +60,24 @@ class LoopbackCluster:
         return subprocess.run([*argv, "status", "--scheduler", self.address], capture_output=True,
                               text=True).stdout
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU so far of the scheduler and of each worker (nanny and worker)."""
+        import psutil  # distributed depends on it
+
+        def tree(pid: int) -> float:
+            proc = psutil.Process(pid)
+            total = 0.0
+            for each in [proc, *proc.children(recursive=True)]:
+                try:
+                    times = each.cpu_times()
+                    total += times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+
+        names = ["scheduler"] + [f"worker {i}" for i in range(len(self.procs) - 1)]
+        return {name: tree(proc.pid) for name, proc in zip(names, self.procs)}
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.terminate()
@@ -68,6 +86,27 @@ class LoopbackCluster:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def cpu_row(cluster: LoopbackCluster, shell: str, source: str, fg: str) -> str:
+    """One run's CPU seconds in each process beside the embedded kernel's work alone: what
+    the compression itself costs (fgzip -p 1 in this process tree) and what Dask adds."""
+    import resource
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before, start = cluster.cpu_seconds(), children_cpu()
+    timed(shell)
+    client = children_cpu() - start
+    spent = {name: seconds - before[name] for name, seconds in cluster.cpu_seconds().items()}
+    start = children_cpu()
+    timed(f"{source} | {fg} -p 1 > /dev/null")
+    alone = children_cpu() - start
+    parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in spent.items())
+    return (f"client (fgzip, cat) {client:.2f}, {parts}; total {client + sum(spent.values()):.2f}, "
+            f"against {alone:.2f} for the same work in one embedded thread (fgzip -p 1, cat)")
 
 
 def main(argv=None) -> int:
@@ -111,6 +150,8 @@ def main(argv=None) -> int:
             print(f"| {name} | {size / seconds / 1e6:,.0f} | {base / seconds:.2f}x |")
         print("\ntasks done per worker (2-worker cluster):")
         print(two.workers())
+        print("CPU seconds of one more run on the 2-worker cluster (where the time goes):")
+        print(cpu_row(two, shells["Dask, 2 worker processes"], source, fg))
     finally:
         for cluster in (one, two):
             if cluster is not None:
