@@ -25,8 +25,9 @@
 #define PADDING 32              /* zero bytes after the data: reads run at most 23 past it */
 
 /* What a fast-table entry holds depends on the table: for the code-length code,
- * symbol << 4 | code length; for the literal/length and distance codes, the bits one
- * symbol takes with its extra bits, and its kind.  0 always means: decode slowly. */
+ * symbol << 4 | code length; for the literal/length code, the bits one symbol takes with
+ * its extra bits, and its kind; for the distance code, those bits alone.  0 always means:
+ * decode slowly. */
 enum { HEADER, LITERALS, DISTANCES };
 enum { KIND_LITERAL = 1 << 6, KIND_MATCH = 2 << 6, KIND_END = 3 << 6, KIND_MASK = 3 << 6, BITS_MASK = 63 };
 
@@ -80,7 +81,7 @@ static unsigned entry_for(int table, int sym, unsigned len) {
     if (table == HEADER)
         return (unsigned)sym << 4 | len;
     if (table == DISTANCES)
-        return sym < 30 ? (len + distance_extra(sym)) | KIND_LITERAL : 0;
+        return sym < 30 ? len + distance_extra(sym) : 0;  /* never 0: len >= 1 */
     if (sym < 256)
         return len | KIND_LITERAL;
     if (sym == 256)
@@ -337,5 +338,10 @@ PyMODINIT_FUNC PyInit__deflate_blocks(void) {
     for (int i = 0; i < 30; i++)
         lengths[i] = 5;
     build(&fixed_distances, lengths, 30, DISTANCES);
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module && PyModule_AddIntConstant(module, "PADDING", PADDING) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -10,9 +10,8 @@ copies), with the GIL released.
 
 from __future__ import annotations
 
+from octoray.formats._deflate_blocks import PADDING as WALK_PADDING  # read past the stream
 from octoray.formats._deflate_blocks import final_block_bits
-
-WALK_PADDING = 32  # bytes the walk may read past the stream (_deflate_blocks.c: PADDING)
 
 
 def unfinish(stream) -> bytearray:
