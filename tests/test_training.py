@@ -96,6 +96,30 @@ def test_a_different_recipe_is_refused(tiny_archive, tmp_path):
     assert refused.returncode == 1 and b"choose another --run" in refused.stderr
 
 
+def test_the_run_records_its_device(tiny_archive, tmp_path):
+    assert train(tiny_archive, tmp_path, "--epochs", "1", "--device", "cpu").returncode == 0
+    state = checkpoint(tmp_path)
+    assert state["device_type"] == "cpu" and state["history"][-1]["device"] == "cpu"
+
+
+def test_a_time_budget_shrinks_the_schedule_to_what_fits(tiny_archive, tmp_path):
+    done = train(tiny_archive, tmp_path, "--epochs", "100000", "--minutes", "0.3", "--lr", "0.01")
+    assert done.returncode == 0, done.stderr
+    assert b"100000 epochs do not fit in 0.3 minutes" in done.stdout
+    state = checkpoint(tmp_path)
+    epochs = state["recipe"]["epochs"]
+    assert 1 <= epochs < 100000 and state["epoch"] == epochs == len(state["history"])
+    if epochs >= 5:  # the cosine ran to its (new) end
+        assert state["history"][-1]["lr"] < 0.001
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_asking_for_a_missing_gpu_is_a_message(tiny_archive, tmp_path):
+    refused = train(tiny_archive, tmp_path, "--epochs", "1", "--device", "cuda")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == "train: --device cuda: PyTorch sees no CUDA GPU"
+
+
 def randomised_float_model(seed: int, negative_tensor_norm: bool) -> CNV:
     """A CNV whose BatchNorms have random statistics, some scales negative or zero."""
     g = torch.Generator().manual_seed(seed)
@@ -144,3 +168,31 @@ def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive,
     assert moved.returncode == 0, moved.stderr
     assert b"resuming t after epoch 1 from" in moved.stdout
     assert [h["epoch"] for h in checkpoint(there)["history"]] == [1, 2, 3]
+
+
+def export_command(archive: Path, cache: Path, out: Path, *extra: str):
+    argv = [sys.executable, "-m", "octoray.models.export", "--data", str(archive), "--run", "t",
+            "--out", str(out), *extra]
+    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+
+
+def test_a_run_made_elsewhere_exports_from_its_portable_file(tiny_archive, tmp_path):
+    """A GPU run comes back as a portable file: exporting it gives the model its checkpoint gives."""
+    assert train(tiny_archive, tmp_path, "--epochs", "1").returncode == 0
+    portable = tmp_path / "gpu.npz"
+    assert train(tiny_archive, tmp_path, "--save-portable", str(portable)).returncode == 0
+    direct, moved = tmp_path / "direct.npz", tmp_path / "moved.npz"
+    elsewhere = tmp_path / "empty-cache"  # no checkpoint there: only the file is read
+    first = export_command(tiny_archive, tmp_path, direct, "--checkpoint", "last")
+    second = export_command(tiny_archive, elsewhere, moved, "--from-portable", str(portable),
+                            "--plot", str(tmp_path / "curve.png"))
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    a, b = CnvModel.load(direct), CnvModel.load(moved)
+    assert a.weight_bits.keys() == b.weight_bits.keys() and a.thresholds.keys() == b.thresholds.keys()
+    for name in a.weight_bits:
+        assert np.array_equal(a.weight_bits[name], b.weight_bits[name]), name
+    for name in a.thresholds:
+        assert np.array_equal(a.thresholds[name], b.thresholds[name]), name
+    assert a.metadata["validation"] == b.metadata["validation"]
+    assert (tmp_path / "curve.png").stat().st_size > 1000

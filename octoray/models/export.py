@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from octoray.formats.cnv_model import DEFAULT_PATH, CnvModel, fan_in
 from octoray.kernels import cnv_reference
 from octoray.models.cnv import CNV
 from octoray.models.data import class_balanced_split, load_training_set
-from octoray.models.train import evaluate, run_dir
+from octoray.models.train import evaluate, load_portable, plot_learning_curve, run_dir
 
 
 def _binary(weight: torch.Tensor) -> np.ndarray:
@@ -109,15 +108,21 @@ def main(argv=None) -> int:
     p.add_argument("--run", default="cnv-w1a1")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="best: the epoch with the highest validation accuracy")
+    p.add_argument("--from-portable", type=Path, metavar="FILE",
+                   help="export a `train --save-portable` file (a run made elsewhere, e.g. on a GPU) "
+                        "instead of a checkpoint of --run")
     p.add_argument("--out", type=Path, default=DEFAULT_PATH)
     p.add_argument("--plot", type=Path, default=None, help="copy the learning-curve plot here")
     p.add_argument("--limit", type=int, default=None,
                    help="check only the first N validation images (a dry run; the shipped file checks all)")
     args = p.parse_args(argv)
 
-    state = torch.load(run_dir(args.run) / f"{args.checkpoint}.pt", weights_only=False)
     model = CNV()
-    model.load_state_dict(state["model"])
+    if args.from_portable:
+        state = load_portable(args.from_portable, model)
+    else:
+        state = torch.load(run_dir(args.run) / f"{args.checkpoint}.pt", weights_only=False, map_location="cpu")
+        model.load_state_dict(state["model"])
     model.eval()
     recipe = state["recipe"]
 
@@ -137,7 +142,8 @@ def main(argv=None) -> int:
         "training_command": (f"python -m octoray.models.train --data cifar10-train.tar.gz "
                              f"--epochs {recipe['epochs']} --lr {recipe['lr']} --batch-size {recipe['batch_size']} "
                              f"--seed {recipe['seed']} --split-seed {recipe['split_seed']} "
-                             f"--val-per-class {recipe['val_per_class']}"),
+                             f"--val-per-class {recipe['val_per_class']}"
+                             + (" --device cuda" if state["history"][-1].get("device") == "cuda" else "")),
         "validation": {"images": int(len(val_idx)), "split_seed": recipe["split_seed"],
                        "float_accuracy": round(float_acc, 4)},
         "exported": datetime.date.today().isoformat(),
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
     int_model.save(args.out)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir(args.run) / "learning-curve.png", args.plot)
+        plot_learning_curve(state["history"], args.plot)
     print(f"epoch {state['epoch']}: float {float_acc:.4f}, integer {int_acc:.4f}, "
           f"agreement {agreement:.4f} -> {args.out} ({args.out.stat().st_size:,} bytes)")
     return 0 if agreement == 1.0 else 1
