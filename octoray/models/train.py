@@ -176,13 +176,7 @@ def main(argv=None) -> int:
         save_portable(last, args.save_portable)
         print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
         return 0
-    images, labels, _ = load_training_set(args.data)
-    train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
-    # The whole set lives on the device (150 MB of uint8): a GPU then never waits for batches.
-    x_train = torch.from_numpy(images[train_idx]).permute(0, 3, 1, 2).contiguous().to(device)
-    y_train = torch.from_numpy(labels[train_idx]).to(device)
-    x_val = torch.from_numpy(images[val_idx]).permute(0, 3, 1, 2).contiguous().to(device)
-    y_val = torch.from_numpy(labels[val_idx]).to(device)
+    x_train, y_train, x_val, y_val = _load_split(args, device)
 
     torch.manual_seed(args.seed)
     model = CNV().to(device, memory_format=torch.channels_last)  # ~9 % faster convolutions on the CPU
@@ -208,7 +202,6 @@ def main(argv=None) -> int:
         print(f"resuming {args.run} after epoch {start_epoch}"
               + (f" from {args.resume_from} (fresh optimizer state)" if portable else ""), flush=True)
 
-    steps_per_epoch = len(x_train) // args.batch_size
     generator = torch.Generator(device=device).manual_seed(args.seed + start_epoch)
     if last.exists():
         if state.get("device_type", "cpu") == device.type:
@@ -219,31 +212,10 @@ def main(argv=None) -> int:
     stop_at = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start_epoch + args.max_epochs_this_run)
     plotted = 0.0
     for epoch in range(start_epoch, stop_at):
-        model.train()
         t0 = time.time()
-        order = torch.randperm(len(x_train), generator=generator, device=device)
-        # sums stay on the device until the epoch ends: a GPU is not stopped at every step
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
-        for step in range(steps_per_epoch):
-            lr = learning_rate(epoch * steps_per_epoch + step, steps_per_epoch, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-            x = augment(x_train[batch], generator).contiguous(memory_format=torch.channels_last)
-            y = y_train[batch]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.clip_weights()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+        train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args)
         val_acc, _ = evaluate(model, x_val, y_val)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
@@ -263,6 +235,48 @@ def main(argv=None) -> int:
         if epoch + 1 >= stop_at:
             break
     return 0
+
+
+def _load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Training and validation images (NCHW uint8) and labels, on the device: the whole set
+    is 150 MB, so a GPU never waits for batches."""
+    images, labels, _ = load_training_set(args.data)
+    train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
+
+    def put(idx):
+        return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(device),
+                torch.from_numpy(labels[idx]).to(device))
+
+    return (*put(train_idx), *put(val_idx))
+
+
+def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
+                generator: torch.Generator, epoch: int, args) -> tuple[float, float, float]:
+    """One pass over the shuffled training set; (mean loss, accuracy, last learning rate)."""
+    model.train()
+    device = x_train.device
+    steps = len(x_train) // args.batch_size
+    order = torch.randperm(len(x_train), generator=generator, device=device)
+    # the sums stay on the device until the epoch ends: a GPU is not stopped at every step
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for step in range(steps):
+        lr = learning_rate(epoch * steps + step, steps, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+        x = augment(x_train[batch], generator).contiguous(memory_format=torch.channels_last)
+        y = y_train[batch]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.clip_weights()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    seen = steps * args.batch_size
+    return loss_sum.item() / seen, correct.item() / seen, lr
 
 
 def _fit_schedule(args, recipe: dict, done: int, stop_at: int, started: float, per_epoch: float) -> int:
