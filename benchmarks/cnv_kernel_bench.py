@@ -24,11 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from octoray.formats.cnv_model import CONV_SHAPES, FC_SHAPES, CnvModel, fan_in
+from octoray.formats.cnv_model import CONV_SHAPES, FC_SHAPES, POOL_AFTER, CnvModel, fan_in
 from octoray.kernels import cnv_cpu
 
-# output positions of each binary layer (conv1 has 8-bit inputs and uses vpmaddubsw instead)
-POSITIONS = {"conv2": 28 * 28, "conv3": 12 * 12, "conv4": 10 * 10, "conv5": 3 * 3, "conv6": 1, "fc1": 1, "fc2": 1}
+
+
+def output_positions() -> dict[str, int]:
+    """Output positions of each binary layer (conv1, 8-bit, uses vpmaddubsw instead): 3x3
+    unpadded convolutions from 32x32, halved after the pooled ones, then the FC layers."""
+    side, positions = 32, {}
+    for name in CONV_SHAPES:
+        side -= 2
+        positions[name] = side * side
+        if name in POOL_AFTER:
+            side //= 2
+    del positions["conv1"]
+    return {**positions, "fc1": 1, "fc2": 1}
 
 
 CEILING_C = r"""
@@ -82,7 +93,7 @@ def lookup_ceiling() -> float | None:
 
 def lookups_per_image() -> int:
     total = 0
-    for name, positions in POSITIONS.items():
+    for name, positions in output_positions().items():
         cout = (CONV_SHAPES.get(name) or FC_SHAPES[name])[1]
         total += positions * (fan_in(name) // 4) * (cout // 32)
     return total

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                    help="export a `train --save-portable` file (a run made elsewhere, e.g. on a GPU) "
                         "instead of a checkpoint of --run")
     p.add_argument("--out", type=Path, default=DEFAULT_PATH)
-    p.add_argument("--plot", type=Path, default=None, help="copy the learning-curve plot here")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the learning curve here")
     p.add_argument("--limit", type=int, default=None,
                    help="check only the first N validation images (a dry run; the shipped file checks all)")
     args = p.parse_args(argv)

@@ -211,7 +211,8 @@ def main(argv=None) -> int:
                   f"{device.type}: its random stream restarts from seed {args.seed + start_epoch}", flush=True)
     stop_at = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start_epoch + args.max_epochs_this_run)
     plotted = 0.0
-    for epoch in range(start_epoch, stop_at):
+    epoch = start_epoch
+    while epoch < stop_at:  # stop_at may shrink after the first epoch (--minutes)
         t0 = time.time()
         train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args)
         val_acc, _ = evaluate(model, x_val, y_val)
@@ -232,8 +233,7 @@ def main(argv=None) -> int:
         print(json.dumps(history[-1]), flush=True)
         if args.minutes is not None and epoch == start_epoch:
             stop_at = _fit_schedule(args, recipe, epoch + 1, stop_at, started, time.time() - t0)
-        if epoch + 1 >= stop_at:
-            break
+        epoch += 1
     return 0
 
 
