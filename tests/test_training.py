@@ -163,11 +163,62 @@ def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive,
     assert train(tiny_archive, here, "--epochs", "3", "--max-epochs-this-run", "1").returncode == 0
     portable = tmp_path / "resume.npz"
     assert train(tiny_archive, here, "--save-portable", str(portable)).returncode == 0
-    assert portable.stat().st_size < 4_000_000
+    assert portable.stat().st_size < 6_000_000  # weights and Adam's second moment, fp16, compressed
     moved = train(tiny_archive, there, "--epochs", "3", "--resume-from", str(portable))
     assert moved.returncode == 0, moved.stderr
-    assert b"resuming t after epoch 1 from" in moved.stdout
+    assert b"resuming t after epoch 1 from" in moved.stdout and b"fresh optimizer" not in moved.stdout
     assert [h["epoch"] for h in checkpoint(there)["history"]] == [1, 2, 3]
+
+
+def test_a_portable_file_carries_adams_second_moment_and_the_random_stream(tiny_archive, tmp_path):
+    from octoray.models.train import load_portable
+
+    assert train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1").returncode == 0
+    portable = tmp_path / "resume.npz"
+    assert train(tiny_archive, tmp_path, "--save-portable", str(portable)).returncode == 0
+    saved = checkpoint(tmp_path)
+    model = CNV()
+    optimizer = torch.optim.Adam(model.parameters())
+    meta = load_portable(portable, model, optimizer)
+    assert torch.equal(meta["generator"], saved["generator"])
+    for index, moments in saved["optimizer"]["state"].items():
+        restored = optimizer.state_dict()["state"][index]
+        assert float(restored["step"]) == float(moments["step"])
+        assert torch.allclose(restored["exp_avg_sq"], moments["exp_avg_sq"], rtol=2e-3, atol=1e-12)
+
+
+def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
+    assert train(tiny_archive, tmp_path, "--epochs", "1").returncode == 0
+    portable = tmp_path / "start.npz"
+    assert train(tiny_archive, tmp_path, "--save-portable", str(portable)).returncode == 0
+    refused = train(tiny_archive, tmp_path / "b", "--epochs", "1", "--label-smoothing", "0.1",
+                    "--resume-from", str(portable))
+    assert refused.returncode == 1 and b"--init-from" in refused.stderr
+    new = train(tiny_archive, tmp_path / "b", "--epochs", "1", "--label-smoothing", "0.1",
+                "--ste", "approxsign", "--init-from", str(portable))
+    assert new.returncode == 0, new.stderr
+    state = checkpoint(tmp_path / "b")
+    assert state["epoch"] == 1 and state["recipe"]["init_from"] == "start.npz"
+    assert state["recipe"]["ste"] == "approxsign"
+
+
+def test_a_student_learns_from_a_saved_teacher(tiny_archive, tmp_path):
+    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
+            "--batch-size", "20", "--val-per-class", "2", "--epochs", "2"]
+    assert subprocess.run(base, env=env, capture_output=True, timeout=300).returncode == 0
+    teacher = tmp_path / "teacher.npz"
+    saved = subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    from octoray.models.teacher import load_teacher
+
+    model, meta = load_teacher(teacher)
+    assert meta["epochs"] == 2 and len(meta["history"]) == 2
+    assert model(torch.zeros(4, 3, 32, 32, dtype=torch.uint8)).shape == (4, 10)
+    student = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(teacher))
+    assert student.returncode == 0, student.stderr
+    assert checkpoint(tmp_path)["recipe"]["teacher"] == "teacher.npz"
+    assert checkpoint(tmp_path)["recipe"]["kd_weight"] == 0.9
 
 
 def export_command(archive: Path, cache: Path, out: Path, *extra: str):

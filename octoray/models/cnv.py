@@ -45,8 +45,21 @@ class _WeightSignSTE(torch.autograd.Function):
         return grad
 
 
-def binary_sign(x: torch.Tensor) -> torch.Tensor:
-    return _SignSTE.apply(x)
+class _ApproxSignSTE(_SignSTE):
+    """sign with ApproxSign's backward (Bi-Real Net): the gradient of a piecewise quadratic,
+    2 - 2|x| where |x| <= 1, closer to sign's own than hardtanh's flat 1."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_(min=0).to(grad.dtype)
+
+
+STE_BACKWARDS = {"hardtanh": _SignSTE, "approxsign": _ApproxSignSTE}
+
+
+def binary_sign(x: torch.Tensor, ste: str = "hardtanh") -> torch.Tensor:
+    return STE_BACKWARDS[ste].apply(x)
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -99,8 +112,9 @@ class TensorNorm(nn.Module):
 class CNV(nn.Module):
     """Input: uint8 pixels, NCHW.  Output: 10 logits (after TensorNorm)."""
 
-    def __init__(self):
+    def __init__(self, ste: str = "hardtanh"):
         super().__init__()
+        self.ste = ste  # the activations' backward pass (training only; inference is sign either way)
         self.register_buffer("pixel_lut", torch.tensor(PIXEL_TO_Q17, dtype=torch.float32) / 128.0)
         self.convs = nn.ModuleList(BinaryConv2d(i, o) for i, o in CONV_CHANNELS)
         self.conv_bns = nn.ModuleList(nn.BatchNorm2d(o, eps=BN_EPS) for _, o in CONV_CHANNELS)
@@ -114,12 +128,12 @@ class CNV(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(pixels)
         for i, (conv, bn) in enumerate(zip(self.convs, self.conv_bns)):
-            x = binary_sign(bn(conv(x)))
+            x = binary_sign(bn(conv(x)), self.ste)
             if i in POOL_AFTER:
                 x = F.max_pool2d(x, 2)
         x = x.flatten(1)
         for fc, bn in zip(self.fcs[:-1], self.fc_bns):
-            x = binary_sign(bn(fc(x)))
+            x = binary_sign(bn(fc(x)), self.ste)
         return x
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

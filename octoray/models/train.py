@@ -25,7 +25,11 @@ import torch.nn.functional as F
 from octoray.models.cnv import CNV
 from octoray.models.data import cache_dir, class_balanced_split, load_training_set
 
-RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class")
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
+               "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "init_from")
+# what a checkpoint made before a key existed was trained with
+RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
+                   "kd_temperature": 1.0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -40,6 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--ste", choices=("hardtanh", "approxsign"), default="hardtanh",
+                   help="the activations' backward pass")
+    p.add_argument("--teacher", type=Path, metavar="FILE",
+                   help="distil from this float teacher (python -m octoray.models.teacher --save FILE)")
+    p.add_argument("--kd-weight", type=float, default=0.9,
+                   help="with --teacher: the share of the loss that matches the teacher (the rest is the labels')")
+    p.add_argument("--kd-temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -52,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write the run's last checkpoint as a small portable file (fp16 weights, no "
                         "optimizer state) and exit: training can move to another machine with it")
     p.add_argument("--resume-from", type=Path, metavar="FILE",
-                   help="start a run that has no checkpoint yet from a --save-portable file")
+                   help="continue, on a machine without its checkpoint, the run a --save-portable file holds")
+    p.add_argument("--init-from", type=Path, metavar="FILE",
+                   help="start a new run (epoch 1, its own recipe) from the weights of a --save-portable file")
     return p.parse_args(argv)
 
 
@@ -67,22 +81,58 @@ def _half_keeping_sign(value: torch.Tensor) -> torch.Tensor:
 
 
 def save_portable(last: Path, path: Path) -> None:
+    """The checkpoint as one small compressed file, so a run continues on a fresh machine nearly
+    as it would here: fp16 weights (each keeping its sign), Adam's second moment as its square
+    root in fp16 (which fp16 can hold) and step counts, the random generator and the history.
+    Adam's first moment is left out (half the file): it rebuilds itself within ~10 steps,
+    where a lost second moment would make the first few hundred steps far too large."""
     state = torch.load(last, weights_only=False, map_location="cpu")
     arrays = {}
     for key, value in state["model"].items():
         value = value.detach().cpu()
         arrays[key] = (_half_keeping_sign(value) if value.is_floating_point() and value.dim() > 1 else value).numpy()
+    params = [name for name, _ in CNV().named_parameters()]  # the optimizer's order
+    optimizer = state.get("optimizer")
+    if optimizer is not None:
+        for index, moments in optimizer["state"].items():
+            name = params[index]
+            arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().numpy()
+            arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
+    if "generator" in state:
+        arrays["generator"] = state["generator"].cpu().numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history")}
+    meta["device_type"] = state.get("device_type", "cpu")
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
 
-def load_portable(path: Path, model: CNV) -> dict:
+def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
+    """Load a save_portable file into the model (and, when the file has them, Adam's moments
+    into the optimizer); returns its metadata, with "generator" when the file holds one."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["metadata"]))
-        state = {k: torch.from_numpy(z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k])
-                 for k in z.files if k != "metadata"}
-    model.load_state_dict(state)
+        arrays = {k: z[k] for k in z.files if k != "metadata"}
+    as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
+    model.load_state_dict({k: as_tensor(v) for k, v in arrays.items()
+                           if not k.startswith("adam.") and k != "generator"})
+    if optimizer is not None and any(k.startswith("adam.") for k in arrays):
+        state = optimizer.state_dict()
+        params = [n for n, _ in model.named_parameters()]
+        for index, name in enumerate(params):
+            state["state"][index] = {
+                "step": torch.tensor(float(arrays[f"adam.step.{name}"])),
+                "exp_avg": torch.zeros_like(model.get_parameter(name), device="cpu"),
+                "exp_avg_sq": as_tensor(arrays[f"adam.sqrt_v.{name}"]).square()}
+        optimizer.load_state_dict(state)
+        meta["optimizer"] = True
+    if "generator" in arrays:
+        meta["generator"] = torch.from_numpy(arrays["generator"])
     return meta
+
+
+def _same_recipe(saved: dict, recipe: dict) -> bool:
+    """Whether a checkpoint's recipe is this one, but for what a resumed run may change."""
+    full = {**RECIPE_DEFAULTS, **saved}
+    return all(full.get(k) == v for k, v in recipe.items() if k not in RESCHEDULABLE)
 
 
 def learning_rate(step: int, steps_per_epoch: int, args) -> float:
@@ -170,6 +220,10 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    recipe["teacher"] = args.teacher.name if args.teacher else None
+    recipe["init_from"] = args.init_from.name if args.init_from else None
+    if not args.teacher:
+        recipe["kd_weight"] = 0.0
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
@@ -179,42 +233,52 @@ def main(argv=None) -> int:
     x_train, y_train, x_val, y_val = _load_split(args, device)
 
     torch.manual_seed(args.seed)
-    model = CNV().to(device, memory_format=torch.channels_last)  # ~9 % faster convolutions on the CPU
+    model = CNV(ste=args.ste).to(device, memory_format=torch.channels_last)  # ~9 % faster convolutions on the CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    start_epoch, history = 0, []
-    portable = None
-    if not last.exists() and args.resume_from:
-        portable = load_portable(args.resume_from, model)
-    if last.exists() or portable:
-        state = torch.load(last, weights_only=False, map_location=device) if last.exists() else portable
-        fixed = {k: v for k, v in recipe.items() if k not in RESCHEDULABLE}
-        if {k: v for k, v in state["recipe"].items() if k not in RESCHEDULABLE} != fixed:
-            print(f"train: {last} was made with {state['recipe']}, not {recipe}; "
-                  f"choose another --run", file=sys.stderr)
+    teacher = None
+    if args.teacher:
+        from octoray.models.teacher import load_teacher
+        teacher, _ = load_teacher(args.teacher, device)
+    start_epoch, history, generator_state = 0, [], None
+    if last.exists() or args.resume_from:
+        if last.exists():
+            state = torch.load(last, weights_only=False, map_location=device)
+            whence = ""
+        else:
+            state = load_portable(args.resume_from, model, optimizer)
+            whence = f" from {args.resume_from}" + ("" if state.get("optimizer") else " (fresh optimizer state)")
+        if not _same_recipe(state["recipe"], recipe):
+            print(f"train: {last if last.exists() else args.resume_from} was made with {state['recipe']}, "
+                  f"not {recipe}; choose another --run (or --init-from to start a new run from its weights)",
+                  file=sys.stderr)
             return 1
         changed = {k: (state["recipe"][k], recipe[k]) for k in RESCHEDULABLE if state["recipe"][k] != recipe[k]}
         if changed:
             print(f"train: schedule changed after epoch {state['epoch']}: {changed}", flush=True)
-        if portable is None:
+        if last.exists():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
-        print(f"resuming {args.run} after epoch {start_epoch}"
-              + (f" from {args.resume_from} (fresh optimizer state)" if portable else ""), flush=True)
+        if state.get("generator") is not None:
+            if state.get("device_type", "cpu") == device.type:
+                generator_state = state["generator"]
+            else:  # another device's generator state does not fit: a fresh stream from here on
+                print(f"train: the checkpoint was made on {state.get('device_type', 'cpu')}, this run uses "
+                      f"{device.type}: its random stream restarts from seed {args.seed + start_epoch}", flush=True)
+        print(f"resuming {args.run} after epoch {start_epoch}{whence}", flush=True)
+    elif args.init_from:
+        load_portable(args.init_from, model)
+        print(f"{args.run}: a new run from the weights of {args.init_from}", flush=True)
 
     generator = torch.Generator(device=device).manual_seed(args.seed + start_epoch)
-    if last.exists():
-        if state.get("device_type", "cpu") == device.type:
-            generator.set_state(state["generator"].cpu())
-        else:  # another device's generator state does not fit: a fresh stream from here on
-            print(f"train: the checkpoint was made on {state.get('device_type', 'cpu')}, this run uses "
-                  f"{device.type}: its random stream restarts from seed {args.seed + start_epoch}", flush=True)
+    if generator_state is not None:
+        generator.set_state(generator_state.cpu())
     stop_at = args.epochs if args.max_epochs_this_run is None else min(args.epochs, start_epoch + args.max_epochs_this_run)
     plotted = 0.0
     epoch = start_epoch
     while epoch < stop_at:  # stop_at may shrink after the first epoch (--minutes)
         t0 = time.time()
-        train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args)
+        train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args, teacher)
         val_acc, _ = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
@@ -251,8 +315,10 @@ def _load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
-                generator: torch.Generator, epoch: int, args) -> tuple[float, float, float]:
-    """One pass over the shuffled training set; (mean loss, accuracy, last learning rate)."""
+                generator: torch.Generator, epoch: int, args, teacher=None) -> tuple[float, float, float]:
+    """One pass over the shuffled training set; (mean loss, accuracy, last learning rate).
+    With a teacher, the loss mixes the labels' cross-entropy with the KL divergence from the
+    teacher's softened outputs on the same augmented batch."""
     model.train()
     device = x_train.device
     steps = len(x_train) // args.batch_size
@@ -268,7 +334,13 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         x = augment(x_train[batch], generator).contiguous(memory_format=torch.channels_last)
         y = y_train[batch]
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+        if teacher is not None:
+            t = args.kd_temperature
+            with torch.no_grad():
+                soft = F.softmax(teacher(x) / t, dim=1)
+            kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * (t * t)
+            loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,164 @@
+"""A small float CNN that teaches CNV-W1A1 (knowledge distillation).
+
+    python -m octoray.models.teacher --data ../shared/data/cifar10-train.tar.gz --threads 2
+
+A binary network learns more from a good float network's soft outputs than from one-hot
+labels alone.  The teacher trains on the same 45,000 training images as the student (never
+the validation split), checkpoints every epoch outside the repository and resumes, and is
+saved as a small fp16 file (``--save FILE``) that the student's training runs forward on
+each augmented batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+WIDTHS = (32, 64, 128, 128)  # stem, then three groups that halve the resolution
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+
+
+class Teacher(nn.Module):
+    """Stem, three (conv, pool, conv) groups, global max pool, linear.  Input: uint8 NCHW."""
+
+    def __init__(self, widths: tuple[int, ...] = WIDTHS):
+        super().__init__()
+        layers = _conv_bn(3, widths[0])
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                       nn.BatchNorm2d(cout), nn.GELU(), *_conv_bn(cout, cout)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], 10, bias=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() / 127.5 - 1.0
+        x = self.body(x).amax(dim=(2, 3))
+        return self.head(x) / 8.0  # a small logit scale trains more stably with label smoothing
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="octoray-teacher", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--run", default="teacher")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.2, help="peak SGD (Nesterov) learning rate")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
+    return p.parse_args(argv)
+
+
+def learning_rate(step: int, total: int, peak: float) -> float:
+    """Linear up over the first fifth, then linearly down to zero."""
+    up = max(1, total // 5)
+    return peak * (step / up if step < up else max(0.0, (total - step) / (total - up)))
+
+
+def save_teacher(model: Teacher, path: Path, meta: dict) -> None:
+    arrays = {k: v.detach().cpu().half().numpy() if v.is_floating_point() else v.cpu().numpy()
+              for k, v in model.state_dict().items()}
+    np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
+
+
+def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[Teacher, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["metadata"]))
+        state = {k: torch.from_numpy(z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k])
+                 for k in z.files if k != "metadata"}
+    model = Teacher(tuple(meta["widths"]))
+    model.load_state_dict(state)
+    return model.to(device, memory_format=torch.channels_last).eval(), meta
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+    """Accuracy with the flip averaged in (test-time augmentation)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].contiguous(memory_format=torch.channels_last)
+        logits = model(x) + model(x.flip(3))
+        correct += (logits.argmax(1) == labels[i:i + batch]).sum().item()
+    return correct / len(images)
+
+
+def main(argv=None) -> int:
+    from octoray.models.train import _load_split, augment, choose_device, run_dir, save_atomically
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = choose_device(args.device)
+    out = run_dir(args.run)
+    last = out / "last.pt"
+    torch.manual_seed(args.seed)
+    model = Teacher().to(device, memory_format=torch.channels_last)
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}],
+                                lr=args.lr, momentum=0.9, nesterov=True)
+    start, history = 0, []
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    if last.exists():
+        state = torch.load(last, weights_only=False, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu())
+        start, history = state["epoch"], state["history"]
+        print(f"resuming {args.run} after epoch {start}", flush=True)
+    if args.save:
+        meta = {"widths": list(WIDTHS), "epochs": start, "history": history,
+                "val_acc_flip_tta": history[-1]["val_acc"] if history else None,
+                "command": "python -m octoray.models.teacher " + " ".join(sys.argv[1:])}
+        save_teacher(model, args.save, meta)
+        print(f"wrote {args.save} ({args.save.stat().st_size:,} bytes)")
+        return 0
+    x_train, y_train, x_val, y_val = _load_split(args, device)
+    steps = len(x_train) // args.batch_size
+    total = args.epochs * steps
+    for epoch in range(start, args.epochs):
+        t0 = time.time()
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator, device=device)
+        loss_sum = 0.0
+        for step in range(steps):
+            lr = learning_rate(epoch * steps + step, total, args.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+            x = augment(x_train[batch], generator).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), y_train[batch], label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+        val_acc = evaluate(model, x_val, y_val)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
+                        "seconds": time.time() - t0})
+        save_atomically({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, last)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        print(json.dumps(history[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
