@@ -1010,8 +1010,10 @@ def main(argv: list[str] | None = None) -> int:
         where = failure.filename if failure.filename is not None else "stdout"
         message(f"{PROGRAM}: {where}: {failure.strerror or failure}")
         status = ERROR
-    except Exception as failure:  # a bug: still no traceback, but say what broke
-        message(f"{PROGRAM}: internal error: {type(failure).__name__}: {failure}")
+    except Exception as failure:  # a bug, or octoray not installed here: say which, no traceback
+        from octoray.cli.errors import describe
+
+        message(describe(PROGRAM, failure))
         status = ERROR
     finally:
         if settings.executor is not None:
