@@ -1,10 +1,15 @@
-"""Dask worker preload: bind the worker to one accelerator, opened once.
+"""Dask worker preload: bind the worker to its accelerators, opened once.
 
-    OCTORAY_ACCELERATOR=cpu OCTORAY_DEVICE=0 dask worker tcp://HOST:8786 --preload octoray.worker
+    OCTORAY_ACCELERATOR=fpga OCTORAY_DEVICE=0 dask worker tcp://HOST:8786 --nthreads 1 --preload octoray.worker
 
-The plugin opens the accelerator in ``setup`` (``OCTORAY_ACCELERATOR``, ``OCTORAY_DEVICE``),
-installs it as the process's accelerator for every task, counts the tasks it runs, and
-closes it in ``teardown``.
+The plugin opens the worker's lanes in ``setup`` (octoray.kernels.lanes: the cards
+``OCTORAY_DEVICE`` names, or without it every card of the host that no other process holds,
+or the CPU), installs them for every task, counts the tasks and closes them in ``teardown``.
+
+The rule for cards: each card is driven by one process, which holds a lock on it.  A worker
+started with ``OCTORAY_DEVICE=i`` drives card i; one started without it drives every card no
+other process holds, one of its threads pinned to each (``--nthreads`` should be the number
+of cards; a worker with fewer threads than free cards leaves the rest to other processes).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ except ImportError:  # octoray.worker is only imported where distributed is inst
     WorkerPlugin = object
 
 PLUGIN_NAME = "octoray-accelerator"
+RUN_OP = "octoray_run"  # the client's request: run one task here, reply with its result
+STAT_OP = "octoray_stat"  # the client's question: which file do you see at this path?
 
 
 class AcceleratorPlugin(WorkerPlugin):
@@ -22,14 +29,44 @@ class AcceleratorPlugin(WorkerPlugin):
     idempotent = True
 
     def __init__(self):
-        self.accelerator = None
+        self.lanes: list = []
         self.tasks_done = 0
 
-    def setup(self, worker) -> None:
-        from octoray.kernels import install_local_accelerator, open_accelerator
+    @property
+    def accelerator(self):
+        return self.lanes[0] if self.lanes else None
 
-        self.accelerator = open_accelerator()
-        install_local_accelerator(self.accelerator)
+    def setup(self, worker) -> None:
+        from octoray.kernels import install_local_accelerator
+        from octoray.kernels.lanes import close_lanes, open_lanes
+
+        lanes = open_lanes()
+        threads = max(1, getattr(getattr(worker, "state", None), "nthreads", 0) or len(lanes))
+        if len(lanes) > threads:  # a card no thread would drive: leave it to another process
+            close_lanes(lanes[threads:])
+            lanes = lanes[:threads]
+        self.lanes = lanes
+        install_local_accelerator(lanes)
+        self.worker = worker
+        worker.handlers[RUN_OP] = self.run_request
+        worker.handlers[STAT_OP] = stat_path
+
+    async def run_request(self, payload=None):
+        """One task sent straight from the client (no scheduler in between), run on one of
+        the worker's threads; the task's own exception comes back as a value, so that the
+        client tells it from a lost connection."""
+        import asyncio
+
+        from distributed.protocol import to_serialize
+
+        fn, args = payload
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.worker.executor, run_task, fn, args)
+        except Exception as error:  # noqa: BLE001 - handed to the client, which raises it
+            self.tasks_done += 1
+            return {"status": "error", "exception": to_serialize(_picklable(error))}
+        self.tasks_done += 1
+        return {"status": "OK", "result": to_serialize(result)}
 
     def transition(self, key, start, finish, **kwargs) -> None:
         if finish == "memory" and start == "executing":
@@ -37,11 +74,83 @@ class AcceleratorPlugin(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         from octoray.kernels import install_local_accelerator
+        from octoray.kernels.lanes import close_lanes
 
-        if self.accelerator is not None:
+        for op in (RUN_OP, STAT_OP):
+            worker.handlers.pop(op, None)
+        if self.lanes:
             install_local_accelerator(None)
-            self.accelerator.close()
-            self.accelerator = None
+            close_lanes(self.lanes)
+            self.lanes = []
+
+
+def run_task(fn, args):
+    """On a worker thread: read the file ranges the task names, count it on its lane, run it."""
+    from octoray.engine.file_ranges import resolve
+    from octoray.engine.stream import JobGroup
+    from octoray.kernels import local_accelerator
+    from octoray.kernels.lanes import record_task
+
+    record_task(local_accelerator())
+    args = [JobGroup([tuple(resolve(v) for v in job) for job in a.jobs]) if isinstance(a, JobGroup) else resolve(a)
+            for a in args]
+    return DeflatedChunks.wrap(fn(*args))
+
+
+class DeflatedChunks:
+    """A task's deflate results on their way back: their bytes travel out of band, as the
+    input did (no copy into the pickle stream here, none out of it in the client)."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list):
+        self.chunks = chunks
+
+    @classmethod
+    def wrap(cls, result):
+        from octoray.formats.gzip import DeflatedChunk
+
+        if isinstance(result, list) and result and all(type(r) is DeflatedChunk for r in result):
+            return cls(result)
+        return result
+
+    @staticmethod
+    def unwrap(result):
+        return result.chunks if isinstance(result, DeflatedChunks) else result
+
+    def __reduce_ex__(self, protocol):
+        from pickle import PickleBuffer
+
+        carry = PickleBuffer if protocol >= 5 else bytes
+        return _deflated_chunks, ([(carry(c.data), c.crc, c.size, c.last) for c in self.chunks],)
+
+
+def _deflated_chunks(rows: list) -> list:
+    from octoray.formats.gzip import DeflatedChunk
+
+    return [DeflatedChunk(*row) for row in rows]
+
+
+def stat_path(path: str = ""):
+    """(size, mtime in ns) of `path` as this worker sees it, or None."""
+    import os
+
+    from octoray.engine.file_ranges import identity
+
+    try:
+        return list(identity(os.stat(path)))
+    except OSError:
+        return None
+
+
+def _picklable(error: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - an exception that cannot travel: its text can
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 async def dask_setup(worker) -> None:
@@ -50,10 +159,15 @@ async def dask_setup(worker) -> None:
 
 
 def describe_worker(dask_worker) -> dict:
-    """Run on each worker by `octoray status`: its accelerator, threads and tasks done."""
-    from octoray.kernels import local_accelerator
+    """Run on each worker by `octoray status`: its lanes (accelerator, tasks), threads, tasks done."""
+    from octoray.kernels import local_lanes
 
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    accelerator = plugin.accelerator if plugin and plugin.accelerator else local_accelerator()
-    return {"name": str(dask_worker.name), "accelerator": accelerator.name, "threads": dask_worker.state.nthreads,
-            "tasks": plugin.tasks_done if plugin else 0, "preloaded": plugin is not None}
+    lanes = plugin.lanes if plugin and plugin.lanes else local_lanes()
+    threads = dask_worker.state.nthreads
+    tasks = plugin.tasks_done if plugin else 0
+    rows = [{"accelerator": lane.name, "tasks": getattr(lane, "tasks_done", 0)} for lane in lanes]
+    if len(rows) == 1:
+        rows[0]["tasks"] = tasks
+    return {"name": str(dask_worker.name), "accelerator": lanes[0].name, "threads": threads,
+            "tasks": tasks, "preloaded": plugin is not None, "lanes": rows}

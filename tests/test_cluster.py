@@ -22,11 +22,11 @@ def dask_command() -> list[str]:
 
 
 class Cluster:
-    def __init__(self, where: Path, tls: list[str] = ()):
+    def __init__(self, where: Path, tls: list[str] = (), env: dict | None = None):
         self.where = where
         self.tls = list(tls)  # --tls-ca-file/--tls-cert/--tls-key for scheduler and workers
         self.scheduler_file = where / "scheduler.json"
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         protocol = ["--protocol", "tls", *self.tls] if self.tls else []
         self.scheduler = subprocess.Popen(
             [*dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
@@ -40,11 +40,15 @@ class Cluster:
         time.sleep(0.3)
         self.address = json.loads(self.scheduler_file.read_text())["address"]
 
-    def add_worker(self, name: str, device: int, accelerator: str = "cpu") -> None:
-        env = dict(self.env, OCTORAY_DEVICE=str(device), OCTORAY_ACCELERATOR=accelerator)
+    def add_worker(self, name: str, device: int | None, accelerator: str = "cpu", threads: int = 1) -> None:
+        """A worker bound to card `device` (None: OCTORAY_DEVICE unset, every free card)."""
+        env = dict(self.env, OCTORAY_ACCELERATOR=accelerator)
+        env.pop("OCTORAY_DEVICE", None)
+        if device is not None:
+            env["OCTORAY_DEVICE"] = str(device)
         self.workers[name] = subprocess.Popen(
             # no nanny: the process killed in the tests is the worker itself
-            [*dask_command(), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
+            [*dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads), "--no-dashboard",
              "--no-nanny", "--preload", "octoray.worker", *self.tls],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 

@@ -418,6 +418,14 @@ def _run_compression(fd_in: int, write, settings: Settings, name: bytes | None, 
                            strategy=settings.strategy, rsyncable=settings.rsyncable, wrapper=wrapper)
 
 
+def _cluster_note(settings: Settings) -> None:
+    """-v on a cluster: how the data reached the workers (read by them, or sent)."""
+    note = getattr(settings.executor, "note", None)
+    if settings.verbose and note:
+        message(f"{PROGRAM}: {note}")
+        settings.executor.note = None
+
+
 def _run_decompression(fd_in: int, write, settings: Settings, on_header=None):
     from octoray.jobs.gzip import decompress_stream
 
@@ -462,6 +470,7 @@ def process_stdin(settings: Settings) -> None:
         totals = _compress_to_stdout(fd, settings, None, mtime)
         if totals is not None and settings.verbose:
             message(display_ratio(totals.bytes_in - (totals.bytes_out - totals.overhead), totals.bytes_in))
+            _cluster_note(settings)
     else:
         _decompress_to_stdout_or_test(fd, "stdin", settings)
 
@@ -714,6 +723,7 @@ def _compress_file(path: str, settings: Settings) -> None:
         if done is not None and settings.verbose:
             ratio = display_ratio(done.bytes_in - (done.bytes_out - done.overhead), done.bytes_in)
             message(f"{ratio} -- {verb} {out_path}")
+            _cluster_note(settings)
     finally:
         os.close(fd)
 

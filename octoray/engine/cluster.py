@@ -3,7 +3,7 @@
 In order: an explicit scheduler address or scheduler file (a tool's --scheduler /
 --scheduler-file), then Dask's own configuration (DASK_SCHEDULER_ADDRESS, or the config key
 ``scheduler-address`` in Dask's YAML files), else the embedded default: threads in this
-process, ready in microseconds.  ``cluster="local"`` starts an in-process Dask LocalCluster.
+process on every card of the host (or its CPU), ready in microseconds.  ``cluster="local"`` starts an in-process Dask LocalCluster.
 The CLI asks for an executor here and never talks to Dask itself.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from octoray.engine.executors import LocalExecutor
+from octoray.engine.lanes import LaneExecutor
 
 
 def configured_scheduler() -> str | None:
@@ -66,4 +66,4 @@ def open_executor(threads: int | None = None, scheduler: str | None = None,
         from octoray.engine.dask_executor import connect
 
         return connect(address, **waiting)
-    return LocalExecutor(threads)
+    return LaneExecutor(threads)

@@ -1,9 +1,12 @@
-"""The engine's executor on a Dask cluster: chunks scattered to workers, kept here until done.
+"""The engine's executor on a Dask cluster: connecting, and tasks sent to the workers.
 
-- Each chunk travels with ``scatter(hash=False)`` (not as a task argument, which would pass
-  through the scheduler and be hashed: identical chunks would collapse into one key).
-- The client keeps every chunk until its result is taken, because scattered data dies with
-  its worker: when a worker is lost the chunk is scattered again and resubmitted.
+- Each task is one request from the client straight to a worker (octoray's preload answers
+  it), its data inside as out-of-band buffers, its result in the reply: no scheduler round
+  trips, no scattered keys (octoray.engine.dask_requests).
+- The client keeps every task's data until its result is taken: when a worker is lost, the
+  task is sent to another one and the output stays byte-exact.
+- A regular file that the workers see as this host does is not sent at all: the tasks carry
+  byte ranges and the workers read them (octoray.engine.file_ranges).
 - Waiting is bounded: with no worker to run on, or the scheduler gone, the run ends with
   ClusterError instead of hanging.  A port that refuses is reported at once, a cluster with
   no workers before anything is written, a lost scheduler within about a second.
@@ -20,8 +23,8 @@ STARTUP_WORKERS_TIMEOUT = 3.0  # a cluster with no workers at the start: an erro
 NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
 POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
-# Engine jobs per Dask task (8 MiB of fgzip input, 2,048 images): a task costs ~20 ms of CPU
-# across client, scheduler and worker (measured), small beside 8 jobs' work.
+# Engine jobs per request (8 MiB of fgzip input): each request costs the client a few ms of
+# CPU (measured), small beside 8 jobs' data.
 JOBS_PER_TASK = 8
 
 
@@ -36,6 +39,8 @@ def quiet_dask() -> None:
     os.environ.setdefault("DASK_DISTRIBUTED__ADMIN__LARGE_GRAPH_WARNING_THRESHOLD", "1GB")
     # a dead worker's port refuses at once; distributed retries until this runs out
     os.environ.setdefault("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "5s")
+    # numpy comes with distributed: its BLAS threads would spin on the client's cores for nothing
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import logging
     import warnings
 
@@ -57,140 +62,115 @@ def _timeouts() -> tuple:
 
 
 class _Task:
-    """One task: `sending` (a future of the sender pool) gives its Dask future once its data
-    is scattered and it is submitted; the arguments stay here until its result is taken."""
+    """One task: its function, its arguments (kept here until its result is taken, to send
+    again if its worker is lost) and the future of its request."""
 
-    __slots__ = ("sending", "args", "fn", "resubmitted")
+    __slots__ = ("fn", "args", "future")
 
-    def __init__(self, sending, fn, args):
-        self.sending, self.fn, self.args = sending, fn, args
-        self.resubmitted = 0
+    def __init__(self, fn, args):
+        self.fn, self.args, self.future = fn, args, None
 
     def cancel(self) -> None:
-        if self.sending.cancel():
-            return
-        try:
-            if self.sending.done():
-                self.sending.result().cancel()
-        except Exception:  # the client is already closed, or the send failed: nothing to cancel
-            pass
+        if self.future is not None:
+            self.future.cancel()
 
 
 class DaskExecutor:
+    """Tasks sent straight to the workers (see octoray.engine.dask_requests), the scheduler
+    asked only who the workers are."""
+
     in_process = False
 
     def __init__(self, client, address: str, cluster=None):
-        from concurrent.futures import ThreadPoolExecutor
+        from octoray.engine.dask_requests import WorkerPool
 
+        from octoray.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every request and reply allocates MiB-sized buffers: reuse them
+        import gc
+
+        gc.freeze()  # the modules just imported need no more garbage-collector passes
         self.client = client
         self.address = address
         self._cluster = cluster  # a LocalCluster this executor started, closed with it
         self._timeouts = _timeouts()
         self.lost = False  # the scheduler went away: closing need not wait for it
-        self._workers_seen = 0.0
-        self.workers = max(1, sum(w.get("nthreads", 1) for w in (self._ask_workers() or {}).values()))
+        self.pool = WorkerPool(self)
         self.jobs_per_task = max(1, int(os.environ.get("OCTORAY_JOBS_PER_TASK") or JOBS_PER_TASK))
-        # Scatter and submit are round trips (10-20 ms a chunk): two sender threads overlap
-        # them with reading the next chunk and with the workers' compute.
-        self._senders = ThreadPoolExecutor(2, thread_name_prefix="octoray-send")
+        self.note = None  # how the data reached the workers, for -v
 
-    def _send(self, fn, args):
-        """Scatter the chunk and submit its task; a worker that died under the scatter is
-        noticed by the scheduler within moments, so try again on the others."""
-        data = bytes(args[0]) if isinstance(args[0], memoryview) else args[0]
-        for attempt in range(RESUBMISSIONS + 1):
-            self._wait_for_workers()
-            try:
-                scattered = self.client.scatter(data, hash=False)
-                return self.client.submit(fn, scattered, *args[1:], pure=False)
-            except (OSError, *self._timeouts) as error:
-                failure = error
-                self._workers_seen = 0.0
-                self._check_alive()
-                time.sleep(0.5)
-        raise ClusterError(f"lost the cluster at {self.address}: {failure}")
+    @property
+    def workers(self) -> int:
+        return max(1, self.pool.threads())
 
     def submit(self, fn, *args) -> _Task:
-        return _Task(self._senders.submit(self._send, fn, args), fn, args)
+        import asyncio
 
-    def _sent(self, task: _Task):
-        """The task's Dask future once its send is done, looking at the cluster while waiting."""
-        while True:
-            try:
-                return task.sending.result(timeout=POLL)  # a send's ClusterError surfaces here
-            except self._timeouts:
-                self._check_alive()
+        task = _Task(fn, args)
+        task.future = asyncio.run_coroutine_threadsafe(self.pool.run(task), self.client.loop.asyncio_loop)
+        return task
 
     def result(self, task: _Task):
         while True:
+            self._check_alive()
             try:
-                return self._sent(task).result(timeout=POLL)
+                return task.future.result(timeout=POLL)
             except self._timeouts:
-                self._check_alive()
                 continue
-            except Exception as error:
-                if not self._worker_lost(error):
-                    raise
-                self._check_alive()
-                if task.resubmitted >= RESUBMISSIONS:
-                    raise ClusterError(f"chunk failed on {RESUBMISSIONS + 1} workers: {error}") from None
-            self._workers_seen = 0.0
-            task.resubmitted += 1
-            task.sending = self._senders.submit(self._send, task.fn, task.args)
 
-    @staticmethod
-    def _worker_lost(error: BaseException) -> bool:
-        from concurrent.futures import CancelledError
+    def file_chunks(self, fd: int, block_size: int):
+        """(FileChunk, is_last) pairs when the workers can read the file open on `fd`
+        themselves, else None (the caller reads and ships the bytes)."""
+        from octoray.engine.file_ranges import file_chunks, file_source
 
-        from distributed.scheduler import KilledWorker
+        source = file_source(fd)
+        if source is None:
+            self.note = "the input is not a regular file: its data is sent to the workers"
+            return None
+        path, start, ident = source
+        seeing = self._sync(self.pool.who_sees(path, ident))
+        total = len(self.pool.slots)
+        if not seeing:
+            self.note = f"no worker sees {path} as this host does: its data is sent to the workers"
+            return None
+        self.note = f"{len(seeing)} of {total} workers read {path} themselves"
+        self.pool.shared_file = (fd, path, ident)
+        return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
-        return isinstance(error, (CancelledError, KilledWorker)) or type(error).__name__ in (
-            "FutureCancelledError", "CommClosedError")
+    def _consumed(self, fd: int, chunks, end: int):
+        yield from chunks
+        os.lseek(fd, end, os.SEEK_SET)  # as if this process had read it (stdin left at its end)
+
+    def _sync(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.client.loop.asyncio_loop).result()
 
     def _check_alive(self) -> None:
-        """A client leaves "running" only when its connection to the scheduler broke; its
-        futures are cancelled then, so there is nothing to wait for (Dask would try to
-        reconnect for its whole timeout)."""
+        """A client leaves "running" only when its connection to the scheduler broke (Dask
+        would then try to reconnect for its whole timeout)."""
         if self.lost or self.client.status != "running":
             self.lost = True
             raise ClusterError(f"lost the cluster at {self.address}: the scheduler went away")
 
-    def _ask_workers(self) -> dict | None:
-        """The scheduler's workers, or None when it did not answer within POLL: an RPC to a
-        dead scheduler retries for Dask's whole connect timeout, so no wait is unbounded."""
-        self._check_alive()
-        try:
-            return self.client.sync(self.client.scheduler.identity, callback_timeout=POLL)["workers"]
-        except self._timeouts:
-            self._check_alive()
-            return None
-        except OSError as error:
-            self.lost = True
-            raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
-
-    def _wait_for_workers(self, timeout: float = NO_WORKERS_TIMEOUT) -> None:
-        if time.monotonic() - self._workers_seen < 1.0:  # asked the scheduler a moment ago
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._ask_workers():
-                self._workers_seen = time.monotonic()
-                return
-            if time.monotonic() >= deadline:
-                raise ClusterError(f"the cluster at {self.address} has no workers (start them with "
-                                   f"`dask worker {self.address} --preload octoray.worker`)")
-            time.sleep(0.2)
+    def wait_for_workers(self, timeout: float) -> None:
+        self._sync(self.pool.wait_for_workers(timeout))
 
     def describe(self) -> list[dict]:
         from octoray.worker import describe_worker
 
-        rows = self.client.run(describe_worker)
-        return sorted((dict(row, worker=row.get("name") or address) for address, row in rows.items()),
-                      key=lambda row: row["worker"])
+        rows = []
+        for address, info in self.client.run(describe_worker).items():
+            lanes = info.get("lanes") or [{"accelerator": info["accelerator"], "tasks": info.get("tasks", 0)}]
+            threads = info.get("threads", 1)
+            for i, lane in enumerate(lanes):  # a worker that drives several cards: a row each
+                share = threads // len(lanes) + (1 if i < threads % len(lanes) else 0)
+                rows.append(dict(info, worker=info.get("name") or address, accelerator=lane["accelerator"],
+                                 threads=share, tasks=lane["tasks"]))
+        return sorted(rows, key=lambda row: (row["worker"], row["accelerator"]))
 
     def close(self) -> None:
         """Close quietly: a client of a dead scheduler can print tracebacks as it shuts down."""
-        self._senders.shutdown(wait=False, cancel_futures=True)
         saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
@@ -237,7 +217,7 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
         raise ClusterError(f"cannot reach the cluster at {where}: {error}") from None
     executor = DaskExecutor(client, client.scheduler.address)
     try:
-        executor._wait_for_workers(workers_timeout)
+        executor.wait_for_workers(workers_timeout)
     except ClusterError:
         executor.close()
         raise

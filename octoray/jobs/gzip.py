@@ -156,7 +156,9 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
     head = wrapper.header()
     write(head)
     assembler = gz.MemberAssembler()
-    chunks = rsyncable_chunks(fd_in, block_size) if rsyncable else read_chunks(fd_in, block_size)
+    chunks = _worker_read_chunks(fd_in, block_size, executor, rsyncable, wrapper)
+    if chunks is None:
+        chunks = rsyncable_chunks(fd_in, block_size) if rsyncable else read_chunks(fd_in, block_size)
 
     def jobs():
         dictionary = None
@@ -164,7 +166,8 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
             wrapper.track(chunk)
             yield (chunk, dictionary, kernel_level, last, *extra)
             if not independent:
-                dictionary = bytes(chunk[-gz.DICTIONARY_SIZE:])
+                tail = chunk[-gz.DICTIONARY_SIZE:]
+                dictionary = tail if hasattr(tail, "identity") else bytes(tail)  # a file range stays one
 
     for deflated in ordered_map(task, jobs(), executor):
         write(assembler.add(deflated))
@@ -173,6 +176,16 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
     tail = wrapper.trailer(assembler.crc, assembler.size, assembler.compressed, len(head))
     write(tail)
     return Totals(assembler.size, len(head) + assembler.compressed + len(tail), len(head) + len(tail))
+
+
+def _worker_read_chunks(fd_in: int, block_size: int, executor, rsyncable: bool, wrapper: Wrapper):
+    """Byte ranges instead of bytes where the executor's workers read the input file
+    themselves (a cluster sharing this host's files); None: read here and ship the bytes.
+    --rsyncable cuts by content and zlib's trailer sums every byte here: both read here."""
+    offer = getattr(executor, "file_chunks", None)
+    if offer is None or rsyncable or wrapper.kind == "zlib":
+        return None
+    return offer(fd_in, block_size)
 
 
 # --- decompression ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Accelerators: one module per kind (CPU, FPGA through PYNQ, FPGA emulator), one interface.
 
-Each process (the embedded default, or a Dask worker) opens its accelerator once, chosen by
-``OCTORAY_ACCELERATOR`` (auto|cpu|fpga|fpga-emulator) and ``OCTORAY_DEVICE`` (card index),
-and every task in that process reaches it through :func:`local_accelerator`.
+Each process (the embedded default, or a Dask worker) opens its accelerators once, chosen by
+``OCTORAY_ACCELERATOR`` (auto|cpu|fpga|fpga-emulator) and ``OCTORAY_DEVICE`` (card indices):
+one lane per card (octoray.kernels.lanes), and every task reaches its thread's lane through
+:func:`local_accelerator`.
 """
 
 from __future__ import annotations
@@ -101,21 +102,53 @@ def _auto_accelerator(device: int | None) -> Accelerator:
 
 _lock = _thread.allocate_lock()
 _local: Accelerator | None = None
+_lanes: list | None = None  # every card this process drives (octoray.kernels.lanes)
+_generation = 0  # bumped when the lanes are replaced: threads pinned before re-pin
+_pinned = _thread._local()
+_next_lane = 0
 
 
 def local_accelerator() -> Accelerator:
-    """This process's accelerator, opened on first use and kept for every later task."""
-    global _local
-    if _local is None:
-        with _lock:
-            if _local is None:
-                _local = open_accelerator()
-    return _local
-
-
-def install_local_accelerator(accelerator: Accelerator | None) -> Accelerator | None:
-    """Make `accelerator` this process's one (a Dask worker plugin does this); returns the old one."""
-    global _local
+    """The accelerator of this thread: its lane, one of this process's cards, pinned on the
+    thread's first call (round robin) unless :func:`pin_thread` chose one."""
+    pinned = getattr(_pinned, "lane", None)
+    if pinned is not None and _pinned.generation == _generation:
+        return pinned
+    global _next_lane
+    lanes = local_lanes()
     with _lock:
-        previous, _local = _local, accelerator
+        lane = lanes[_next_lane % len(lanes)]
+        _next_lane += 1
+        _pinned.lane, _pinned.generation = lane, _generation
+    return lane
+
+
+def local_lanes() -> list:
+    """This process's lanes, opened on first use and kept for every later task: every card
+    (``OCTORAY_DEVICE`` restricts them), or the CPU where there is none."""
+    global _lanes, _local
+    if _lanes is None:
+        with _lock:
+            if _lanes is None:
+                from octoray.kernels.lanes import open_lanes
+
+                _lanes = open_lanes()
+                _local = _lanes[0]
+    return _lanes
+
+
+def pin_thread(lane: Accelerator) -> None:
+    """Make `lane` this thread's accelerator (an executor's thread for one card)."""
+    _pinned.lane, _pinned.generation = lane, _generation
+
+
+def install_local_accelerator(accelerator) -> Accelerator | None:
+    """Make `accelerator` (or a list of lanes) this process's (a Dask worker plugin does this);
+    returns the old first lane.  None forgets them: the next use opens them again."""
+    global _local, _lanes, _generation
+    lanes = None if accelerator is None else list(accelerator) if isinstance(accelerator, (list, tuple)) else [accelerator]
+    with _lock:
+        previous = _local
+        _lanes, _local = lanes, lanes[0] if lanes else None
+        _generation += 1
     return previous

@@ -25,6 +25,11 @@ It rejects, with :class:`EmulatorError`, what the hardware would reject or silen
 buffers not synced to the device before a kernel reads them, buffers of another card, bank,
 shape or data type than the overlay's ports, freed buffers, sizes above the manifest's limits,
 kernels of an overlay no longer loaded, an output DMA with no input (it would hang).
+
+A throughput model lets scaling be measured without cards: ``OCTORAY_EMULATED_GZIP_MBPS=R``
+(MB/s of input) and ``OCTORAY_EMULATED_CNV_IPS=R`` (images/s) make each gzip run or CNV batch
+last at least its input divided by R, as a card of that speed would; the wait is a sleep (no
+CPU, no GIL), the result is still computed.  Unset: as fast as the host computes it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import collections
 import os
 import threading
+import time
 import types
 import warnings
 import zlib
@@ -43,6 +49,30 @@ import numpy as np
 DEFAULT_DEVICES = 2
 DEVICES_ENV = "OCTORAY_EMULATED_DEVICES"
 HBM_BANKS = 32
+GZIP_RATE_ENV = "OCTORAY_EMULATED_GZIP_MBPS"
+CNV_RATE_ENV = "OCTORAY_EMULATED_CNV_IPS"
+
+
+def emulated_rate(name: str, scale: float = 1.0) -> float | None:
+    """A card speed from the environment (units per second times `scale`), None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        rate = float(value) * scale
+    except ValueError:
+        raise EmulatorError(f"{name}={value!r} is not a number") from None
+    if not rate > 0:
+        raise EmulatorError(f"{name}={value!r} must be above 0")
+    return rate
+
+
+def pace(started: float, amount: float, rate: float | None) -> None:
+    """Sleep until `amount` units at `rate` per second have passed since `started`."""
+    if rate:
+        left = started + amount / rate - time.monotonic()
+        if left > 0:
+            time.sleep(left)
 
 
 class EmulatorError(RuntimeError):
@@ -317,6 +347,7 @@ class GzipCompBlockKernel(_Kernel):
     arguments = ("in", "out", "compressd_size", "checksumData", "input_size", "checksumType")
 
     def _run(self, src, dst, sizes, checksum, input_size, checksum_type) -> _Handle:
+        started = time.monotonic()
         specs = self.manifest["buffers"]
         src = self._buffer("in", src, specs["in"]["dtype"], specs["in"]["shape"])
         dst = self._buffer("out", dst, specs["out"]["dtype"], specs["out"]["shape"])
@@ -345,6 +376,7 @@ class GzipCompBlockKernel(_Kernel):
         else:
             result = zlib.adler32(data, register)
         self._write("checksumData", checksum, np.array([result], dtype="<u4"))
+        pace(started, n, self.overlay.emulator.gzip_rate)
         return _Handle()
 
 
@@ -377,6 +409,7 @@ class Lz77CompressKernel(_Kernel):
     MIN_BLOCK = 128
 
     def _run(self, src, lz77, sizes, lengths, ltree, dtree, block_kb, input_size) -> _Handle:
+        started = time.monotonic()  # the pair's time is charged here (the Huffman pass follows)
         specs = self.manifest["buffers"]
         src = self._spec_buffer("in", src, specs["in"])
         lz77 = self._spec_buffer("out", lz77, specs["lz77_out"])
@@ -419,6 +452,7 @@ class Lz77CompressKernel(_Kernel):
         self._write("dyn_dtree_freq", dtree, dfreq)
         stores = {"lz77": lz77._store, "sizes": sizes._store, "ltree": ltree._store, "dtree": dtree._store}
         self.overlay._lz77_state = _Lz77HuffmanState(stores, n, block, lengths)
+        pace(started, n, self.overlay.emulator.gzip_rate)
         return _Handle()
 
 
@@ -502,8 +536,9 @@ class FinnDmaKernel(_Kernel):
         pipeline = self.overlay._pipeline
         if self.direction == "in":
             per_image = int(np.prod(io["ishape_packed"][1:]))
+            started = time.monotonic()
             raw = self._read("in0_V", buffer, reps * per_image)
-            pipeline["inputs"].append(self.overlay._network(raw, reps))
+            pipeline["inputs"].append((started, self.overlay._network(raw, reps)))
             return _Handle()
         per_image = int(np.prod(io["oshape_packed"][1:]))
         if reps * per_image > buffer.nbytes:
@@ -513,7 +548,8 @@ class FinnDmaKernel(_Kernel):
             if not pipeline["inputs"]:
                 raise EmulatorError(f"{self.name}: waiting for {reps} outputs that no input DMA started: "
                                     f"the card would hang")
-            classes = pipeline["inputs"].popleft()
+            started, classes = pipeline["inputs"].popleft()
+            pace(started, reps, self.overlay.emulator.cnv_rate)
             if len(classes) != reps:
                 raise EmulatorError(f"{self.name}: {reps} outputs expected, the input DMA sent {len(classes)} "
                                     f"images: the card would hang or leave data in the pipeline")
@@ -629,6 +665,8 @@ class EmulatedPynq:
         self.lock = threading.RLock()
         self.stats: collections.Counter = collections.Counter()
         self._classifier = classifier  # images uint8 (N, 32, 32, 3) -> classes (N,)
+        self.gzip_rate = emulated_rate(GZIP_RATE_ENV, 1e6)  # bytes/s of one card, None: unpaced
+        self.cnv_rate = emulated_rate(CNV_RATE_ENV)  # images/s of one card
         self.Device = _DeviceClass("Device", (EmulatedDevice,),
                                    {"_emulator": self, "_count": devices, "_devices": None, "active_device": None})
 

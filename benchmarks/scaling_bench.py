@@ -1,0 +1,307 @@
+"""Scale-out: fgzip and fclassify over N = 1, 2, 4 and 8 emulated cards, on the embedded
+default (N cards in one process) and on a loopback Dask cluster of N worker processes, one
+card each (OctoRay's layout), in one run.
+
+    python benchmarks/scaling_bench.py                          # defaults below
+    python benchmarks/scaling_bench.py --cards 1 2 4 8 --runs 3 --plot docs/scaling.png
+
+The cards are the PYNQ emulator's (OCTORAY_ACCELERATOR=fpga-emulator) with its throughput
+model: each gzip run lasts at least its input / --gzip-mbps, each CNV batch its images /
+--cnv-ips, waiting without a CPU, while the result is still computed on the host.  The
+rates are chosen so that eight cards' real host work fits in two cores: what is measured is
+how well octoray keeps N cards busy, not the host's speed.
+
+Set-ups, for each N (every process a real one, started here and stopped at the end):
+- embedded: `fgzip -c FILE` / `fclassify DIR` with OCTORAY_EMULATED_DEVICES=N;
+- dask: `dask scheduler` + N x `dask worker --nthreads 1 --preload octoray.worker` with
+  OCTORAY_DEVICE=i, the tools given --scheduler; fgzip both from a pipe (`cat FILE |`:
+  every byte travels through the client) and given the file (the workers read it).
+
+Each figure is the median of --runs; "speedup" is throughput over the same set-up's N = 1,
+"efficiency" speedup / N.  Wall times are whole processes; the start-up (the same command on
+an empty input) is reported beside them, and the steady rate excludes it.  The client's CPU
+seconds (user + system of the fgzip process alone, `cat` not counted) per GB of input are
+measured on the pipe and file runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fclassify_bench import DEFAULT_ARCHIVE, extract  # noqa: E402
+from gzip_bench import SILESIA, build_corpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tool_argv(name: str) -> list[str]:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    return [found] if found else [sys.executable, str(ROOT / "bin" / name)]
+
+
+def card_env(cards: int, args, **extra) -> dict:
+    env = dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator", OCTORAY_EMULATED_DEVICES=str(cards),
+               OCTORAY_EMULATED_GZIP_MBPS=str(args.gzip_mbps), OCTORAY_EMULATED_CNV_IPS=str(args.cnv_ips),
+               PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", **extra)
+    env.pop("OCTORAY_DEVICE", None)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env
+
+
+class LoopbackCluster:
+    """A scheduler and `cards` workers, worker i driving emulated card i, on 127.0.0.1."""
+
+    def __init__(self, where: Path, cards: int, args):
+        where.mkdir(parents=True, exist_ok=True)
+        self.where, self.file = where, where / "scheduler.json"
+        self.env = card_env(cards, args, OCTORAY_LOCK_DIR=str(where / "locks"))
+        self.procs = [self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                  "127.0.0.1:0", "--scheduler-file", str(self.file), "--no-show")]
+        while not self.file.exists():
+            time.sleep(0.1)
+        time.sleep(0.3)
+        self.address = json.loads(self.file.read_text())["address"]
+        for i in range(cards):
+            self.procs.append(self._start("worker", self.address, "--name", f"card{i}", "--nthreads", "1",
+                                          "--no-dashboard", "--preload", "octoray.worker", device=i))
+        deadline = time.time() + 120
+        while self.status().count("fpga-emulator:") < cards:
+            if time.time() > deadline:
+                raise RuntimeError(f"the workers did not join: {self.status()}")
+            time.sleep(0.5)
+
+    def _start(self, *argv: str, device: int | None = None) -> subprocess.Popen:
+        env = self.env if device is None else dict(self.env, OCTORAY_DEVICE=str(device))
+        log = open(self.where / f"{argv[0]}-{len(getattr(self, 'procs', []))}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "dask", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
+
+    def status(self) -> str:
+        return subprocess.run([*tool_argv("octoray"), "status", "--scheduler", self.address],
+                              capture_output=True, text=True, env=self.env).stdout
+
+    def cpu_seconds(self) -> float:
+        import psutil  # distributed depends on it
+
+        total = 0.0
+        for proc in self.procs:
+            try:
+                times = psutil.Process(proc.pid).cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_once(argv: list[str], env: dict, pipe_from: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and the tool's own CPU seconds (user + system) of one run; output to
+    /dev/null; input piped from `cat pipe_from` when given."""
+    start = time.perf_counter()
+    cat = None
+    with open(os.devnull, "wb") as sink:
+        if pipe_from is not None:
+            cat = subprocess.Popen(["cat", str(pipe_from)], stdout=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdin=cat.stdout if cat else subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.PIPE, env=env)
+        if cat:
+            cat.stdout.close()
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if cat:
+            cat.wait()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err.decode(errors='replace')}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def corpus_file(workdir: Path, megabytes: int) -> Path:
+    """The Silesia files as one file, repeated up to `megabytes` MB (the same bytes every run)."""
+    one = build_corpus(sorted(SILESIA.glob("*.xz")), workdir)
+    target = workdir / "input"
+    size = megabytes * 1_000_000
+    with open(target, "wb") as out, open(one, "rb") as src:
+        written = 0
+        while written < size:
+            src.seek(0)
+            piece = src.read(size - written)
+            out.write(piece)
+            written += len(piece)
+    one.unlink()
+    return target
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cards", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--gzip-mbps", type=float, default=20.0, help="one emulated card's gzip rate (MB/s of input)")
+    p.add_argument("--cnv-ips", type=float, default=500.0, help="one emulated card's CNV rate (images/s)")
+    p.add_argument("--megabytes", type=int, default=400, help="fgzip's input (the Silesia files, repeated)")
+    p.add_argument("--images", type=int, default=8000, help="fclassify's input (CIFAR-10 training JPEGs)")
+    p.add_argument("--tools", nargs="+", default=["fgzip", "fclassify"], choices=["fgzip", "fclassify"])
+    p.add_argument("--modes", nargs="+", default=["embedded", "dask"], choices=["embedded", "dask"])
+    p.add_argument("--plot", type=Path, help="draw the speedups into this PNG (matplotlib)")
+    p.add_argument("--json", type=Path, help="write every measurement here")
+    args = p.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="scaling-bench-"))
+    clusters: dict[int, LoopbackCluster] = {}
+    try:
+        data = corpus_file(workdir, args.megabytes) if "fgzip" in args.tools else None
+        empty = workdir / "empty"
+        empty.write_bytes(b"")
+        images = extract(DEFAULT_ARCHIVE, args.images, workdir / "images") if "fclassify" in args.tools else None
+        one_image = workdir / "one-image"
+        if images is not None:
+            one_image.mkdir()
+            first = next(images.rglob("*.jpg"))
+            shutil.copy(first, one_image / first.name)
+        if "dask" in args.modes:
+            for n in args.cards:
+                clusters[n] = LoopbackCluster(workdir / f"cluster{n}", n, args)
+
+        # (name, tool, N) -> command parts; each set-up's start-up is its command on an empty input
+        setups = []
+        for n in args.cards:
+            embedded_env = card_env(n, args, OCTORAY_LOCK_DIR=str(workdir / "embedded-locks"))
+            for tool in args.tools:
+                if "embedded" in args.modes:
+                    setups.append(("embedded", tool, n, embedded_env, [], None))
+                if "dask" in args.modes:
+                    on = ["--scheduler", clusters[n].address]
+                    env = card_env(n, args)
+                    if tool == "fgzip":
+                        setups.append(("dask, pipe", tool, n, env, on, "pipe"))
+                        setups.append(("dask, file", tool, n, env, on, None))
+                    else:
+                        setups.append(("dask", tool, n, env, on, None))
+
+        def command(tool, extra, source, empty_input):
+            if tool == "fgzip":
+                if source == "pipe":
+                    return [*tool_argv("fgzip"), *extra], (empty if empty_input else data)
+                return [*tool_argv("fgzip"), "-c", *extra, str(empty if empty_input else data)], None
+            return [*tool_argv("fclassify"), "--batch", "64", *extra,
+                    str(one_image if empty_input else images)], None
+
+        results = {}
+        for name, tool, n, env, extra, source in setups:
+            results[(name, tool, n)] = {"wall": [], "cpu": [], "start_wall": [], "start_cpu": []}
+        for _ in range(args.runs):
+            for name, tool, n, env, extra, source in setups:
+                record = results[(name, tool, n)]
+                cmd, pipe = command(tool, extra, source, False)
+                wall, cpu = run_once(cmd, env, pipe)
+                record["wall"].append(wall)
+                record["cpu"].append(cpu)
+                cmd, pipe = command(tool, extra, source, True)
+                wall, cpu = run_once(cmd, env, pipe)
+                record["start_wall"].append(wall)
+                record["start_cpu"].append(cpu)
+                print(f"  {tool} {name} N={n}: {record['wall'][-1]:.2f} s (start-up {wall:.2f} s)", file=sys.stderr)
+
+        amount = {"fgzip": data.stat().st_size if data else 0, "fclassify": args.images}
+        unit = {"fgzip": "MB/s", "fclassify": "images/s"}
+        scale = {"fgzip": 1e6, "fclassify": 1.0}
+        table = []
+        for (name, tool, n), record in results.items():
+            wall = statistics.median(record["wall"])
+            start = statistics.median(record["start_wall"])
+            cpu = statistics.median(record["cpu"])
+            start_cpu = statistics.median(record["start_cpu"])
+            table.append({"tool": tool, "setup": name, "cards": n, "wall": wall, "startup": start,
+                          "rate": amount[tool] / wall / scale[tool],
+                          "steady": amount[tool] / max(wall - start, 1e-9) / scale[tool],
+                          "client_cpu": cpu, "client_cpu_startup": start_cpu})
+        for row in table:
+            base = next(r for r in table if r["tool"] == row["tool"] and r["setup"] == row["setup"]
+                        and r["cards"] == min(args.cards))
+            row["speedup"] = row["rate"] / base["rate"] * min(args.cards)
+            row["steady_speedup"] = row["steady"] / base["steady"] * min(args.cards)
+        training = "running" if _training_running() else "not running"
+        print(f"\nemulated cards at {args.gzip_mbps:g} MB/s (gzip) and {args.cnv_ips:g} images/s (CNV) each; "
+              f"fgzip: {amount['fgzip'] / 1e6:,.0f} MB, fclassify: {args.images:,} JPEGs (--batch 64); "
+              f"median of {args.runs}; {os.cpu_count()} CPUs; background training {training}\n")
+        print("| tool | set-up | cards | wall s | start-up s | rate | speedup | efficiency | steady rate | "
+              "steady speedup | client CPU s/GB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in table:
+            per_gb = ""
+            if row["tool"] == "fgzip" and row["setup"] != "embedded":
+                per_gb = f"{(row['client_cpu'] - row['client_cpu_startup']) / (amount['fgzip'] / 1e9):.2f}"
+            u = unit[row["tool"]]
+            print(f"| {row['tool']} | {row['setup']} | {row['cards']} | {row['wall']:.2f} | {row['startup']:.2f} | "
+                  f"{row['rate']:,.0f} {u} | {row['speedup']:.2f}x | {row['speedup'] / row['cards']:.0%} | "
+                  f"{row['steady']:,.0f} {u} | {row['steady_speedup']:.2f}x | {per_gb} |")
+        if args.json:
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "training": training, "rows": table}, indent=1))
+        if args.plot:
+            plot(table, args, args.plot)
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _training_running() -> bool:
+    """Whether a niced model-training process is using the CPU beside the benchmark."""
+    import psutil
+
+    return any(proc.info["nice"] and proc.info["nice"] > 0 and proc.cpu_percent(0.2) > 20
+               for proc in psutil.process_iter(["nice"]))
+
+
+def plot(table: list[dict], args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tools = sorted({row["tool"] for row in table}, key=lambda t: t != "fgzip")
+    fig, axes = plt.subplots(1, len(tools), figsize=(5.2 * len(tools), 4.2), squeeze=False)
+    for ax, tool in zip(axes[0], tools):
+        cards = sorted({row["cards"] for row in table})
+        ax.plot(cards, cards, color="0.7", linestyle="--", label="ideal (N x one card)")
+        for setup in sorted({row["setup"] for row in table if row["tool"] == tool}):
+            rows = sorted((r for r in table if r["tool"] == tool and r["setup"] == setup), key=lambda r: r["cards"])
+            ax.plot([r["cards"] for r in rows], [r["speedup"] for r in rows], marker="o", label=setup)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xticks(cards, [str(c) for c in cards])
+        ax.set_yticks(cards, [str(c) for c in cards])
+        ax.set_xlabel("emulated cards")
+        ax.set_ylabel("speedup over one card (whole runs)")
+        ax.set_title(f"{tool}: {'gzip %g MB/s' % args.gzip_mbps if tool == 'fgzip' else 'CNV %g images/s' % args.cnv_ips} a card")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

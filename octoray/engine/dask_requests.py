@@ -1,0 +1,217 @@
+"""Tasks sent straight from the client to the workers of a Dask cluster, one request each.
+
+A Dask task costs several round trips through the scheduler (scatter: three; submit; the
+result: two more) and the scheduler's CPU: measured, about 8 ms of the client's CPU a task
+and a ceiling on how fast one client can feed the cards.  Here the client sends each task to
+a worker as one request that octoray's preload answers (``octoray_run``), data and function
+inside, the result in the reply, over Dask's own connections (TLS included).  The client
+places the tasks itself: each worker gets at most two per thread (one running, one waiting,
+so its card never idles), the least loaded first.  The scheduler is asked only who the
+workers are, at most once a second.
+
+A worker lost mid-request (its connection breaks) is left out for a few seconds and the task
+goes to another one; after RESUBMISSIONS such losses the run fails.  A worker that sees the
+input file differently from this host gets that task's bytes instead of its ranges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from octoray.engine.dask_executor import NO_WORKERS_TIMEOUT, POLL, RESUBMISSIONS, ClusterError
+
+PER_THREAD = 2  # requests in flight per worker thread
+LEFT_OUT = 5.0  # seconds a worker whose connection broke is not sent anything
+
+
+class _Slot:
+    """What the client knows of one worker."""
+
+    __slots__ = ("address", "name", "threads", "busy", "left_out_until", "sees_file")
+
+    def __init__(self, address: str):
+        self.address, self.name = address, address
+        self.threads, self.busy, self.left_out_until = 1, 0, 0.0
+        self.sees_file: bool | None = None  # None: not asked
+
+
+class WorkerPool:
+    def __init__(self, executor):
+        self.executor = executor
+        self.client = executor.client
+        self.slots: dict[str, _Slot] = {}
+        self.shared_file = None  # (fd, path, identity) while the workers read the input themselves
+        self._asked = 0.0
+        self._wake: asyncio.Condition | None = None
+        self._plugin_installed = False
+        self._update(self.client.scheduler_info()["workers"])
+
+    def threads(self) -> int:
+        return sum(slot.threads for slot in self.slots.values())
+
+    def _update(self, workers: dict) -> None:
+        for address, info in workers.items():
+            slot = self.slots.get(address)
+            if slot is None:
+                slot = self.slots[address] = _Slot(address)
+            slot.threads = max(1, int(info.get("nthreads", 1) or 1))
+            slot.name = str(info.get("name", address))
+        for address in [a for a in self.slots if a not in workers]:
+            del self.slots[address]
+
+    async def refresh(self, force: bool = False) -> None:
+        """Ask the scheduler who the workers are (at most once a second unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._asked < 1.0:
+            return
+        self._asked = now
+        try:
+            info = await asyncio.wait_for(self.client.scheduler.identity(), POLL)
+        except (asyncio.TimeoutError, TimeoutError):
+            return
+        except OSError as error:
+            self.executor.lost = True
+            raise ClusterError(f"lost the cluster at {self.executor.address}: {error}") from None
+        self._update(info.get("workers", {}))
+        await self._notify()
+
+    async def wait_for_workers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.executor._check_alive()
+            await self.refresh(force=True)
+            if self.slots:
+                return
+            if time.monotonic() >= deadline:
+                address = self.executor.address
+                raise ClusterError(f"the cluster at {address} has no workers (start them with "
+                                   f"`dask worker {address} --preload octoray.worker`)")
+            await asyncio.sleep(0.2)
+
+    async def _notify(self) -> None:
+        wake = self._condition()
+        async with wake:
+            wake.notify_all()
+
+    def _condition(self) -> asyncio.Condition:
+        if self._wake is None:  # made on the client's event loop, where it is used
+            self._wake = asyncio.Condition()
+        return self._wake
+
+    def _free(self) -> _Slot | None:
+        now, best = time.monotonic(), None
+        for slot in self.slots.values():
+            if slot.left_out_until > now or slot.busy >= PER_THREAD * slot.threads:
+                continue
+            if best is None or slot.busy * best.threads < best.busy * slot.threads:
+                best = slot
+        return best
+
+    async def _take(self) -> _Slot:
+        """The least loaded worker with room for a request; waits while all are busy, and
+        fails when no worker at all is left for NO_WORKERS_TIMEOUT."""
+        alone_since = None
+        wake = self._condition()
+        while True:
+            self.executor._check_alive()
+            slot = self._free()
+            if slot is not None:
+                slot.busy += 1
+                return slot
+            now = time.monotonic()
+            if any(s.left_out_until <= now for s in self.slots.values()):
+                alone_since = None  # workers are there, only busy
+            else:
+                alone_since = alone_since or now
+                if now - alone_since > NO_WORKERS_TIMEOUT:
+                    raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
+                await self.refresh()
+            async with wake:
+                try:
+                    await asyncio.wait_for(wake.wait(), 0.2)
+                except (asyncio.TimeoutError, TimeoutError):
+                    pass
+
+    async def run(self, task):
+        """Send `task` to a worker and return its result; see the module docstring."""
+        from distributed.protocol import to_serialize
+
+        from octoray.engine.file_ranges import FileChanged
+
+        losses, failure = 0, None
+        while True:
+            slot = await self._take()
+            try:
+                payload = (task.fn, self._arguments_for(slot, task.args))
+                reply = await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
+            except (OSError, asyncio.TimeoutError) as error:
+                slot.left_out_until = time.monotonic() + LEFT_OUT
+                losses, failure = losses + 1, error
+                if losses > RESUBMISSIONS:
+                    raise ClusterError(f"a task failed on {losses} workers: {failure}") from None
+                continue
+            finally:
+                slot.busy -= 1
+                await self._notify()
+            if reply is None:  # the worker runs without octoray's preload
+                await self._install_plugin(slot)
+                continue
+            if reply.get("status") == "OK":
+                from octoray.worker import DeflatedChunks
+
+                return DeflatedChunks.unwrap(reply["result"])
+            error = reply["exception"]
+            if isinstance(error, FileChanged) and self.shared_file is not None:
+                self._check_file()  # raises if the file changed here too
+                slot.sees_file = False  # that worker sees another file: send it the bytes
+                continue
+            raise error
+
+    def _arguments_for(self, slot: _Slot, args: tuple) -> tuple:
+        """The task's arguments for `slot`: file ranges stay ranges where the worker reads the
+        file itself, else they become bytes read here."""
+        if self.shared_file is None or slot.sees_file:
+            return args
+        from octoray.engine.file_ranges import FileChunk
+        from octoray.engine.stream import JobGroup
+
+        fd = self.shared_file[0]
+
+        def here(value):
+            return value.read(fd) if isinstance(value, FileChunk) else value
+
+        return tuple(JobGroup([tuple(here(v) for v in job) for job in a.jobs]) if isinstance(a, JobGroup)
+                     else here(a) for a in args)
+
+    def _check_file(self) -> None:
+        import os
+
+        from octoray.engine.file_ranges import changed, identity
+
+        fd, path, ident = self.shared_file
+        if identity(os.fstat(fd)) != ident:
+            raise changed(path)
+
+    async def who_sees(self, path: str, ident: tuple[int, int]) -> list[str]:
+        """The workers that see `path` with the identity this host sees."""
+        async def ask(slot: _Slot) -> None:
+            try:
+                seen = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=path), 5)
+            except (OSError, asyncio.TimeoutError):
+                seen = None
+            slot.sees_file = seen is not None and tuple(seen) == tuple(ident)
+
+        await asyncio.gather(*(ask(slot) for slot in list(self.slots.values())))
+        return [slot.address for slot in self.slots.values() if slot.sees_file]
+
+    async def _install_plugin(self, slot: _Slot) -> None:
+        """Register octoray's worker plugin with the cluster (once): workers started without
+        ``--preload octoray.worker`` then answer the requests too."""
+        if self._plugin_installed:
+            slot.left_out_until = float("inf")  # installed, and still no answer: not an octoray worker
+            return
+        from octoray.worker import AcceleratorPlugin
+
+        self._plugin_installed = True
+        await asyncio.get_running_loop().run_in_executor(None, self.client.register_plugin, AcceleratorPlugin())

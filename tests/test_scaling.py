@@ -1,0 +1,231 @@
+"""Scale-out: every card of the host on the embedded default, the emulated cards' throughput
+model, the one-process-per-card rule, and a cluster whose workers read a shared input file
+themselves (byte-exact, a killed worker survived, a changing file refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, fgzip, run, text_like, tool
+from test_cluster import Cluster
+
+
+def cards_env(cards: int, **extra) -> dict:
+    env = dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator", OCTORAY_EMULATED_DEVICES=str(cards), **extra)
+    for name in ("OCTORAY_DEVICE", "DASK_SCHEDULER_ADDRESS", "OCTORAY_LOCK_DIR"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
+def status_rows(env: dict, *argv: str) -> list[list[str]]:
+    result = run([*tool("octoray"), "status", *argv], env=env, check=True)
+    return [line.split() for line in result.stdout.decode().splitlines()[1:]]
+
+
+# --- the embedded default drives every card ---------------------------------------------------
+
+def test_status_lists_every_card_and_octoray_device_restricts_them():
+    rows = status_rows(cards_env(3))
+    assert [row[1] for row in rows] == ["fpga-emulator:0", "fpga-emulator:1", "fpga-emulator:2"]
+    assert all(row[0] == "local" and row[-2] == "2" for row in rows)  # two threads a card
+    rows = status_rows(cards_env(4, OCTORAY_DEVICE="0,2"))
+    assert [row[1] for row in rows] == ["fpga-emulator:0", "fpga-emulator:2"]
+    missing = run([*tool("octoray"), "status"], env=cards_env(2, OCTORAY_DEVICE="3"))
+    assert missing.returncode == 1
+    assert missing.stderr == b"octoray: accelerator 'fpga-emulator': no card 3 (2 found)\n"
+    bad = run([*tool("octoray"), "status"], env=cards_env(2, OCTORAY_DEVICE="one"))
+    assert bad.returncode == 1 and b"OCTORAY_DEVICE='one' is not a card index" in bad.stderr
+
+
+LANES_PROBE = """
+import json, os, sys
+from octoray.engine.cluster import open_executor
+from octoray.jobs.gzip import compress_stream
+out = bytearray()
+with open_executor() as executor:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    compress_stream(fd, out.extend, executor, block_size=1 << 18)
+    sys.stdout.buffer.write(bytes(out))
+    sys.stderr.write(json.dumps([[row["accelerator"], row["tasks"]] for row in executor.describe()]))
+"""
+
+
+def test_the_embedded_default_keeps_every_card_busy_with_the_same_output(tmp_path, gzip_bin):
+    data = tmp_path / "data"
+    data.write_bytes(text_like(6 << 20, seed=31))
+    outputs = {}
+    for cards in (1, 4):
+        env = cards_env(cards, OCTORAY_EMULATED_GZIP_MBPS="200", PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, "-c", LANES_PROBE, str(data)], capture_output=True, env=env,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        lanes = json.loads(result.stderr)
+        assert [name.split()[0] for name, _ in lanes] == [f"fpga-emulator:{i}" for i in range(cards)]
+        assert all(tasks >= 2 for _, tasks in lanes), lanes  # 24 chunks: every card took some
+        outputs[cards] = result.stdout
+    assert outputs[4] == outputs[1]
+    assert run([gzip_bin, "-dc"], input=outputs[4], check=True).stdout == data.read_bytes()
+    cli = fgzip("-c", data, env=cards_env(4), check=True)
+    assert run([gzip_bin, "-dc"], input=cli.stdout, check=True).stdout == data.read_bytes()
+
+
+# --- the emulated cards' throughput model -------------------------------------------------------
+
+def test_an_emulated_card_takes_as_long_as_its_rate_says_without_holding_a_cpu(monkeypatch):
+    import numpy as np
+
+    from octoray.kernels.fpga import FpgaAccelerator
+    from octoray.kernels.fpga_emulator import EmulatedPynq
+
+    monkeypatch.setenv("OCTORAY_EMULATED_GZIP_MBPS", "20")
+    monkeypatch.setenv("OCTORAY_EMULATED_CNV_IPS", "400")
+    emulator = EmulatedPynq(devices=2, classifier=lambda images: images[:, 0, 0, 0] % 10)
+    cards = [FpgaAccelerator(i, pynq_module=emulator, kind="fpga-emulator") for i in range(2)]
+    try:
+        data = text_like(4_000_000, seed=5)
+        cards[0].deflate(data[:100_000], None, 6, False)  # load the overlay first
+        start, cpu = time.monotonic(), time.process_time()
+        body = cards[0].deflate(data, None, 6, True)
+        alone, alone_cpu = time.monotonic() - start, time.process_time() - cpu
+        assert alone >= 0.2  # 4 MB at 20 MB/s
+        assert alone_cpu < alone / 2  # the rest of the time the card waited, not computed
+        import zlib
+
+        assert zlib.decompressobj(-15).decompress(body) == data  # and the result is real
+
+        cards[1].deflate(data[:100_000], None, 6, False)
+        start = time.monotonic()
+        threads = [threading.Thread(target=card.deflate, args=(data, None, 6, True)) for card in cards]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        both = time.monotonic() - start
+        assert both < 1.6 * alone  # two cards wait side by side: no lock or GIL held while waiting
+
+        images = np.zeros((80, 32, 32, 3), dtype=np.uint8)
+        images[:, 0, 0, 0] = np.arange(80)
+        start = time.monotonic()
+        scores = cards[0].cnv_scores(images)
+        assert time.monotonic() - start >= 0.2  # 80 images at 400 a second
+        assert scores.argmax(axis=1).tolist() == [i % 10 for i in range(80)]
+    finally:
+        for card in cards:
+            card.close()
+
+
+def test_an_invalid_rate_is_a_clear_error():
+    result = fgzip("-c", input=b"x" * 100, env=cards_env(1, OCTORAY_EMULATED_GZIP_MBPS="fast"))
+    assert result.returncode == 1
+    assert result.stderr == (b"fgzip: accelerator 'fpga-emulator': EmulatorError: "
+                             b"OCTORAY_EMULATED_GZIP_MBPS='fast' is not a number\n")
+
+
+# --- one process per card -----------------------------------------------------------------------
+
+def test_workers_without_octoray_device_share_the_cards_and_never_fight_for_one(tmp_path):
+    locks = tmp_path / "locks"
+    c = Cluster(tmp_path, env=cards_env(3, OCTORAY_LOCK_DIR=str(locks)))
+    try:
+        c.add_worker("both", None, accelerator="fpga-emulator", threads=2)  # takes cards 0 and 1
+        c.wait_for_workers(1)
+        c.add_worker("rest", None, accelerator="fpga-emulator")  # takes the card left: 2
+        c.wait_for_workers(2)
+        rows = status_rows(dict(os.environ), "--scheduler", c.address)
+        assert [(row[0], row[1]) for row in rows] == [
+            ("both", "fpga-emulator:0"), ("both", "fpga-emulator:1"), ("rest", "fpga-emulator:2")]
+        held = run([*tool("octoray"), "status"], env=cards_env(3, OCTORAY_LOCK_DIR=str(locks), OCTORAY_DEVICE="1"))
+        assert held.returncode == 1
+        pid = c.workers["both"].pid
+        assert held.stderr == (f"octoray: accelerator 'fpga-emulator': card 1 is held by another process "
+                               f"(card 1: pid {pid}); OCTORAY_DEVICE picks others\n").encode()
+        none_free = run([*tool("fgzip"), "-c"], input=b"x", env=cards_env(3, OCTORAY_LOCK_DIR=str(locks)))
+        assert none_free.returncode == 1 and b"card 0, 1, 2 is held by another process" in none_free.stderr
+    finally:
+        c.stop()
+
+
+# --- workers that read the input file themselves ------------------------------------------------
+
+@pytest.fixture
+def card_cluster(tmp_path):
+    """Two workers, one emulated card each, slow enough (12 MB/s) to act on mid-run."""
+    c = Cluster(tmp_path, env=cards_env(2, OCTORAY_EMULATED_GZIP_MBPS="12"))
+    c.add_worker("card0", 0, accelerator="fpga-emulator")
+    c.add_worker("card1", 1, accelerator="fpga-emulator")
+    c.wait_for_workers(2)
+    yield c
+    c.stop()
+
+
+def test_workers_read_a_shared_file_themselves_with_the_same_output(tmp_path, gzip_bin):
+    """Byte for byte what the embedded default writes, from the file, from stdin redirected
+    from it, and from a pipe (CPU workers at -6: libdeflate is deterministic, the emulated
+    cards' ISA-L level 1 now and then encodes a block differently, though always validly)."""
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker("w0", 0)
+        c.add_worker("w1", 1)
+        c.wait_for_workers(2)
+        data = text_like(20 << 20, seed=32)
+        path = tmp_path / "input"
+        path.write_bytes(data)
+        on = ["--scheduler", c.address]
+        cpu = dict(os.environ, OCTORAY_ACCELERATOR="cpu")
+        embedded = fgzip("-cn", path, env=cpu, check=True).stdout  # -n: no name, as from a pipe
+        shared = fgzip("-cnv", *on, path, env=cpu, check=True)
+        assert shared.stdout == embedded
+        assert shared.stderr.decode().endswith(f"fgzip: 2 of 2 workers read {path} themselves\n")
+        piped = subprocess.run(f"cat {path} | {' '.join(tool('fgzip'))} -nv {' '.join(on)}", shell=True,
+                               capture_output=True, env=cpu, timeout=120)
+        assert piped.returncode == 0 and piped.stdout == embedded
+        assert piped.stderr.endswith(b"fgzip: the input is not a regular file: its data is sent to the workers\n")
+        with open(path, "rb") as stdin:  # stdin redirected from the file: read by the workers too
+            redirected = subprocess.run([*tool("fgzip"), "-nv", *on], stdin=stdin, capture_output=True,
+                                        env=cpu, timeout=120)
+        assert redirected.stdout == embedded and b"2 of 2 workers read" in redirected.stderr
+        assert run([gzip_bin, "-dc"], input=embedded, check=True).stdout == data
+        assert sum(c.status().values()) >= 3 * 3  # each run's 3 tasks ran on the cluster
+        fgzip("-k", *on, path, env=cpu, check=True)  # to a file beside it, as gzip does
+        assert run([gzip_bin, "-dc", f"{path}.gz"], check=True).stdout == data
+    finally:
+        c.stop()
+
+
+def test_a_worker_killed_while_workers_read_the_file_does_not_break_the_output(card_cluster, tmp_path, gzip_bin):
+    data = text_like(48 << 20, seed=33)  # two cards at 12 MB/s: about 2 s
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    proc = subprocess.Popen([*tool("fgzip"), "-c", "--scheduler", card_cluster.address, str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(2))
+    timer = threading.Timer(0.8, lambda: card_cluster.workers["card1"].send_signal(signal.SIGKILL))
+    timer.start()
+    out, err = proc.communicate(timeout=180)
+    timer.join()
+    assert card_cluster.workers["card1"].poll() is not None  # it was killed before the end
+    assert proc.returncode == 0, err
+    assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+
+
+def test_a_file_that_changes_under_the_workers_is_reported_not_mixed(card_cluster, tmp_path):
+    data = text_like(64 << 20, seed=34)  # two cards at 12 MB/s: about 3 s
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    proc = subprocess.Popen([*tool("fgzip"), "-k", "--scheduler", card_cluster.address, str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(2))
+    time.sleep(1.5)
+    with open(path, "r+b") as f:  # rewrite a piece of the last task's range, not read yet
+        f.seek(60 << 20)
+        f.write(b"X" * 4096)
+    out, err = proc.communicate(timeout=180)
+    assert (proc.returncode, err) == (1, f"fgzip: {path}: changed while the workers were reading it\n".encode())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("input")) == ["input"]
