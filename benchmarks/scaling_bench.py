@@ -19,7 +19,7 @@ Set-ups, for each N (every process a real one, started here and stopped at the e
 
 Each figure is the median of --runs; "speedup" is throughput over the same set-up's N = 1,
 "efficiency" speedup / N.  Wall times are whole processes; the start-up (the same command on
-an empty input) is reported beside them, and the steady rate excludes it.  The client's CPU
+1 KB, or on one image) is reported beside them, and the steady rate excludes it.  The client's CPU
 seconds (user + system of the fgzip process alone, `cat` not counted) per GB of input are
 measured on the pipe and file runs.
 """
@@ -157,9 +157,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cards", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--gzip-mbps", type=float, default=20.0, help="one emulated card's gzip rate (MB/s of input)")
-    p.add_argument("--cnv-ips", type=float, default=500.0, help="one emulated card's CNV rate (images/s)")
-    p.add_argument("--megabytes", type=int, default=400, help="fgzip's input (the Silesia files, repeated)")
+    p.add_argument("--gzip-mbps", type=float, default=10.0, help="one emulated card's gzip rate (MB/s of input)")
+    p.add_argument("--cnv-ips", type=float, default=250.0, help="one emulated card's CNV rate (images/s)")
+    p.add_argument("--megabytes", type=int, default=256, help="fgzip's input (the Silesia files, repeated)")
     p.add_argument("--images", type=int, default=8000, help="fclassify's input (CIFAR-10 training JPEGs)")
     p.add_argument("--tools", nargs="+", default=["fgzip", "fclassify"], choices=["fgzip", "fclassify"])
     p.add_argument("--modes", nargs="+", default=["embedded", "dask"], choices=["embedded", "dask"])
@@ -168,60 +168,62 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="scaling-bench-"))
-    clusters: dict[int, LoopbackCluster] = {}
+    cluster = None
     try:
         data = corpus_file(workdir, args.megabytes) if "fgzip" in args.tools else None
-        empty = workdir / "empty"
-        empty.write_bytes(b"")
+        tiny = workdir / "tiny"  # the start-up: a run on 1 KB (one task, every card opened)
+        tiny.write_bytes(b"octoray " * 128)
         images = extract(DEFAULT_ARCHIVE, args.images, workdir / "images") if "fclassify" in args.tools else None
         one_image = workdir / "one-image"
         if images is not None:
             one_image.mkdir()
             first = next(images.rglob("*.jpg"))
             shutil.copy(first, one_image / first.name)
-        if "dask" in args.modes:
-            for n in args.cards:
-                clusters[n] = LoopbackCluster(workdir / f"cluster{n}", n, args)
 
-        # (name, tool, N) -> command parts; each set-up's start-up is its command on an empty input
-        setups = []
-        for n in args.cards:
-            embedded_env = card_env(n, args, OCTORAY_LOCK_DIR=str(workdir / "embedded-locks"))
+        def setups(n: int, address: str | None):
+            """(set-up, tool, env, extra argv, pipe?) for N cards."""
             for tool in args.tools:
                 if "embedded" in args.modes:
-                    setups.append(("embedded", tool, n, embedded_env, [], None))
-                if "dask" in args.modes:
-                    on = ["--scheduler", clusters[n].address]
-                    env = card_env(n, args)
+                    yield "embedded", tool, card_env(n, args, OCTORAY_LOCK_DIR=str(workdir / "embedded-locks")), [], False
+                if address:
+                    env, on = card_env(n, args), ["--scheduler", address]
                     if tool == "fgzip":
-                        setups.append(("dask, pipe", tool, n, env, on, "pipe"))
-                        setups.append(("dask, file", tool, n, env, on, None))
+                        yield "dask, pipe", tool, env, on, True
+                        yield "dask, file", tool, env, on, False
                     else:
-                        setups.append(("dask", tool, n, env, on, None))
+                        yield "dask", tool, env, on, False
 
-        def command(tool, extra, source, empty_input):
+        def command(tool, extra, pipe, small):
             if tool == "fgzip":
-                if source == "pipe":
-                    return [*tool_argv("fgzip"), *extra], (empty if empty_input else data)
-                return [*tool_argv("fgzip"), "-c", *extra, str(empty if empty_input else data)], None
-            return [*tool_argv("fclassify"), "--batch", "64", *extra,
-                    str(one_image if empty_input else images)], None
+                source = tiny if small else data
+                if pipe:
+                    return [*tool_argv("fgzip"), *extra], source
+                return [*tool_argv("fgzip"), "-c", *extra, str(source)], None
+            return [*tool_argv("fclassify"), "--batch", "64", *extra, str(one_image if small else images)], None
 
-        results = {}
-        for name, tool, n, env, extra, source in setups:
-            results[(name, tool, n)] = {"wall": [], "cpu": [], "start_wall": [], "start_cpu": []}
-        for _ in range(args.runs):
-            for name, tool, n, env, extra, source in setups:
-                record = results[(name, tool, n)]
-                cmd, pipe = command(tool, extra, source, False)
-                wall, cpu = run_once(cmd, env, pipe)
-                record["wall"].append(wall)
-                record["cpu"].append(cpu)
-                cmd, pipe = command(tool, extra, source, True)
-                wall, cpu = run_once(cmd, env, pipe)
-                record["start_wall"].append(wall)
-                record["start_cpu"].append(cpu)
-                print(f"  {tool} {name} N={n}: {record['wall'][-1]:.2f} s (start-up {wall:.2f} s)", file=sys.stderr)
+        results: dict = {}
+        for _ in range(args.runs):  # rounds; in each, every N on a cluster of its own, set-ups taking turns
+            for n in args.cards:
+                cluster = LoopbackCluster(workdir / f"cluster{n}", n, args) if "dask" in args.modes else None
+                try:
+                    for name, tool, env, extra, pipe in setups(n, cluster.address if cluster else None):
+                        record = results.setdefault((name, tool, n), {"wall": [], "cpu": [], "start_wall": [],
+                                                                       "start_cpu": []})
+                        argv, pipe_from = command(tool, extra, pipe, False)
+                        wall, cpu = run_once(argv, env, pipe_from)
+                        argv, pipe_from = command(tool, extra, pipe, True)
+                        start_wall, start_cpu = run_once(argv, env, pipe_from)
+                        for key, value in (("wall", wall), ("cpu", cpu), ("start_wall", start_wall),
+                                           ("start_cpu", start_cpu)):
+                            record[key].append(value)
+                        print(f"  {tool} {name} N={n}: {wall:.2f} s, client CPU {cpu:.2f} s "
+                              f"(start-up {start_wall:.2f} s, {start_cpu:.2f} s)", file=sys.stderr)
+                finally:
+                    if cluster is not None:
+                        cluster.stop()
+                        cluster = None
+
+        client = client_cpu(args, workdir, data, tiny) if data is not None and "dask" in args.modes else None
 
         amount = {"fgzip": data.stat().st_size if data else 0, "fclassify": args.images}
         unit = {"fgzip": "MB/s", "fclassify": "images/s"}
@@ -256,16 +258,43 @@ def main(argv=None) -> int:
             print(f"| {row['tool']} | {row['setup']} | {row['cards']} | {row['wall']:.2f} | {row['startup']:.2f} | "
                   f"{row['rate']:,.0f} {u} | {row['speedup']:.2f}x | {row['speedup'] / row['cards']:.0%} | "
                   f"{row['steady']:,.0f} {u} | {row['steady_speedup']:.2f}x | {per_gb} |")
+        if client:
+            print(f"\nClient CPU per GB of input, fgzip on 2 workers with unpaced emulated cards (the cluster "
+                  f"faster than the client), {amount['fgzip'] / 1e6:,.0f} MB, median of {args.runs}; the start-up "
+                  f"(the same command on 1 KB) subtracted:\n")
+            print("| data path | client CPU s | start-up CPU s | CPU s per GB |")
+            print("| --- | --- | --- | --- |")
+            for name, (cpu, start) in client.items():
+                print(f"| {name} | {cpu:.2f} | {start:.2f} | {(cpu - start) / (amount['fgzip'] / 1e9):.2f} |")
         if args.json:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "training": training, "rows": table}, indent=1))
+                                             "training": training, "rows": table, "client_cpu": client}, indent=1))
         if args.plot:
             plot(table, args, args.plot)
     finally:
-        for cluster in clusters.values():
+        if cluster is not None:
             cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def client_cpu(args, workdir: Path, data: Path, tiny: Path) -> dict:
+    """The fgzip process's CPU seconds, through a pipe and reading the file, on a fast cluster."""
+    fast = argparse.Namespace(**dict(vars(args), gzip_mbps="", cnv_ips=""))
+    cluster = LoopbackCluster(workdir / "client-cpu", 2, fast)
+    try:
+        env, on = card_env(2, fast), ["--scheduler", cluster.address]
+        samples: dict = {"pipe (every byte through the client)": ([], []), "file (the workers read it)": ([], [])}
+        for _ in range(args.runs):
+            for name, (big, small) in samples.items():
+                for source, into in ((data, big), (tiny, small)):
+                    if name.startswith("pipe"):
+                        into.append(run_once([*tool_argv("fgzip"), *on], env, source)[1])
+                    else:
+                        into.append(run_once([*tool_argv("fgzip"), "-c", *on, str(source)], env)[1])
+        return {name: (statistics.median(big), statistics.median(small)) for name, (big, small) in samples.items()}
+    finally:
+        cluster.stop()
 
 
 def _training_running() -> bool:

@@ -23,9 +23,12 @@ STARTUP_WORKERS_TIMEOUT = 3.0  # a cluster with no workers at the start: an erro
 NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
 POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
-# Engine jobs per request (8 MiB of fgzip input): each request costs the client a few ms of
-# CPU (measured), small beside 8 jobs' data.
-JOBS_PER_TASK = 8
+# Engine jobs per request (4 MiB of fgzip input): a request costs the client about a ms of CPU,
+# small beside 4 jobs' data, and finer tasks keep several cards evenly busy to the end.
+JOBS_PER_TASK = 4
+# Where the workers read the file themselves a request carries no data, only its cost: fewer,
+# larger ones.
+FILE_JOBS_PER_TASK = 8
 
 
 class ClusterError(RuntimeError):
@@ -96,7 +99,8 @@ class DaskExecutor:
         self._timeouts = _timeouts()
         self.lost = False  # the scheduler went away: closing need not wait for it
         self.pool = WorkerPool(self)
-        self.jobs_per_task = max(1, int(os.environ.get("OCTORAY_JOBS_PER_TASK") or JOBS_PER_TASK))
+        self._jobs_asked = os.environ.get("OCTORAY_JOBS_PER_TASK")
+        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
         self.note = None  # how the data reached the workers, for -v
 
     @property
@@ -123,6 +127,7 @@ class DaskExecutor:
         themselves, else None (the caller reads and ships the bytes)."""
         from octoray.engine.file_ranges import file_chunks, file_source
 
+        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
         source = file_source(fd)
         if source is None:
             self.note = "the input is not a regular file: its data is sent to the workers"
@@ -135,6 +140,7 @@ class DaskExecutor:
             return None
         self.note = f"{len(seeing)} of {total} workers read {path} themselves"
         self.pool.shared_file = (fd, path, ident)
+        self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
     def _consumed(self, fd: int, chunks, end: int):

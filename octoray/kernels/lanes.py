@@ -15,14 +15,14 @@ host).
 
 from __future__ import annotations
 
+import _thread  # not threading: fgzip's start-up opens the lanes
 import os
 import sys
-import threading
 
 from octoray.kernels import ACCELERATOR_KINDS, AcceleratorError, open_accelerator
 
 DEFAULT_LOCK_DIR = "/tmp/octoray-cards"
-_tasks_lock = threading.Lock()
+_tasks_lock = _thread.allocate_lock()
 
 
 def requested_devices(value: str | None = None) -> list[int] | None:
