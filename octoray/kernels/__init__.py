@@ -93,10 +93,7 @@ def _auto_accelerator(device: int | None) -> Accelerator:
             reason = str(error)
         except (ImportError, OSError, RuntimeError) as error:
             reason = f"pynq failed: {type(error).__name__}: {error}"
-    cpu = CpuAccelerator()
-    cpu.fallback_reason = reason
-    cpu.name = f"cpu (no FPGA: {reason})"
-    return cpu
+    return CpuAccelerator(fallback_reason=reason)
 
 
 _lock = _thread.allocate_lock()

@@ -33,6 +33,8 @@ import sys
 import threading
 from pathlib import Path
 
+from octoray.formats.gzip import FINAL_EMPTY_BLOCK, SYNC_FLUSH_TAIL
+
 # numpy, json and asyncio are imported where used: `auto` on a host without pynq must stay as
 # light as the CPU kernels (fgzip's start-up)
 
@@ -44,7 +46,6 @@ FUNCTIONS = {"gzip": GZIP_OVERLAY, "cnv": CNV_OVERLAY}  # each function's prefer
 # every overlay that can serve a function, preferred first: the first whose xclbin is found is
 # used (the 2020.2+ single kernel before the 2019.2 pair: fewer runs, no host-side fallbacks)
 FUNCTION_OVERLAYS = {"gzip": (GZIP_OVERLAY, GZIP_HBM_OVERLAY), "cnv": (CNV_OVERLAY,)}
-FINAL_EMPTY_BLOCK = b"\x01\x00\x00\xff\xff"  # BFINAL=1, stored, LEN=0, NLEN=0xffff
 MANIFEST_FORMAT = "octoray-overlay"
 
 
@@ -311,7 +312,6 @@ class GzipDriver(_GzipOverlayDriver):
         return out.tobytes()
 
 
-SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"  # how a block ends after an empty stored block (sync flush)
 STORED_MAX = 65535  # a stored block's LEN is 16 bits
 
 
@@ -635,19 +635,25 @@ class FpgaAccelerator:
                 raise RuntimeError(f"{self.name} is closed")
             return self._thread.run(job)
 
-    def _fallback_for(self, function: str):
-        if function in self.available:
+    def _fallback_for(self, function: str, needs_cpu: bool = False):
+        """None where the card serves `function`, else the fallback accelerator; without one,
+        FpgaUnavailable saying why."""
+        if function in self.available and not needs_cpu:
             return None
         if self.fallback is None:
-            raise FpgaUnavailable(f"{self.name}: {self.missing.get(function, 'no overlay for ' + function)}")
+            why = "the kernel cannot do this variant" if needs_cpu and function in self.available \
+                else self.missing.get(function, "no overlay for " + function)
+            raise FpgaUnavailable(f"{self.name}: {why}")
         return self.fallback
 
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
-        """The kernel's blocks (it takes neither a dictionary nor a level), plus the final empty
-        block after a stream's last chunk."""
-        other = self._fallback_for("gzip")
+    def deflate(self, data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
+        """The kernel's blocks (it takes neither a dictionary nor a level: -1..-9 all run its
+        one setting), plus the final empty block after a stream's last chunk.  pigz's -11 and
+        its strategies (-H, -U) are variants the kernel cannot do: they run on the fallback."""
+        variant = strategy is not None or level not in range(10)
+        other = self._fallback_for("gzip", needs_cpu=variant)
         if other is not None:
-            return other.deflate(data, dictionary, level, last)
+            return other.deflate(data, dictionary, level, last, strategy)
         body = self._call("gzip", "deflate", data) if len(data) else b""
         return body + FINAL_EMPTY_BLOCK if last else body
 
