@@ -2,7 +2,8 @@
 
 Each process (the embedded default, or a Dask worker) opens its accelerator once, chosen by
 ``OCTORAY_ACCELERATOR`` (auto|cpu|fpga|fpga-emulator) and ``OCTORAY_DEVICE`` (card index),
-and every task in that process reaches it through :func:`local_accelerator`.
+and every task in that process reaches it through :func:`local_accelerator`.  What every
+accelerator offers is the Protocol in octoray.kernels.interfaces.
 """
 
 from __future__ import annotations
@@ -13,28 +14,9 @@ import _thread  # not threading: 3 ms of fgzip start-up for one lock
 
 ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
 
-
-class Accelerator:
-    """The interface every accelerator module implements (documentation; nothing inherits it)."""
-
-    name: str
-    """How `octoray status` and `-v` describe it: ``cpu``, ``fpga:0 gzip_u50``, ..."""
-
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
-        """Raw deflate of `data`, primed with `dictionary` where the kernel can use one.
-
-        The last chunk of a stream ends the deflate stream (final block); any other ends
-        byte-aligned without the final-block bit, so the next chunk's data can follow it."""
-
-    def cnv_scores(self, images):
-        """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) fc3 popcounts.
-
-        The class is the argmax, the lowest index winning a tie.  CPU kernels run the shipped
-        model file; an FPGA runs the model built into its overlay and returns only the top-1
-        class, as a one-hot row (1 for the class, 0 elsewhere)."""
-
-    def close(self) -> None:
-        ...
+TYPE_CHECKING = False  # the Protocol's module imports typing, which fgzip's start-up avoids
+if TYPE_CHECKING:
+    from octoray.kernels.interfaces import Accelerator
 
 
 class AcceleratorError(RuntimeError):

@@ -33,6 +33,7 @@ import threading
 
 import numpy as np
 
+from octoray import threads
 from octoray.formats.cnv_input import PIXEL_TO_Q17
 from octoray.formats.cnv_model import CONV_SHAPES, FC_SHAPES, CnvModel, fan_in
 from octoray.kernels import _cnv_native
@@ -120,7 +121,7 @@ class PackedModel:
 
 
 max_threads: int | None = None
-"""Threads a call may use when it runs alone; None: one per CPU this process may run on."""
+"""Threads a call may use when it runs alone; None: the run's thread budget (octoray.threads)."""
 
 _CHUNK = 32  # images a thread takes at a time (~4 ms of work)
 _lock = threading.Lock()
@@ -128,16 +129,10 @@ _active = 0  # calls of fc3_popcounts running now, which share the CPUs
 _executor = None
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _share() -> int:
-    """Threads one call may run now (the caller's included); called under _lock."""
-    return max(1, (max_threads or _cpus()) // max(1, _active))
+    """Threads one call may run now (the caller's included); called under _lock.  Calls that
+    run at once (the engine's workers) split the budget between them."""
+    return max(1, (max_threads or threads.budget()) // max(1, _active))
 
 
 def _pool():
@@ -146,7 +141,8 @@ def _pool():
         if _executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, _cpus()), thread_name_prefix="cnv_cpu")
+            _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, threads.available_cpus()),
+                                           thread_name_prefix="cnv_cpu")
         return _executor
 
 
