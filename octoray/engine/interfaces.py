@@ -1,6 +1,6 @@
 """The executor interface every engine backend satisfies (the embedded threads, Dask).
 
-A typing.Protocol, kept out of the start-up path (typing costs fgzip milliseconds): the
+A typing.Protocol, kept out of the start-up path (typing's import costs fgzip time): the
 implementations satisfy it structurally, and tests/test_engine.py checks that they do.
 """
 

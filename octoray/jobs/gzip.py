@@ -11,9 +11,9 @@ import struct
 
 from octoray.engine.stream import ordered_map
 from octoray.formats import gzip as gz
+from octoray.jobs import DEFAULT_BLOCK_SIZE
 from octoray.streams import read_chunks, read_full
 
-DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB: larger chunks unbalance two threads, smaller cost ratio
 
 
 class Totals:

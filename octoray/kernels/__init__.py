@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-import _thread  # not threading: 3 ms of fgzip start-up for one lock
+import _thread  # not threading, whose import fgzip's start-up avoids (docs/design.md)
 
 ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
 
@@ -61,7 +61,7 @@ def _auto_accelerator(device: int | None) -> Accelerator:
     from octoray.kernels.cpu import CpuAccelerator
 
     if "octoray.kernels.fpga" not in sys.modules and not _pynq_on_path():
-        reason = "pynq not installed"  # the drivers' module costs fgzip 17 ms of start-up
+        reason = "pynq not installed"  # without importing the drivers' module (start-up)
     else:
         from octoray.kernels.fpga import pynq_missing_reason
 

@@ -1,10 +1,8 @@
 """The fast CPU kernel for CNV-W1A1: the network in a small C extension (``_cnv_native.c``).
 
 Why C and not a JIT: fclassify is a short-lived process, and its rate on a directory of
-JPEGs counts the start-up.  The numba kernel this replaced cost 0.3-0.5 s at every start
-(importing numba, loading its cached machine code) before the first image; the extension
-loads in well under a millisecond, and is also ~1.4x faster on one thread (same machine,
-measured side by side).
+JPEGs counts the start-up, which a JIT's import and code loading would dominate
+(docs/design.md).
 
 Why this algorithm: after conv1 every activation and weight is a bit, so a binary layer
 is a count of mismatching bits, and CPUs without AVX-512 have no vector popcount.  The
@@ -20,8 +18,8 @@ other CPUs; ``OCTORAY_CNV_PORTABLE=1`` forces it (the tests run both).
 
 Why threads: the C code releases the GIL, so a batch is cut into chunks of 32 images
 that threads take in turn.  The engine itself runs batches concurrently on its own
-threads, so concurrent calls share the CPUs (about cpus / k threads each for k calls)
-rather than each taking all of them.
+threads, so concurrent calls share the run's thread budget (octoray.threads: about
+budget / k threads each for k calls) rather than each taking all of the CPUs.
 
 Results equal octoray.kernels.cnv_reference exactly (tests/test_cnv_kernels.py).
 """
@@ -123,7 +121,7 @@ class PackedModel:
 max_threads: int | None = None
 """Threads a call may use when it runs alone; None: the run's thread budget (octoray.threads)."""
 
-_CHUNK = 32  # images a thread takes at a time (~4 ms of work)
+_CHUNK = 32  # images a thread takes at a time: a few ms of work
 _lock = threading.Lock()
 _active = 0  # calls of fc3_popcounts running now, which share the CPUs
 _executor = None

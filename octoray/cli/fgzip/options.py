@@ -8,6 +8,7 @@ import os
 from octoray import __version__
 from octoray.cli.fgzip.report import PROGRAM, Fatal, message
 from octoray.cli.getopt import Option, UsageError, parse
+from octoray.jobs import DEFAULT_BLOCK_SIZE
 
 # In gzip's own table order (its ambiguity messages list candidates in this order), then pigz's
 # and octoray's (extra=True: long names gzip lacks, which abbreviations reach only failing gzip's).
@@ -129,7 +130,7 @@ class Options:
         self.suffix_set = False
         self.level = 6
         self.processes: int | None = None
-        self.block_size = 1 << 20
+        self.block_size = DEFAULT_BLOCK_SIZE
         self.independent = self.synchronous = False
         self.form = "gzip"  # pigz's -z (zlib) and -K (zip)
         self.alias: str | None = None
