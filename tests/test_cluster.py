@@ -149,7 +149,30 @@ def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin)
     assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
 
 
-def test_losing_the_scheduler_is_a_clear_error_and_keeps_the_input(cluster, tmp_path):
+def test_losing_the_scheduler_is_a_clear_error_within_seconds(cluster):
+    data = text_like(32 << 20, seed=13)
+    proc = subprocess.Popen([*tool("fgzip"), "-b", "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=with_cluster_env(cluster))
+    killed_at = []
+
+    def kill_at_a_third(sent):
+        if sent >= len(data) // 3 and not killed_at:
+            cluster.scheduler.send_signal(signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    feeder = slow_feed(proc, data, 1 << 20, 0.1, kill_at_a_third)  # the input keeps coming
+    proc.stdout.read()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    noticed = time.monotonic() - killed_at[0]
+    feeder.join()
+    assert proc.returncode == 1
+    assert err.startswith(b"fgzip: lost the cluster at tcp://127.0.0.1:"), err
+    assert b"Traceback" not in err
+    assert noticed < 3.0, f"the lost scheduler was reported {noticed:.1f} s after it died"
+
+
+def test_losing_the_scheduler_keeps_the_input_and_leaves_no_partial_output(cluster, tmp_path):
     fifo = tmp_path / "stream"
     os.mkfifo(fifo)
     proc = subprocess.Popen([*tool("fgzip"), "-c", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -168,6 +191,58 @@ def test_losing_the_scheduler_is_a_clear_error_and_keeps_the_input(cluster, tmp_
     assert proc.returncode == 1
     assert err.startswith(b"fgzip: lost the cluster at tcp://127.0.0.1:"), err
     assert b"Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".log")) == ["scheduler.json", "stream"]
+
+
+def refused_address() -> str:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("argv", [["fgzip"], ["fclassify"], ["octoray", "status"]])
+def test_a_refused_connection_is_reported_at_once(argv):
+    address = refused_address()
+    program = argv[0]
+    start = time.monotonic()
+    result = run([*tool(program), *argv[1:], "--scheduler", address], input=b"hello\n", timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr == f"{program}: cannot reach the cluster at {address}: connection refused " \
+                            f"(no scheduler listens on 127.0.0.1 port {address.rsplit(':', 1)[1]})\n".encode()
+    assert elapsed < 2.0, f"{program} took {elapsed:.1f} s to report a refused connection"
+
+
+@pytest.fixture
+def empty_cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def test_a_cluster_without_workers_writes_nothing_and_says_so(empty_cluster, tmp_path):
+    address = empty_cluster.address
+    no_workers = f"the cluster at {address} has no workers".encode()
+    picture = tmp_path / "pictures"
+    picture.mkdir()
+    blurry_pngs(picture, 2, seed=3)
+    for argv, stdin in (([*tool("fgzip")], b"hi\n"), ([*tool("fclassify"), str(picture)], b"")):
+        start = time.monotonic()
+        result = run([*argv, "--scheduler", address], input=stdin, timeout=60)
+        elapsed = time.monotonic() - start
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == b""  # not even a gzip header
+        assert no_workers in result.stderr and result.stderr.count(b"\n") == 1, result.stderr
+        assert elapsed < 8.0, f"{argv[0]} took {elapsed:.1f} s to say the cluster has no workers"
+    status = run([*tool("octoray"), "status", "--scheduler", address], timeout=60)
+    assert status.returncode == 1
+    assert status.stdout == b""
+    assert status.stderr.startswith(b"octoray: " + no_workers)
 
 
 def test_file_compression_on_a_lost_cluster_leaves_no_partial_output(tmp_path):

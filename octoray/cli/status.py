@@ -6,12 +6,26 @@ import sys
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+from octoray import __version__
+from octoray.cli.errors import failure_text, leave
+
+PROGRAM = "octoray"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="octoray: data-parallel jobs on a cluster of accelerators.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"{PROGRAM} {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """octoray: data-parallel jobs on a cluster of accelerators."""
 
 
@@ -21,14 +35,16 @@ def status(
     scheduler_file: str = typer.Option(None, "--scheduler-file", help="file written by `dask scheduler`"),
     threads: int = typer.Option(None, "--threads", "-p", help="threads of the embedded default"),
 ) -> None:
-    """One line per worker: its accelerator, threads and tasks done."""
+    """One line per worker: its accelerator, threads and tasks done.  A cluster without
+    workers is an error (exit 1): nothing could run there."""
     from octoray.engine.cluster import open_executor
 
     try:
-        with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file) as executor:
+        with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file,
+                           workers_timeout=0) as executor:
             rows = executor.describe()
     except Exception as error:  # ClusterError and friends: a message, not a traceback
-        typer.echo(f"octoray: {error}", err=True)
+        typer.echo(failure_text(PROGRAM, error, unnamed=None), err=True)
         raise typer.Exit(1)
     print(f"{'WORKER':<24} {'ACCELERATOR':<40} {'THREADS':>7} {'TASKS':>7}")
     for row in rows:
@@ -36,11 +52,12 @@ def status(
 
 
 def main() -> int:
+    status = 0
     try:
-        app(prog_name="octoray")
+        app(prog_name=PROGRAM)
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    return leave(status)
 
 
 if __name__ == "__main__":

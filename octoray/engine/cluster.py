@@ -46,12 +46,17 @@ def _config_mentions(key: str) -> bool:
 
 
 def open_executor(threads: int | None = None, scheduler: str | None = None,
-                  scheduler_file: str | None = None, cluster: str | None = None):
-    """The executor to run on: see the module docstring for the order of discovery."""
+                  scheduler_file: str | None = None, cluster: str | None = None,
+                  workers_timeout: float | None = None):
+    """The executor to run on: see the module docstring for the order of discovery.
+
+    A cluster must have a worker within `workers_timeout` seconds (the Dask executor's
+    default when None; 0 to look once, as `octoray status` does)."""
+    waiting = {} if workers_timeout is None else {"workers_timeout": workers_timeout}
     if scheduler or scheduler_file:
         from octoray.engine.dask_executor import connect
 
-        return connect(scheduler, scheduler_file)
+        return connect(scheduler, scheduler_file, **waiting)
     if cluster == "local":
         from octoray.engine.dask_executor import start_local_cluster
 
@@ -60,5 +65,5 @@ def open_executor(threads: int | None = None, scheduler: str | None = None,
     if address:
         from octoray.engine.dask_executor import connect
 
-        return connect(address)
+        return connect(address, **waiting)
     return LocalExecutor(threads)

@@ -5,7 +5,8 @@
 - The client keeps every chunk until its result is taken, because scattered data dies with
   its worker: when a worker is lost the chunk is scattered again and resubmitted.
 - Waiting is bounded: with no worker to run on, or the scheduler gone, the run ends with
-  ClusterError instead of hanging.
+  ClusterError instead of hanging.  A port that refuses is reported at once, a cluster with
+  no workers before anything is written, a lost scheduler within about a second.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import os
 import time
 
 CONNECT_TIMEOUT = 10.0
-NO_WORKERS_TIMEOUT = 30.0
+PROBE_TIMEOUT = 2.0  # a plain TCP connect first: a refused port needs no 10 s of Dask retries
+STARTUP_WORKERS_TIMEOUT = 3.0  # a cluster with no workers at the start: an error this soon
+NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
+POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
 # Engine jobs per Dask task (8 MiB of fgzip input, 2,048 images): a task costs ~20 ms of CPU
 # across client, scheduler and worker (measured), small beside 8 jobs' work.
@@ -44,30 +48,30 @@ def quiet_dask() -> None:
     warnings.filterwarnings("ignore", module="distributed")
 
 
-class _Task:
-    """One chunk's task: `sending` until its scatter and submit are done, then `future`."""
+def _timeouts() -> tuple:
+    """What a wait with a timeout raises (distinct classes before Python 3.11)."""
+    import asyncio
+    import concurrent.futures
 
-    __slots__ = ("sending", "_future", "args", "fn", "resubmitted")
+    return TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError
+
+
+class _Task:
+    """One task: `sending` (a future of the sender pool) gives its Dask future once its data
+    is scattered and it is submitted; the arguments stay here until its result is taken."""
+
+    __slots__ = ("sending", "args", "fn", "resubmitted")
 
     def __init__(self, sending, fn, args):
-        self.sending, self._future, self.fn, self.args = sending, None, fn, args
+        self.sending, self.fn, self.args = sending, fn, args
         self.resubmitted = 0
 
-    @property
-    def future(self):
-        if self._future is None:
-            self._future = self.sending.result()  # a send's ClusterError surfaces here
-        return self._future
-
-    @future.setter
-    def future(self, value) -> None:
-        self._future = value
-
     def cancel(self) -> None:
-        self.sending.cancel()
+        if self.sending.cancel():
+            return
         try:
-            if self._future is not None or self.sending.done():
-                self.future.cancel()
+            if self.sending.done():
+                self.sending.result().cancel()
         except Exception:  # the client is already closed, or the send failed: nothing to cancel
             pass
 
@@ -81,15 +85,14 @@ class DaskExecutor:
         self.client = client
         self.address = address
         self._cluster = cluster  # a LocalCluster this executor started, closed with it
-        self.workers = max(1, self._threads())
+        self._timeouts = _timeouts()
+        self.lost = False  # the scheduler went away: closing need not wait for it
+        self._workers_seen = 0.0
+        self.workers = max(1, sum(w.get("nthreads", 1) for w in (self._ask_workers() or {}).values()))
         self.jobs_per_task = max(1, int(os.environ.get("OCTORAY_JOBS_PER_TASK") or JOBS_PER_TASK))
         # Scatter and submit are round trips (10-20 ms a chunk): two sender threads overlap
         # them with reading the next chunk and with the workers' compute.
         self._senders = ThreadPoolExecutor(2, thread_name_prefix="octoray-send")
-        self._workers_seen = 0.0
-
-    def _threads(self) -> int:
-        return sum(w.get("nthreads", 1) for w in self.client.scheduler_info()["workers"].values())
 
     def _send(self, fn, args):
         """Scatter the chunk and submit its task; a worker that died under the scatter is
@@ -100,41 +103,40 @@ class DaskExecutor:
             try:
                 scattered = self.client.scatter(data, hash=False)
                 return self.client.submit(fn, scattered, *args[1:], pure=False)
-            except (OSError, TimeoutError) as error:
+            except (OSError, *self._timeouts) as error:
                 failure = error
                 self._workers_seen = 0.0
                 self._check_alive()
                 time.sleep(0.5)
-                self._refresh()
         raise ClusterError(f"lost the cluster at {self.address}: {failure}")
-
-    def _refresh(self) -> None:
-        try:
-            self.client.sync(self.client._update_scheduler_info)
-        except (OSError, TimeoutError) as error:
-            raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
 
     def submit(self, fn, *args) -> _Task:
         return _Task(self._senders.submit(self._send, fn, args), fn, args)
 
-    def result(self, task: _Task):
-        from distributed import TimeoutError as DaskTimeout
-
+    def _sent(self, task: _Task):
+        """The task's Dask future once its send is done, looking at the cluster while waiting."""
         while True:
             try:
-                return task.future.result(timeout=1.0)
-            except DaskTimeout:
+                return task.sending.result(timeout=POLL)  # a send's ClusterError surfaces here
+            except self._timeouts:
+                self._check_alive()
+
+    def result(self, task: _Task):
+        while True:
+            try:
+                return self._sent(task).result(timeout=POLL)
+            except self._timeouts:
                 self._check_alive()
                 continue
             except Exception as error:
                 if not self._worker_lost(error):
                     raise
+                self._check_alive()
                 if task.resubmitted >= RESUBMISSIONS:
                     raise ClusterError(f"chunk failed on {RESUBMISSIONS + 1} workers: {error}") from None
-            self._check_alive()
             self._workers_seen = 0.0
-            task.future = self._send(task.fn, task.args)
             task.resubmitted += 1
+            task.sending = self._senders.submit(self._send, task.fn, task.args)
 
     @staticmethod
     def _worker_lost(error: BaseException) -> bool:
@@ -146,25 +148,38 @@ class DaskExecutor:
             "FutureCancelledError", "CommClosedError")
 
     def _check_alive(self) -> None:
-        if self.client.status not in ("running", "connecting"):
+        """A client leaves "running" only when its connection to the scheduler broke; its
+        futures are cancelled then, so there is nothing to wait for (Dask would try to
+        reconnect for its whole timeout)."""
+        if self.lost or self.client.status != "running":
+            self.lost = True
             raise ClusterError(f"lost the cluster at {self.address}: the scheduler went away")
 
-    def _wait_for_workers(self) -> None:
+    def _ask_workers(self) -> dict | None:
+        """The scheduler's workers, or None when it did not answer within POLL: an RPC to a
+        dead scheduler retries for Dask's whole connect timeout, so no wait is unbounded."""
+        self._check_alive()
+        try:
+            return self.client.sync(self.client.scheduler.identity, callback_timeout=POLL)["workers"]
+        except self._timeouts:
+            self._check_alive()
+            return None
+        except OSError as error:
+            self.lost = True
+            raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
+
+    def _wait_for_workers(self, timeout: float = NO_WORKERS_TIMEOUT) -> None:
         if time.monotonic() - self._workers_seen < 1.0:  # asked the scheduler a moment ago
             return
-        deadline = time.monotonic() + NO_WORKERS_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
-            self._check_alive()
-            try:
-                if self.client.scheduler_info()["workers"]:
-                    self._workers_seen = time.monotonic()
-                    return
-            except (OSError, TimeoutError) as error:
-                raise ClusterError(f"lost the cluster at {self.address}: {error}") from None
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the cluster at {self.address} has no workers")
+            if self._ask_workers():
+                self._workers_seen = time.monotonic()
+                return
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"the cluster at {self.address} has no workers (start them with "
+                                   f"`dask worker {self.address} --preload octoray.worker`)")
             time.sleep(0.2)
-            self._refresh()
 
     def describe(self) -> list[dict]:
         from octoray.worker import describe_worker
@@ -180,7 +195,7 @@ class DaskExecutor:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         try:
-            self.client.close(timeout=5)
+            self.client.close(timeout=0.5 if self.lost else 5)
             if self._cluster is not None:
                 self._cluster.close(timeout=5)
         except Exception:  # closing a dead connection must not hide the run's own outcome
@@ -198,15 +213,20 @@ class DaskExecutor:
 
 
 def connect(address: str | None = None, scheduler_file: str | None = None,
-            timeout: float = CONNECT_TIMEOUT, security=None) -> DaskExecutor:
-    """Connect to a running scheduler; ClusterError within `timeout` if it cannot be reached."""
-    quiet_dask()
+            timeout: float = CONNECT_TIMEOUT, security=None,
+            workers_timeout: float = STARTUP_WORKERS_TIMEOUT) -> DaskExecutor:
+    """Connect to a running scheduler that has (within `workers_timeout`) a worker;
+    ClusterError if it cannot be reached (at once where the port refuses, else within
+    `timeout`) or has no workers.  Nothing is sent to the cluster before that."""
     where = address or scheduler_file
     if scheduler_file and not os.path.exists(scheduler_file):  # Client would wait forever
         raise ClusterError(f"cannot reach the cluster at {where}: no such scheduler file")
+    target = address or _address_in(scheduler_file)
+    probe_scheduler(target, where)  # before importing distributed (0.4 s)
+    quiet_dask()
     from distributed import Client
 
-    _check_tls(address or _address_in(scheduler_file), where, security)
+    _check_tls(target, where, security)
     try:
         if scheduler_file:
             client = Client(scheduler_file=scheduler_file, timeout=timeout, security=security,
@@ -215,7 +235,36 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
             client = Client(address, timeout=timeout, security=security, set_as_default=False, direct_to_workers=True)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
         raise ClusterError(f"cannot reach the cluster at {where}: {error}") from None
-    return DaskExecutor(client, client.scheduler.address)
+    executor = DaskExecutor(client, client.scheduler.address)
+    try:
+        executor._wait_for_workers(workers_timeout)
+    except ClusterError:
+        executor.close()
+        raise
+    return executor
+
+
+def probe_scheduler(address: str, where: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """A plain TCP connect to a tcp:// or tls:// scheduler: a refused port or an unknown
+    host is a ClusterError at once; a port that does not answer is left to Dask's timeout."""
+    import socket
+
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp", "tls"):
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise ClusterError(f"cannot reach the cluster at {where}: connection refused "
+                           f"(no scheduler listens on {host} port {port})") from None
+    except socket.gaierror:
+        raise ClusterError(f"cannot reach the cluster at {where}: unknown host {host!r}") from None
+    except OSError:  # slow, filtered or unreachable: Dask's own timeout and message
+        return
 
 
 def _address_in(scheduler_file: str) -> str:

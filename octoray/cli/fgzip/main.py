@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 
-from octoray.cli.common import failure_text, leave
+from octoray.cli.errors import failure_text, leave
 from octoray.cli.fgzip import names, output
 from octoray.cli.fgzip.inputs import open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
