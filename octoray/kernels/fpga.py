@@ -36,6 +36,10 @@ from pathlib import Path
 
 from octoray.formats.gzip import FINAL_EMPTY_BLOCK
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import numpy as np
+
 # numpy, json and asyncio are imported where used: `auto` on a host without pynq must stay as
 # light as the CPU kernels (fgzip's start-up)
 
