@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from conftest import assert_no_traceback, fgzip, run, text_like, tool
+from helpers.dropin import run_in_copies
 
 
 def same_shape(ours: bytes, theirs: bytes) -> bool:
@@ -19,14 +20,7 @@ def same_shape(ours: bytes, theirs: bytes) -> bool:
 
 def both(gzip_bin, tmp_path, args, setup, input=None):
     """Run gzip and fgzip with `args` in two fresh copies of a directory made by `setup`."""
-    results = []
-    for name, cmd in (("gzip", [gzip_bin]), ("fgzip", None)):
-        where = tmp_path / name
-        where.mkdir()
-        setup(where)
-        result = run(cmd + args, cwd=where, input=input) if cmd else fgzip(*args, cwd=where, input=input)
-        results.append((result, where))
-    return results
+    return run_in_copies(tmp_path, args, setup, input=input, reference=gzip_bin)
 
 
 def listing(where):

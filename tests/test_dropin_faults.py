@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import fgzip, text_like, tool
-from test_dropin_common import assert_same, gz_bytes, put
+from helpers.dropin import assert_same, gz_bytes, put
 
 GOOD = gz_bytes(text_like(60_000, seed=7))
 

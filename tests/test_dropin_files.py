@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import fgzip, run, text_like
-from test_dropin_common import FIXED_TIME, assert_same, gz_bytes, put
+from helpers.dropin import FIXED_TIME, assert_same, gz_bytes, put
 
 DATA = text_like(20_000, seed=5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import fgzip, run, text_like
-from test_dropin_common import FIXED_TIME, assert_same, gz_bytes, put
+from helpers.dropin import FIXED_TIME, assert_same, gz_bytes, put
 
 A = text_like(4000, seed=3)
 B = text_like(1900, seed=4)

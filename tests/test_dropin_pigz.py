@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from conftest import fgzip, run, text_like
-from test_dropin_common import put
+from helpers.dropin import put
 
 DATA = text_like(600_000, seed=11)
 

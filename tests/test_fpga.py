@@ -14,8 +14,10 @@ import pytest
 
 from conftest import fgzip, run, text_like, tool
 from octoray.kernels import AcceleratorError, open_accelerator
-from octoray.kernels import fpga
-from octoray.kernels.fpga import FINAL_EMPTY_BLOCK, FpgaAccelerator, FpgaUnavailable, finn_pack, finn_unpack
+from octoray.formats.gzip import FINAL_EMPTY_BLOCK
+from octoray.kernels import fpga, fpga_drivers as drivers
+from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
+from octoray.kernels.fpga_drivers import finn_pack, finn_unpack
 from octoray.kernels.fpga_emulator import EmulatedPynq
 
 
@@ -166,7 +168,7 @@ def hbm_card(emulator):
 def test_hbm_driver_buffers_follow_the_manifest(hbm_card):
     hbm_card.deflate(b"x" * 1000, None, 6, False)
     driver = hbm_card._driver
-    assert isinstance(driver, fpga.Lz77HuffmanDriver) and driver.block == MiB and driver.max_input == 8 * MiB
+    assert isinstance(driver, drivers.Lz77HuffmanDriver) and driver.block == MiB and driver.max_input == 8 * MiB
     b = driver.buffers
     expected = {"in": (8 * MiB, np.uint8), "lz77_out": (32 * MiB, np.uint8), "out": (16 * MiB, np.uint8),
                 "compressd_size": (8, np.uint32), "in_block_size": (8, np.uint32),
@@ -202,15 +204,15 @@ def test_hbm_blocks_that_do_not_shrink_are_stored_by_the_host(hbm_card):
     # the noise block (larger than its slot on the card), the block after it (its start may be
     # overwritten) and the 100-byte tail (not encoded) come from the host
     assert stats == {"runs": 1, "card_blocks": 2, "stored_blocks": 3}
-    assert fpga.stored_blocks(noise) in body and fpga.stored_blocks(data[-100:]) in body
-    assert fpga.stored_blocks(data[2 * MiB:3 * MiB]) in body
+    assert drivers.stored_blocks(noise) in body and drivers.stored_blocks(data[-100:]) in body
+    assert drivers.stored_blocks(data[2 * MiB:3 * MiB]) in body
 
 
 def test_stored_blocks_are_non_final_and_at_most_65535_bytes():
-    stream = fpga.stored_blocks(bytes(range(256)) * 600)  # 153600 bytes: 3 blocks
+    stream = drivers.stored_blocks(bytes(range(256)) * 600)  # 153600 bytes: 3 blocks
     assert stream[:5] == b"\x00\xff\xff\x00\x00" and len(stream) == 153600 + 3 * 5
     assert inflate(stream + FINAL_EMPTY_BLOCK) == bytes(range(256)) * 600
-    assert fpga.stored_blocks(b"") == b""
+    assert drivers.stored_blocks(b"") == b""
 
 
 def test_hbm_empty_input_runs_nothing(hbm_card, emulator):
@@ -246,7 +248,7 @@ def test_hbm_gzip_member_passes_gzip_t_with_the_hosts_crc(hbm_card, tmp_path, gz
 
 
 def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator):
-    for overlays, driver in ((None, fpga.GzipDriver), (HBM, fpga.Lz77HuffmanDriver)):
+    for overlays, driver in ((None, drivers.GzipDriver), (HBM, drivers.Lz77HuffmanDriver)):
         acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", overlays=overlays)
         try:
             acc.deflate(b"abc", None, 6, True)
@@ -255,9 +257,9 @@ def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator):
             acc.close()
     manifest = dict(fpga.load_manifest("gzip_hbm_u50"), interface="xilSomethingElse")
     with pytest.raises(FpgaUnavailable, match="no driver for interface 'xilSomethingElse'"):
-        fpga.driver_class(manifest)
+        drivers.driver_class(manifest)
     with pytest.raises(FpgaUnavailable, match="not supported"):
-        fpga.Lz77HuffmanDriver(emulator, None, dict(manifest), "gzip_hbm_u50.xclbin")
+        drivers.Lz77HuffmanDriver(emulator, None, dict(manifest), "gzip_hbm_u50.xclbin")
 
 
 @pytest.mark.parametrize("xclbins, chosen", [(["gzip_u50", "gzip_hbm_u50"], "gzip_u50"),

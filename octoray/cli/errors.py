@@ -1,4 +1,6 @@
-"""The one-line message for a failure that is not the user's input, shared by the three tools.
+"""What the three tools share when a run fails or ends: the one-line message for a failure
+that is not the user's input, which failures are the engine's, and how a run that used Dask
+leaves.
 
 A module that cannot be imported almost always means octoray runs in a Python it was not
 installed in (`python3 bin/fgzip` outside the virtual environment), or the launchers in
@@ -70,3 +72,51 @@ def _unbuilt(program: str, module: str, checkout: str) -> str:
 def _checkout_of_octoray() -> str:
     where = getattr(sys.modules.get("octoray"), "__file__", None)
     return os.path.dirname(os.path.dirname(where)) if where else "this checkout"
+
+
+def engine_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a cluster or an accelerator raises, without importing Dask or the
+    kernels when the run never loaded them."""
+    found = []
+    dask_executor = sys.modules.get("octoray.engine.dask_executor")
+    kernels = sys.modules.get("octoray.kernels")
+    if dask_executor is not None:
+        found.append(dask_executor.ClusterError)
+    if kernels is not None:
+        found.append(kernels.AcceleratorError)
+    return tuple(found)
+
+
+def failure_text(program: str, failure: BaseException, unnamed: str | None = "stdout") -> str:
+    """One line for a failure that ends the run: the engine's own message, a system error
+    with the file it concerns (`unnamed` where it names none: fgzip and fclassify write only
+    stdout), a missing install, or (a bug) what broke; never a traceback."""
+    if isinstance(failure, engine_errors()):
+        return f"{program}: {failure}"
+    if isinstance(failure, OSError):
+        where = failure.filename if failure.filename is not None else unnamed
+        return f"{program}: {where}: {failure.strerror or failure}" if where else f"{program}: {failure}"
+    return describe(program, failure)
+
+
+def leave(status: int) -> int:
+    """Return `status`, or, where Dask was loaded, end the process now: its event-loop thread
+    and exit handlers can still print as the interpreter ends, and every output is complete."""
+    if "distributed" not in sys.modules:
+        return status
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            if stream is sys.stdout:
+                silence_stdout()
+    os._exit(status)
+
+
+def silence_stdout() -> None:
+    """After the reader of stdout went away (`| head`): no second error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
 from octoray import __version__
+from octoray.cli.errors import failure_text, leave
 
 PROGRAM = "octoray"
 
@@ -44,21 +44,11 @@ def status(
                            workers_timeout=0) as executor:
             rows = executor.describe()
     except Exception as error:  # ClusterError and friends: a message, not a traceback
-        typer.echo(_message(error), err=True)
+        typer.echo(failure_text(PROGRAM, error, unnamed=None), err=True)
         raise typer.Exit(1)
     print(f"{'WORKER':<24} {'ACCELERATOR':<40} {'THREADS':>7} {'TASKS':>7}")
     for row in rows:
         print(f"{row['worker']:<24} {row['accelerator']:<40} {row['threads']:>7} {row.get('tasks', 0):>7}")
-
-
-def _message(error: Exception) -> str:
-    known = tuple(getattr(sys.modules.get(name), attribute, ()) for name, attribute in (
-        ("octoray.engine.dask_executor", "ClusterError"), ("octoray.kernels", "AcceleratorError")))
-    if isinstance(error, tuple(k for k in known if k)) or isinstance(error, OSError):
-        return f"{PROGRAM}: {error}"
-    from octoray.cli.errors import describe
-
-    return describe(PROGRAM, error)
 
 
 def main() -> int:
@@ -67,16 +57,7 @@ def main() -> int:
         app(prog_name=PROGRAM)
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
-    if "distributed" in sys.modules:
-        # Dask's threads and exit handlers take seconds to wind down and may print: the
-        # answer is out, so leave now (as fgzip and fclassify do).
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(status)
-    return status
+    return leave(status)
 
 
 if __name__ == "__main__":

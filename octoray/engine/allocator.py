@@ -3,9 +3,8 @@
 A streaming run allocates and frees the same few MiB-sized buffers (chunks read, compressor
 state, results) hundreds of times.  glibc's default is to return a freed heap top above
 128 KiB-2 MiB to the kernel, so each new buffer comes back as fresh pages, zeroed by the
-kernel one page fault at a time: on `fgzip -1` that was a tenth of the CPU time (measured:
-24,000 page faults and 0.2 s of system time on 448 MB, 7,000 and 0.1 s with the settings
-below).  The memory kept is what the run already used at its peak, so RSS does not grow.
+kernel one page fault at a time (a tenth of `fgzip -1`'s CPU time: docs/design.md).  The
+memory kept is what the run already used at its peak, so RSS does not grow.
 """
 
 from __future__ import annotations

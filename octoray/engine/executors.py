@@ -1,19 +1,9 @@
-"""Executors the engine runs on: the embedded thread pool, and (see cluster.py) Dask.
-
-An executor offers ``submit(fn, *args) -> future``, ``result(future)``, ``workers`` (how
-many tasks can run at once, which sizes the window) and ``describe()`` for ``-v``/status.
-"""
+"""The embedded executor: threads in this process.  Dask's is dask_executor.py; both
+satisfy the Executor protocol of octoray.engine.interfaces."""
 
 from __future__ import annotations
 
-import os
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from octoray.threads import available_cpus, set_budget
 
 
 class _Done:
@@ -44,9 +34,11 @@ class LocalExecutor:
     """
 
     in_process = True
+    jobs_per_task = 1
 
     def __init__(self, threads: int | None = None):
         self.workers = max(1, threads or available_cpus())
+        set_budget(self.workers)  # the kernels' own helper threads count against it too
         self._pool = None
         self.tasks_done = 0
 

@@ -18,9 +18,12 @@ THREADS_PER_CARD = 2
 
 class LaneExecutor(LocalExecutor):
     def __init__(self, threads: int | None = None):
-        super().__init__(threads)
         self._threads_asked = threads
         self._lanes = None
+        self._workers = 1
+        self._ready = False
+        super().__init__(threads)  # its thread budget is the CPU's: no card is opened here
+        self._ready = True
 
     @property
     def lanes(self) -> list:
@@ -36,7 +39,7 @@ class LaneExecutor(LocalExecutor):
 
     @property
     def workers(self) -> int:
-        if not self.on_cards:
+        if not self._ready or not self.on_cards:
             return self._workers
         return max(1, self._threads_asked or THREADS_PER_CARD * len(self.lanes))
 

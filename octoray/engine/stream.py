@@ -4,10 +4,9 @@ Like pigz, at most `window` tasks are read but not yet written (pigz uses 2p+3),
 does not grow with the input.  Results come back in input order; the first worker error is
 raised to the writer, and everything still in flight is cancelled.
 
-An executor whose tasks cost much to send (a Dask cluster: ~20 ms of CPU per task across
-client, scheduler and worker, measured) says how many jobs one task carries
-(``jobs_per_task``); consecutive jobs then travel and run together, and the writer still
-sees one result per job, in order.  The results are the same either way.
+An executor whose tasks cost much to send (a Dask cluster) says how many jobs one task
+carries (``jobs_per_task``); consecutive jobs then travel and run together, and the writer
+still sees one result per job, in order.  The results are the same either way.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ def ordered_map(task, jobs, executor, window: int | None = None):
     An executor that runs in this process (``executor.in_process``) does a lone job itself:
     a small input then needs no thread, and no cluster round trip.
     """
-    per_task = getattr(executor, "jobs_per_task", 1)
+    per_task = executor.jobs_per_task
     if per_task > 1:
         groups = ((JobGroup(group), task) for group in batched(jobs, per_task))
         for results in _ordered(run_group, groups, executor, window):
@@ -73,7 +72,7 @@ def _ordered(task, jobs, executor, window: int | None):
     if first is None:
         return
     second = next(jobs, None)
-    if second is None and getattr(executor, "in_process", False):
+    if second is None and executor.in_process:
         yield task(*first)
         return
     window = window or default_window(executor.workers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from octoray.formats._deflate_blocks import PADDING as WALK_PADDING  # read past the stream
 from octoray.formats._deflate_blocks import final_block_bits
+from octoray.formats.gzip import SYNC_FLUSH_TAIL
 
 
 def unfinish(stream) -> bytearray:
@@ -25,5 +26,5 @@ def unfinish(stream) -> bytearray:
     if spare:
         out[-1] &= (1 << (8 - spare)) - 1  # zero the bits after the end-of-block code
     # an empty stored block: 3 header bits, padding to a byte boundary, LEN=0, NLEN=0xFFFF
-    out += b"\x00\x00\xff\xff" if spare >= 3 else b"\x00\x00\x00\xff\xff"
+    out += SYNC_FLUSH_TAIL if spare >= 3 else b"\x00" + SYNC_FLUSH_TAIL
     return out

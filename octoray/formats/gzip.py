@@ -12,12 +12,16 @@ import struct
 
 from isal import isal_zlib
 
+from octoray.formats import faults
+
 MAGIC = b"\x1f\x8b"
 METHOD_DEFLATE = 8
 FLAG_TEXT, FLAG_HCRC, FLAG_EXTRA, FLAG_NAME, FLAG_COMMENT = 1, 2, 4, 8, 16
 OS_UNIX = 3
 FINAL_EMPTY_BLOCK = b"\x03\x00"  # BFINAL=1, fixed Huffman, end-of-block: 10 bits
-"""Ends a deflate stream whose chunks all ended without a final block (an empty input)."""
+"""Ends a deflate stream whose chunks all ended byte-aligned without a final block."""
+SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"
+"""How a chunk ends after a sync flush: an empty stored block's LEN and NLEN, byte-aligned."""
 DICTIONARY_SIZE = 32 * 1024
 
 crc32 = isal_zlib.crc32
@@ -139,31 +143,49 @@ class MemberHeader:
         self.length = length  # bytes the header took
 
 
-class NotGzip(Exception):
-    """The data does not start with a gzip magic."""
-
-
 class Truncated(Exception):
-    """The data ended inside a member."""
+    """`buf` ends inside the header: read more and parse again."""
 
 
-class UnknownMethod(Exception):
-    def __init__(self, method: int):
-        super().__init__(method)
-        self.method = method
+FLAG_ENCRYPTED, FLAGS_RESERVED = 0x20, 0xC0
+
+
+def header_start_fault(buf) -> faults.HeaderFault | None:
+    """What gzip refuses in a header that starts with the magic, as soon as the bytes it
+    needs are there: the method (byte 2), then the flags (byte 3)."""
+    if len(buf) >= 3 and buf[2] != METHOD_DEFLATE:
+        return faults.UnknownMethod(buf[2])
+    if len(buf) >= 4:
+        if buf[3] & FLAG_ENCRYPTED:
+            return faults.Encrypted()
+        if buf[3] & FLAGS_RESERVED:
+            return faults.ReservedFlags(buf[3])
+    return None
+
+
+def header_crc_fault(buf, header: MemberHeader) -> faults.HeaderChecksum | None:
+    """A stored header CRC (FHCRC) that does not match the header."""
+    if not header.flags & FLAG_HCRC:
+        return None
+    stored = int.from_bytes(bytes(buf[header.length - 2:header.length]), "little")
+    computed = crc32(bytes(buf[:header.length - 2])) & 0xFFFF
+    return faults.HeaderChecksum(stored, computed) if stored != computed else None
 
 
 def parse_header(buf: bytes | bytearray | memoryview) -> MemberHeader:
-    """Parse a member header at the start of `buf`; raise Truncated if it needs more bytes."""
+    """Parse a member header at the start of `buf`; raise Truncated if it needs more bytes,
+    faults.NotCompressed without the magic, faults.UnknownMethod for another method."""
     if len(buf) < 2:
-        raise Truncated if buf[:1] in (b"", MAGIC[:1]) else NotGzip
+        if buf[:1] in (b"", MAGIC[:1]):
+            raise Truncated
+        raise faults.NotCompressed
     if bytes(buf[:2]) != MAGIC:
-        raise NotGzip
+        raise faults.NotCompressed
     if len(buf) < 10:
         raise Truncated
     method, flags, mtime, xfl, os_ = struct.unpack_from("<BBIBB", buf, 2)
     if method != METHOD_DEFLATE:
-        raise UnknownMethod(method)
+        raise faults.UnknownMethod(method)
     pos = 10
     if flags & FLAG_EXTRA:
         if len(buf) < pos + 2:

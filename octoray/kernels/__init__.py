@@ -3,39 +3,21 @@
 Each process (the embedded default, or a Dask worker) opens its accelerators once, chosen by
 ``OCTORAY_ACCELERATOR`` (auto|cpu|fpga|fpga-emulator) and ``OCTORAY_DEVICE`` (card indices):
 one lane per card (octoray.kernels.lanes), and every task reaches its thread's lane through
-:func:`local_accelerator`.
+:func:`local_accelerator`.  What every accelerator offers is the Protocol in
+octoray.kernels.interfaces.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import _thread  # not threading: 3 ms of fgzip start-up for one lock
+import _thread  # not threading, whose import fgzip's start-up avoids (docs/design.md)
 
 ACCELERATOR_KINDS = ("auto", "cpu", "fpga", "fpga-emulator")
 
-
-class Accelerator:
-    """The interface every accelerator module implements (documentation; nothing inherits it)."""
-
-    name: str
-    """How `octoray status` and `-v` describe it: ``cpu``, ``fpga:0 gzip_u50``, ..."""
-
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
-        """Raw deflate of `data`, primed with `dictionary` where the kernel can use one.
-
-        The last chunk of a stream ends the deflate stream (final block); any other ends
-        byte-aligned without the final-block bit, so the next chunk's data can follow it."""
-
-    def cnv_scores(self, images):
-        """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) fc3 popcounts.
-
-        The class is the argmax, the lowest index winning a tie.  CPU kernels run the shipped
-        model file; an FPGA runs the model built into its overlay and returns only the top-1
-        class, as a one-hot row (1 for the class, 0 elsewhere)."""
-
-    def close(self) -> None:
-        ...
+TYPE_CHECKING = False  # the Protocol's module imports typing, which fgzip's start-up avoids
+if TYPE_CHECKING:
+    from octoray.kernels.interfaces import Accelerator
 
 
 class AcceleratorError(RuntimeError):
@@ -80,7 +62,7 @@ def _auto_accelerator(device: int | None) -> Accelerator:
     from octoray.kernels.cpu import CpuAccelerator
 
     if "octoray.kernels.fpga" not in sys.modules and not _pynq_on_path():
-        reason = "pynq not installed"  # the drivers' module costs fgzip 17 ms of start-up
+        reason = "pynq not installed"  # without importing the drivers' module (start-up)
     else:
         from octoray.kernels.fpga import pynq_missing_reason
 
@@ -94,10 +76,7 @@ def _auto_accelerator(device: int | None) -> Accelerator:
             reason = str(error)
         except (ImportError, OSError, RuntimeError) as error:
             reason = f"pynq failed: {type(error).__name__}: {error}"
-    cpu = CpuAccelerator()
-    cpu.fallback_reason = reason
-    cpu.name = f"cpu (no FPGA: {reason})"
-    return cpu
+    return CpuAccelerator(fallback_reason=reason)
 
 
 _lock = _thread.allocate_lock()

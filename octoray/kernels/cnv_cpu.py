@@ -1,10 +1,8 @@
 """The fast CPU kernel for CNV-W1A1: the network in a small C extension (``_cnv_native.c``).
 
 Why C and not a JIT: fclassify is a short-lived process, and its rate on a directory of
-JPEGs counts the start-up.  The numba kernel this replaced cost 0.3-0.5 s at every start
-(importing numba, loading its cached machine code) before the first image; the extension
-loads in well under a millisecond, and is also ~1.4x faster on one thread (same machine,
-measured side by side).
+JPEGs counts the start-up, which a JIT's import and code loading would dominate
+(docs/design.md).
 
 Why this algorithm: after conv1 every activation and weight is a bit, so a binary layer
 is a count of mismatching bits, and CPUs without AVX-512 have no vector popcount.  The
@@ -20,8 +18,8 @@ other CPUs; ``OCTORAY_CNV_PORTABLE=1`` forces it (the tests run both).
 
 Why threads: the C code releases the GIL, so a batch is cut into chunks of 32 images
 that threads take in turn.  The engine itself runs batches concurrently on its own
-threads, so concurrent calls share the CPUs (about cpus / k threads each for k calls)
-rather than each taking all of them.
+threads, so concurrent calls share the run's thread budget (octoray.threads: about
+budget / k threads each for k calls) rather than each taking all of the CPUs.
 
 Results equal octoray.kernels.cnv_reference exactly (tests/test_cnv_kernels.py).
 """
@@ -33,6 +31,7 @@ import threading
 
 import numpy as np
 
+from octoray import threads
 from octoray.formats.cnv_input import PIXEL_TO_Q17
 from octoray.formats.cnv_model import CONV_SHAPES, FC_SHAPES, CnvModel, fan_in
 from octoray.kernels import _cnv_native
@@ -120,24 +119,18 @@ class PackedModel:
 
 
 max_threads: int | None = None
-"""Threads a call may use when it runs alone; None: one per CPU this process may run on."""
+"""Threads a call may use when it runs alone; None: the run's thread budget (octoray.threads)."""
 
-_CHUNK = 32  # images a thread takes at a time (~4 ms of work)
+_CHUNK = 32  # images a thread takes at a time: a few ms of work
 _lock = threading.Lock()
 _active = 0  # calls of fc3_popcounts running now, which share the CPUs
 _executor = None
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _share() -> int:
-    """Threads one call may run now (the caller's included); called under _lock."""
-    return max(1, (max_threads or _cpus()) // max(1, _active))
+    """Threads one call may run now (the caller's included); called under _lock.  Calls that
+    run at once (the engine's workers) split the budget between them."""
+    return max(1, (max_threads or threads.budget()) // max(1, _active))
 
 
 def _pool():
@@ -146,7 +139,8 @@ def _pool():
         if _executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, _cpus()), thread_name_prefix="cnv_cpu")
+            _executor = ThreadPoolExecutor(max_workers=max(2, max_threads or 0, threads.available_cpus()),
+                                           thread_name_prefix="cnv_cpu")
         return _executor
 
 

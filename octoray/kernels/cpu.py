@@ -1,39 +1,29 @@
-"""CPU kernels: ISA-L for the fast gzip levels, libdeflate for the rest (measured choice:
-the figures below, and benchmarks/gzip_bench.py).  Both release the GIL, so threads scale
-across cores."""
+"""The CPU kernels: ISA-L for the fast gzip levels, libdeflate for the rest, zlib for pigz's
+strategies.  All release the GIL, so threads scale across cores.  Why each level uses the
+library it does is measured in docs/design.md (benchmarks/gzip_bench.py)."""
 
 from __future__ import annotations
 
-# level -> (library, library level), measured on Silesia:
-# - ISA-L is several times faster than zlib; its level 2 runs as fast as its level 1 here and
-#   writes 1.5 % less than gzip -1 (level 1: 0.8 % more), so -1 uses it.  ISA-L takes a
-#   preset dictionary, so each chunk is primed with the previous chunk's last 32 KiB.
-# - libdeflate is 1.2-2x faster than zlib-ng at equal size, even with chunks compressed
-#   independently (it takes no preset dictionary).  Its levels 4, 5, 6, 7 and 9 write less
-#   than gzip -4, -5, -7, -8 and -9.  For the default -6 its level 5 is 22 % faster than its
-#   level 6 and writes 0.45 % more than gzip -6 (level 6: 0.8 % less).  It writes complete
-#   streams, which deflate_join makes joinable.
+# level -> (library, library level); 11 is pigz's zopfli level, libdeflate's strongest here
 GZIP_LEVELS = {
     0: ("libdeflate", 0),
     1: ("isal", 2), 2: ("isal", 2), 3: ("isal", 3),
     4: ("libdeflate", 4), 5: ("libdeflate", 5), 6: ("libdeflate", 5),
     7: ("libdeflate", 6), 8: ("libdeflate", 7), 9: ("libdeflate", 9),
+    11: ("libdeflate", 12),
 }
+STRATEGIES = {"huffman": 2, "rle": 3}  # zlib's Z_HUFFMAN_ONLY and Z_RLE (pigz -H, -U)
 
 
-def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool) -> bytes:
+def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
     """Raw deflate of one chunk: complete if `last`, else byte-aligned without the final-block
     bit, ready for the next chunk.  `dictionary` primes the compressor where the library
-    can take one (ISA-L)."""
+    can take one (ISA-L, zlib); libdeflate compresses each chunk on its own."""
+    if strategy is not None:
+        return _zlib_flushed(data, dictionary, min(level, 9), last, STRATEGIES[strategy])
     library, library_level = GZIP_LEVELS[level]
     if library == "isal":
-        from isal import isal_zlib
-
-        if dictionary:
-            compressor = isal_zlib.compressobj(library_level, isal_zlib.DEFLATED, -15, 9, 0, zdict=dictionary)
-        else:
-            compressor = isal_zlib.compressobj(library_level, isal_zlib.DEFLATED, -15, 9, 0)
-        return compressor.compress(data) + compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH)
+        return _isal_flushed(data, dictionary, library_level, last)
     import deflate
 
     complete = deflate.deflate_compress(data, library_level)
@@ -44,11 +34,33 @@ def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool) -> byt
     return unfinish(complete)
 
 
-class CpuAccelerator:
-    name = "cpu"
+def _isal_flushed(data, dictionary: bytes | None, level: int, last: bool) -> bytes:
+    from isal import isal_zlib
 
-    def __init__(self):
+    options = {"zdict": dictionary} if dictionary else {}
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, 9, 0, **options)
+    return compressor.compress(data) + compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH)
+
+
+def _zlib_flushed(data, dictionary: bytes | None, level: int, last: bool, strategy: int) -> bytes:
+    import zlib
+
+    options = {"zdict": dictionary} if dictionary else {}
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy, **options)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class CpuAccelerator:
+    """The host's CPU: every deflate variant and the CNV-W1A1 kernel (octoray.kernels.cnv_cpu)."""
+
+    name = "cpu"
+    fallback_reason: str | None = None  # set when the CPU stands in for a card that is not there
+
+    def __init__(self, fallback_reason: str | None = None):
         self._cnv = None
+        if fallback_reason is not None:
+            self.fallback_reason = fallback_reason
+            self.name = f"cpu (no FPGA: {fallback_reason})"
 
     def cnv_scores(self, images):
         from octoray.kernels import cnv_cpu
@@ -59,8 +71,8 @@ class CpuAccelerator:
             self._cnv = cnv_cpu.PackedModel(CnvModel.load())
         return cnv_cpu.fc3_popcounts(self._cnv, images)
 
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool) -> bytes:
-        return deflate_chunk(data, dictionary, level, last)
+    def deflate(self, data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
+        return deflate_chunk(data, dictionary, level, last, strategy)
 
     def close(self) -> None:
         pass

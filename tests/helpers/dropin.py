@@ -37,8 +37,9 @@ def state(where) -> list[tuple]:
     return sorted(found, key=lambda entry: entry[0])
 
 
-def both(tmp_path, args, setup, *, input=None, env=None, reference="gzip", stdin=None):
-    """[(result, state)] for the reference tool and fgzip, each run in its own copy."""
+def run_in_copies(tmp_path, args, setup, *, input=None, env=None, reference="gzip", stdin=None):
+    """[(result, directory)] for the reference tool and fgzip, each run with `args` in its own
+    fresh copy of a directory that `setup` fills."""
     environment = dict(GZIP_ENV, **(env or {}))
     outcomes = []
     for name in (reference, "fgzip"):
@@ -48,9 +49,14 @@ def both(tmp_path, args, setup, *, input=None, env=None, reference="gzip", stdin
         argv = [*tool("fgzip")] if name == "fgzip" else [name]
         kw = {"stdin": stdin if stdin is not None else subprocess.DEVNULL} if input is None else {"input": input}
         result = run(argv + [str(a) for a in args], cwd=where, env=environment, timeout=60, **kw)
-        outcomes.append((result, state(where)))
+        outcomes.append((result, where))
     assert_no_traceback(outcomes[1][0])
     return outcomes
+
+
+def both(tmp_path, args, setup, **kw):
+    """[(result, state)] for the reference tool and fgzip, each run in its own copy."""
+    return [(result, state(where)) for result, where in run_in_copies(tmp_path, args, setup, **kw)]
 
 
 def swapped(stderr: bytes, reference: str = "gzip") -> bytes:

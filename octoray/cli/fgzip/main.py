@@ -1,0 +1,281 @@
+"""fgzip's run: each operand compressed, decompressed, tested or listed as gzip does, the work
+itself done by octoray.jobs (which never sees an option)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from octoray.cli.errors import failure_text, leave
+from octoray.cli.fgzip import names, output
+from octoray.cli.fgzip.inputs import open_input, stdin_mtime
+from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
+from octoray.cli.fgzip.options import ACTIONS, HELP, LEVEL, LICENSE, OPTIONS, VERSION, Options, apply_environment, \
+    apply_options
+from octoray.cli.fgzip.report import ERROR, OK, PROGRAM, Abort, Fatal, Run, display_ratio, message, usage_error
+from octoray.cli.getopt import UsageError, parse
+from octoray.formats import faults
+
+
+def _executor(run: Run):
+    if run.executor is None:
+        from octoray.engine.cluster import open_executor
+
+        options = run.options
+        run.executor = open_executor(threads=options.processes, scheduler=options.scheduler,
+                                     scheduler_file=options.scheduler_file, cluster=options.cluster)
+    return run.executor
+
+
+def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mode: int = 0o644):
+    from octoray.jobs.gzip import Wrapper, compress_stream
+
+    options = run.options
+    mtime = mtime if options.save_time() else 0
+    if options.form == "zip":
+        name = os.fsencode(options.alias) if name is None and options.alias else name
+    elif not options.save_name():
+        name = None
+    wrapper = Wrapper(options.form, name=name, mtime=mtime, level=options.level,
+                      comment=options.comment, mode=mode)
+    return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
+                           independent=options.independent, strategy=options.strategy,
+                           rsyncable=options.rsyncable, wrapper=wrapper)
+
+
+def _decompression(fd_in: int, write, run: Run, on_header=None):
+    from octoray.jobs.gunzip import decompress_stream
+
+    options = run.options
+    passthrough = options.force and options.stdout and not options.list  # gzip -cdf (and -tf)
+    return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header)
+
+
+def _cluster_note(run: Run) -> None:
+    """-v on a cluster: how the data reached the workers (read by them, or sent)."""
+    note = getattr(run.executor, "note", None)
+    if run.options.verbose and note:
+        message(f"{PROGRAM}: {note}")
+        run.executor.note = None
+
+
+def _verbose_prefix(run: Run, path: str) -> None:
+    if run.options.verbose:
+        message(f"{path}:\t", end="")
+
+
+def _compressed_ratio(totals) -> str:
+    return display_ratio(totals.bytes_in - (totals.bytes_out - totals.overhead), totals.bytes_in)
+
+
+def process_stdin(run: Run) -> None:
+    from octoray.streams import enlarge_pipe
+
+    options = run.options
+    fd = sys.stdin.fileno()
+    compressing = not (options.decompress or options.test or options.list)
+    if not options.force and not options.list:  # gzip -l reads a terminal
+        if compressing and os.isatty(sys.stdout.fileno()):
+            raise Fatal("compressed data not written to a terminal. Use -f to force compression.\n"
+                        f"For help, type: {PROGRAM} -h")
+        if not compressing and os.isatty(fd):
+            raise Fatal("compressed data not read from a terminal. Use -f to force decompression.\n"
+                        f"For help, type: {PROGRAM} -h")
+    enlarge_pipe(fd)
+    if options.list:
+        list_stream(fd, "stdout", stdin_mtime(fd), run)
+    elif compressing:
+        totals = _compress_to_stdout(fd, run, None, stdin_mtime(fd))
+        if totals is not None and options.verbose:
+            message(_compressed_ratio(totals))
+            _cluster_note(run)
+    else:
+        _decompress_to_stdout_or_test(fd, "stdin", run)
+
+
+def _compress_to_stdout(fd: int, run: Run, name: bytes | None, mtime: int, mode: int = 0o644):
+    from octoray.formats.gzip import ZipTooLarge
+
+    try:
+        return output.to_stdout(lambda write: _compression(fd, write, run, name, mtime, mode))
+    except ZipTooLarge as failure:
+        raise Fatal(str(failure)) from None
+
+
+def _decompress_to_stdout_or_test(fd: int, label: str, run: Run) -> None:
+    """-dc or -t: decompress `fd` to stdout (or nowhere) and report as gzip does."""
+    options = run.options
+    prefix = None if label == "stdin" else (lambda: _verbose_prefix(run, label))
+    try:
+        if options.test:
+            totals, outcome = _decompression(fd, output.discard, run, prefix)
+        else:
+            totals, outcome = output.to_stdout(lambda write: _decompression(fd, write, run, prefix))
+    except faults.Fault as failure:
+        run.fault(label, failure)
+        return
+    if not run.outcome(label, outcome):
+        return
+    if options.verbose and not (label == "stdin" and outcome):  # gzip: no " OK" after a stdin warning
+        if options.test:
+            message(" OK")
+        elif label != "stdin":  # gzip -dv reports nothing for stdin
+            verb = "created" if options.keep else "replaced with"
+            message(f"{decompression_ratio(totals)} -- {verb} stdout")
+
+
+def process_file(path: str, run: Run) -> None:
+    if run.options.decompress or run.options.test or run.options.list:
+        _decompress_file(path, run)
+    else:
+        _compress_file(path, run)
+
+
+def _walk(path: str, run: Run) -> None:
+    """-r: every entry in readdir's order, as gzip walks (os.listdir keeps that order)."""
+    try:
+        entries = os.listdir(path)
+    except OSError as failure:
+        run.error(f"{PROGRAM}: {path}: {failure.strerror}")
+        return
+    for entry in entries:
+        process_file(path + entry if path.endswith("/") else f"{path}/{entry}", run)
+
+
+def _compress_file(path: str, run: Run) -> None:
+    options = run.options
+    opened = open_input(path, run, lambda directory: _walk(directory, run))
+    if opened is None:
+        return
+    fd, st = opened
+    try:
+        suffix = names.has_suffix(os.path.basename(path), options.suffix)
+        if suffix and not options.force and not options.stdout:
+            if options.verbose or not (options.recursive or options.quiet):
+                message(f"{PROGRAM}: {path} already has {suffix} suffix -- unchanged")
+            return
+        name = os.fsencode(os.path.basename(path))
+        mtime, mode = int(st.st_mtime), stat.S_IMODE(st.st_mode)
+        if options.stdout:
+            _verbose_prefix(run, path)
+            done = _compress_to_stdout(fd, run, name, mtime, mode)
+            out_path = "stdout"
+        else:
+            out_path = names.shorten_for_suffix(path, names.compress_suffix(options), run)
+            if out_path is None:
+                return
+            done = output.to_file(run, path, out_path, st,
+                                  lambda write: _compression(fd, write, run, name, mtime, mode),
+                                  before=lambda: _verbose_prefix(run, path))
+        if done is not None and options.verbose:
+            verb = "created" if options.keep else "replaced with"
+            message(f"{_compressed_ratio(done)} -- {verb} {out_path}")
+            _cluster_note(run)
+    finally:
+        os.close(fd)
+
+
+def _decompress_file(path: str, run: Run) -> None:
+    options = run.options
+    path = names.find_compressed(path, run)
+    opened = open_input(path, run, lambda directory: _walk(directory, run))
+    if opened is None:
+        return
+    fd, st = opened
+    try:
+        base = names.strip_suffix(os.path.basename(path), options.suffix)
+        # gzip -dc never looks at the suffix; -t and -l try any file, except under -r
+        checked = options.test or options.list or not options.stdout
+        if base is None and checked and (options.recursive or not (options.test or options.list)):
+            if options.verbose or not (options.recursive or options.quiet):
+                run.warning(f"{PROGRAM}: {path}: unknown suffix -- ignored")
+            return
+        if options.list:
+            name = os.path.join(os.path.dirname(path), base) if base is not None else path
+            list_stream(fd, name, int(st.st_mtime), run, label=path)
+        elif options.test or options.stdout:
+            _decompress_to_stdout_or_test(fd, path, run)
+        else:
+            _decompress_to_file(fd, st, path, base, run)
+    finally:
+        os.close(fd)
+
+
+def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: Run) -> None:
+    options = run.options
+    mtime_ns = None
+    if options.restore():
+        header = _peek_header(fd)
+        if header is not None and header.name and names.header_basename(header.name):
+            base = names.header_basename(header.name)
+        if header is not None and header.mtime:
+            mtime_ns = header.mtime * 1_000_000_000
+    out_path = names.truncate_name(os.path.join(os.path.dirname(path), base), run)
+    try:
+        result = output.to_file(run, path, out_path, st, lambda write: _decompression(
+            fd, write, run, lambda: _verbose_prefix(run, path)), mtime_ns=mtime_ns)
+    except faults.Fault as failure:
+        run.fault(path, failure)
+        return
+    if result is not None:
+        totals, outcome = result
+        if run.outcome(path, outcome) and options.verbose:
+            verb = "created" if options.keep else "replaced with"
+            message(f"{decompression_ratio(totals)} -- {verb} {out_path}")
+
+
+def _peek_header(fd: int):
+    """The first member's header, read without moving the file offset (for -N)."""
+    from octoray.formats import gzip as gz
+
+    try:
+        return gz.parse_header(os.pread(fd, 1 << 16, 0))
+    except (faults.Fault, gz.Truncated, OSError):
+        return None
+
+
+def execute(argv: list[str], run: Run) -> int:
+    """Parse `argv` into run.options, then process every operand; the exit status."""
+    options = run.options
+    try:
+        apply_environment(options)
+        found, operands = parse(argv, OPTIONS, digits=LEVEL, stop=ACTIONS)
+        action = apply_options(found, options)
+    except UsageError as failure:
+        return usage_error(failure)
+    if action is not None:
+        sys.stdout.write({"license": LICENSE, "help": HELP, "version": VERSION + "\n"}[action])
+        return OK
+    if options.form == "zip" and (options.decompress or options.test or options.list):
+        raise Fatal("decompressing zip (-K) is not supported")
+    if options.list:
+        run.lister = Lister()
+    for operand in operands or ["-"]:
+        if operand == "-":
+            process_stdin(run)
+        else:
+            process_file(operand, run)
+    if options.list and not options.quiet and len(operands) > 1:
+        run.lister.totals(run)
+    return run.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    output.install_signal_handlers()
+    run = Run(Options())
+    try:
+        status = execute(sys.argv[1:] if argv is None else argv, run)
+    except Abort:
+        status = ERROR
+    except Fatal as failure:
+        text = str(failure)
+        message(text if text.startswith("\n") else f"{PROGRAM}: {text}")
+        status = ERROR
+    except Exception as failure:  # the engine's faults, system errors, and bugs: never a traceback
+        message(failure_text(PROGRAM, failure))
+        status = ERROR
+    finally:
+        if run.executor is not None:
+            run.executor.close()
+    return leave(status)

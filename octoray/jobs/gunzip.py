@@ -1,0 +1,188 @@
+"""gzip decompression as a job: every member of a stream, inflated in order, checked against
+its trailer, with gzip's rules for what may follow the last member.
+
+Faults are the types of octoray.formats.faults: raised where gzip stops with an error,
+returned (with the totals) where gzip warns or keeps what it wrote.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from octoray.formats import faults
+from octoray.formats import gzip as gz
+from octoray.jobs.gzip import Totals
+from octoray.streams import read_full_bytes
+
+READ_SIZE = 1 << 20
+MAX_OUTPUT_PIECE = 1 << 20  # bounds memory however well the data compresses
+
+
+class _Input:
+    """Buffered reads from a descriptor with look-ahead, for member-by-member parsing.
+
+    Plain reads on this thread (docs/design.md: a read-ahead thread cost more than it
+    saved), each waiting for a whole READ_SIZE or the end: a pipe's odd-sized pieces made
+    the inflater's outputs odd-sized too, and glibc's heap grew with the stream."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+        self.consumed = 0
+
+    def fill(self, n: int) -> bool:
+        """Try to hold at least `n` bytes; False at end of input with fewer."""
+        while len(self.buffer) < n and not self.eof:
+            data = read_full_bytes(self.fd, READ_SIZE)
+            if data:
+                self.buffer = self.buffer + data if self.buffer else data
+            else:
+                self.eof = True
+        return len(self.buffer) >= n
+
+    def take(self, n: int) -> bytes:
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        self.consumed += len(out)
+        return out
+
+    def give_back(self, data: bytes) -> None:
+        if data:
+            self.buffer = data + self.buffer
+            self.consumed -= len(data)
+
+    def rest_is_zeros(self) -> bool:
+        while True:
+            if self.buffer.strip(b"\0"):
+                return False
+            self.take(len(self.buffer))
+            if not self.fill(1):
+                return True
+
+    def copy_rest(self, write) -> int:
+        copied = 0
+        while self.fill(1):
+            piece = self.take(len(self.buffer))
+            copied += len(piece)
+            write(piece)
+        return copied
+
+
+def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
+    """Decompress every member from `fd_in` to `write`; return the totals and what gzip would
+    say after the data: None, a Notice (trailing data), or a later member's HeaderFault.
+
+    With `passthrough` (gzip -cdf), data that is not gzip is copied to `write` unchanged.
+    `on_header` is called once the first header is read (gzip -v names the file then).
+    Raises a faults.Fault, its ``totals`` set, for input gzip rejects.
+    """
+    source = _Input(fd_in)
+    totals = Totals()
+    try:
+        outcome = _decompress_members(source, write, totals, passthrough, on_header)
+        totals.bytes_in = source.consumed + len(source.buffer)
+        return totals, outcome
+    except faults.Fault as failure:
+        failure.totals = totals  # what came before the fault (gzip -l's figures)
+        raise
+
+
+def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool,
+                        on_header) -> faults.Notice | faults.HeaderFault | None:
+    while True:
+        if not source.fill(1):
+            if totals.members == 0:
+                if not passthrough:
+                    raise faults.UnexpectedEnd
+                if on_header is not None:
+                    on_header()  # gzip -cdfv names even an empty file
+                totals.copied = True
+            return None
+        totals.more = totals.members > 0
+        if totals.members and source.buffer[:1] == b"\0" and not passthrough:
+            return faults.TrailingZeros() if source.rest_is_zeros() else faults.TrailingGarbage()
+        header = _next_header(source, totals, passthrough)
+        if header is None:
+            if passthrough:
+                if totals.members == 0 and on_header is not None:
+                    on_header()  # gzip names the file before it copies, as before a member
+                totals.copied = True
+                totals.copied_bytes = source.copy_rest(write)
+                return None
+            return faults.TrailingGarbage()
+        if isinstance(header, faults.HeaderFault):
+            return header  # a fault in a later member's header
+        if totals.first_header is None:
+            totals.first_header = header
+            if on_header is not None:
+                on_header()
+        source.take(header.length)
+        _inflate_member(source, write, totals)
+
+
+def _next_header(source: _Input, totals: Totals, passthrough: bool):
+    """The next member's header; None where the data is not gzip (after a member, or under
+    -cdf); a later member's HeaderFault.  The first member's faults are raised."""
+    while True:
+        fault = gz.header_start_fault(source.buffer) if source.buffer[:2] == gz.MAGIC else None
+        try:
+            if fault is None:
+                header = gz.parse_header(source.buffer)
+                fault = gz.header_crc_fault(source.buffer, header)
+        except gz.Truncated:
+            if not source.fill(len(source.buffer) + 1):
+                if passthrough and len(source.buffer) < 2:
+                    return None
+                raise faults.UnexpectedEnd from None
+            continue
+        except faults.NotCompressed:
+            if passthrough:
+                return None
+            if totals.members == 0:
+                if not source.fill(2):  # one byte: gzip hits the end reading the magic
+                    raise faults.UnexpectedEnd from None
+                raise
+            if not source.fill(2):  # gzip reads a lone stray byte as a cut-off magic
+                raise faults.UnexpectedEnd from None
+            return None
+        except faults.UnknownMethod as error:  # header_start_fault sees it first
+            fault = error
+        if fault is None:
+            return header
+        if totals.members == 0:
+            raise fault
+        return fault
+
+
+def _inflate_member(source: _Input, write, totals: Totals) -> None:
+    """Inflate one member's deflate stream.  ISA-L's IgzipDecompressor keeps the input it has
+    not used yet, so no unconsumed tail is copied back and forth."""
+    from isal import igzip_lib, isal_zlib
+
+    inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
+    crc = size = 0
+    while not inflater.eof:
+        piece = b""
+        if inflater.needs_input:
+            if not source.fill(1):
+                raise faults.UnexpectedEnd
+            piece = source.take(len(source.buffer))
+        try:
+            out = inflater.decompress(piece, MAX_OUTPUT_PIECE)
+        except igzip_lib.IsalError:
+            raise faults.CorruptData from None
+        if out:
+            crc = isal_zlib.crc32(out, crc)
+            size += len(out)
+            write(out)
+    source.give_back(inflater.unused_data)
+    if not source.fill(8):
+        raise faults.UnexpectedEnd
+    expected_crc, expected_size = struct.unpack("<II", source.take(8))
+    if expected_crc != crc:
+        raise faults.CrcMismatch
+    if expected_size != size & 0xFFFFFFFF:
+        raise faults.LengthMismatch
+    totals.bytes_out += size
+    totals.members += 1
+    totals.last_crc, totals.last_size = crc, expected_size

@@ -1,0 +1,33 @@
+"""The accelerator interface every kernel module implements (cpu.py, fpga.py).
+
+A typing.Protocol, kept out of the start-up path: the implementations satisfy it
+structurally, and tests/test_fpga.py checks that they do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Accelerator(Protocol):
+    name: str
+    """How `octoray status` and -v describe it: ``cpu``, ``fpga:0 gzip_u50``, ..."""
+    fallback_reason: str | None
+    """Why some work runs on the CPU instead of the card (None: nothing falls back)."""
+
+    def deflate(self, data: Any, dictionary: bytes | None, level: int, last: bool,
+                strategy: str | None = None) -> bytes:
+        """Raw deflate of `data`: level 0-9 or 11 (pigz's strongest), strategy None, "huffman"
+        or "rle", primed with `dictionary` where the kernel can use one.  The last chunk ends
+        the deflate stream; any other ends byte-aligned without the final-block bit, so the
+        next chunk's data can follow it.  A variant the kernel cannot do runs on its fallback
+        or raises AcceleratorError-derived FpgaUnavailable saying so."""
+
+    def cnv_scores(self, images: Any) -> Any:
+        """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) scores whose
+        argmax (the lowest index winning a tie) is the class.  CPU kernels return fc3
+        popcounts; an FPGA returns its top-1 class as a one-hot row."""
+
+    def close(self) -> None:
+        """Release the card (and the fallback's resources)."""

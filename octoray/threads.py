@@ -1,0 +1,27 @@
+"""One thread budget for a run: `-p N` (or the CPUs this process may use) bounds every thread
+the run starts, the engine's workers and the kernels' own helpers together."""
+
+from __future__ import annotations
+
+import os
+
+_budget: int | None = None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_budget(threads: int | None) -> None:
+    """Bound the run's threads to `threads` (None: the available CPUs)."""
+    global _budget
+    _budget = max(1, threads) if threads else None
+
+
+def budget() -> int:
+    """Threads the run may keep busy at once."""
+    return _budget or available_cpus()
