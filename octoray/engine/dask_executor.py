@@ -23,8 +23,8 @@ STARTUP_WORKERS_TIMEOUT = 3.0  # a cluster with no workers at the start: an erro
 NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
 POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
-# Engine jobs per request (4 MiB of fgzip input): a request costs the client about a ms of CPU,
-# small beside 4 jobs' data, and finer tasks keep several cards evenly busy to the end.
+# Engine jobs per request (4 MiB of fgzip input): a request's own cost is small beside 4 jobs'
+# data, and finer tasks keep several cards evenly busy to the end.
 JOBS_PER_TASK = 4
 # Where the workers read the file themselves a request carries no data, only its cost: fewer,
 # larger ones.

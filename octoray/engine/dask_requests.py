@@ -1,8 +1,8 @@
 """Tasks sent straight from the client to the workers of a Dask cluster, one request each.
 
 A Dask task costs several round trips through the scheduler (scatter: three; submit; the
-result: two more) and the scheduler's CPU: measured, about 8 ms of the client's CPU a task
-and a ceiling on how fast one client can feed the cards.  Here the client sends each task to
+result: two more) and the scheduler's CPU: a ceiling on how fast one client can feed the
+cards (README, Cluster: the client's CPU per GB).  Here the client sends each task to
 a worker as one request that octoray's preload answers (``octoray_run``), data and function
 inside, the result in the reply, over Dask's own connections (TLS included).  The client
 places the tasks itself: each worker gets at most two per thread (one running, one waiting,
