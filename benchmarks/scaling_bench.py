@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["embedded", "dask"], choices=["embedded", "dask"])
     p.add_argument("--plot", type=Path, help="draw the speedups into this PNG (matplotlib)")
     p.add_argument("--json", type=Path, help="write every measurement here")
+    p.add_argument("--client-cpu-only", action="store_true", help="only the client's CPU per GB (fgzip)")
     args = p.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="scaling-bench-"))
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
             return [*tool_argv("fclassify"), "--batch", "64", *extra, str(one_image if small else images)], None
 
         results: dict = {}
-        for _ in range(args.runs):  # rounds; in each, every N on a cluster of its own, set-ups taking turns
+        for _ in range(0 if args.client_cpu_only else args.runs):  # rounds; in each, every N on a cluster of its own, set-ups taking turns
             for n in args.cards:
                 cluster = LoopbackCluster(workdir / f"cluster{n}", n, args) if "dask" in args.modes else None
                 try:
