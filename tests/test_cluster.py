@@ -147,7 +147,7 @@ def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin)
     out = proc.stdout.read()  # not communicate(): it would close stdin under the feeder
     err = proc.stderr.read()
     proc.wait(timeout=180)
-    feeder.join()
+    feeder.join(timeout=60)
     assert proc.returncode == 0, err
     assert killed.is_set()
     assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
@@ -168,8 +168,9 @@ def test_losing_the_scheduler_is_a_clear_error_within_seconds(cluster):
     proc.stdout.read()
     err = proc.stderr.read()
     proc.wait(timeout=120)
+    feeder.join(timeout=60)
+    assert killed_at, err  # fgzip was still running when the scheduler was killed
     noticed = time.monotonic() - killed_at[0]
-    feeder.join()
     assert proc.returncode == 1
     assert err.startswith(b"fgzip: lost the cluster at tcp://127.0.0.1:"), err
     assert b"Traceback" not in err

@@ -213,6 +213,12 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
     from distributed import Client
 
     _check_tls(target, where, security)
+    # The tools die quietly of SIGPIPE on a closed stdout (`fgzip -dc | head`), but a socket
+    # whose peer died must be an error, not that death: the client's event-loop thread, which
+    # does every socket write, starts with SIGPIPE blocked (a write then fails with EPIPE).
+    import signal
+
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
     try:
         if scheduler_file:
             client = Client(scheduler_file=scheduler_file, timeout=timeout, security=security,
@@ -221,6 +227,8 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
             client = Client(address, timeout=timeout, security=security, set_as_default=False, direct_to_workers=True)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
         raise ClusterError(f"cannot reach the cluster at {where}: {error}") from None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
     executor = DaskExecutor(client, client.scheduler.address)
     try:
         executor.wait_for_workers(workers_timeout)
