@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections import deque
@@ -132,7 +133,7 @@ def _cifar_items(stream, source: str, batch: int) -> Iterator[Item]:
 
 
 def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
-                  path: str | None = None) -> Iterator[Item]:
+                  rewind: bool = False) -> Iterator[Item]:
     """Items of one byte stream (a file or stdin) whose format is detected or given."""
     head = _read_exactly(stream, _HEAD)
     kind = input_format
@@ -153,7 +154,7 @@ def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
             if not recognised_image(head):  # and the rest is never read
                 yield Item(name, error="empty file" if not head else "not an image")
                 return
-        yield _image_item(name, head, stream, path)
+        yield _image_item(name, head, stream, rewind)
         return
     source = io.BufferedReader(_Prepended(head, stream), 1 << 20)
     if kind == "tar":
@@ -162,15 +163,17 @@ def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
         yield from _cifar_items(source, name, batch)
 
 
-def _image_item(name: str, head: bytes, stream, path: str | None = None) -> Item:
+def _image_item(name: str, head: bytes, stream, rewind: bool = False) -> Item:
     """One encoded image whose first bytes `head` were read from `stream`: its bytes when they
-    are few, else its pixels, decoded here from its file `path` or from a temporary copy."""
+    are few, else its pixels, decoded here from the stream itself (`rewind`: a regular file
+    read from its start) or from a temporary copy."""
     rest = _read_exactly(stream, INLINE_BYTES + 1 - len(head))
     if len(head) + len(rest) <= INLINE_BYTES:
         return Item(name, head + rest)
-    if path is not None:
-        with open(path, "rb") as file:
-            return _decoded_here(name, file)
+    if rewind:
+        del rest
+        stream.seek(0)
+        return _decoded_here(name, io.BufferedReader(stream, 1 << 16) if isinstance(stream, io.RawIOBase) else stream)
     with tempfile.TemporaryFile() as copy:
         copy.write(head)
         copy.write(rest)
@@ -197,7 +200,8 @@ def _file_items(path: str, input_format: str, batch: int, note: Note) -> Iterato
         return
     with stream:
         try:
-            yield from _stream_items(stream, path, input_format, batch, note, path)
+            regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)  # not a pipe: can be read again
+            yield from _stream_items(stream, path, input_format, batch, note, regular)
         except OSError as error:
             yield Item(path, error=error.strerror or str(error))
 
