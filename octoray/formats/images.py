@@ -120,7 +120,8 @@ def _decode_jpeg(data) -> np.ndarray | None:
             scaled_h, scaled_w, _, _ = simplejpeg.decode_jpeg_header(
                 data, min_height=JPEG_MIN_SIDE, min_width=JPEG_MIN_SIDE, min_factor=2)
             coefficients = 2 * width * height * (1 + 2 * _CHROMA_SHARE.get(subsampling, 1.0))
-            if coefficients + pixel_cost("RGB", scaled_w * scaled_h) + 3 * scaled_w * scaled_h > DECODE_BUDGET or height * width > MAX_PIXELS:
+            output = 3 * scaled_w * scaled_h + pixel_cost("RGB", scaled_w * scaled_h)  # numpy, then Pillow
+            if coefficients + output > DECODE_BUDGET or height * width > MAX_PIXELS:
                 return None
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=JPEG_MIN_SIDE,
                                         min_width=JPEG_MIN_SIDE, min_factor=2)
