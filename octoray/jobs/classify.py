@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from octoray.engine.stream import ordered_map
+from octoray.engine.stream import batched, ordered_map
 from octoray.formats.images import CIFAR_RECORD, IMAGE_SUFFIXES, cifar_records, looks_like_image
 
 INPUT_FORMATS = ("auto", "image", "tar", "cifar")
@@ -316,25 +316,26 @@ def _decode(item: Item) -> None:
         item.payload, item.error = None, str(error)
 
 
-def _prepared(stream: Iterable[Item], decode_here: bool) -> Iterator[Item]:
-    """Items whose payload is ready to send: pixels, or (to a cluster) an encoded image of at
-    most REMOTE_BYTES for the worker to decode."""
+def _decoded(stream: Iterable[Item]) -> Iterator[Item]:
+    """The items with their images decoded, each as soon as it is read."""
     for item in stream:
-        payload = item.payload
-        if item.error is None and isinstance(payload, (bytes, bytearray)) and (
-                decode_here or len(payload) > REMOTE_BYTES):
+        if item.error is None and isinstance(item.payload, (bytes, bytearray)):
             _decode(item)
         yield item
 
 
-def _groups(items: Iterable[Item], batch: int) -> Iterator[list]:
-    """Lists of `batch` consecutive items, a list closed early at REMOTE_BYTES encoded bytes."""
+def _remote_groups(stream: Iterable[Item], batch: int) -> Iterator[list]:
+    """Lists of `batch` consecutive items for a cluster's workers to decode, a list closed early
+    at REMOTE_BYTES encoded bytes; an image larger than that is decoded here."""
     group: list = []
     encoded = 0
-    for item in items:
+    for item in stream:
+        if item.error is None and isinstance(item.payload, (bytes, bytearray)):
+            if len(item.payload) > REMOTE_BYTES:
+                _decode(item)
+            else:
+                encoded += len(item.payload)
         group.append(item)
-        if isinstance(item.payload, (bytes, bytearray)):
-            encoded += len(item.payload)
         if len(group) == batch or encoded >= REMOTE_BYTES:
             yield group
             group, encoded = [], 0
@@ -356,11 +357,13 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
     decode_here = getattr(executor, "in_process", False)
 
     def jobs():
-        for group in _groups(_prepared(stream, decode_here), batch):
+        groups = batched(_decoded(stream), batch) if decode_here else _remote_groups(stream, batch)
+        for group in groups:
             sent.append(group)
             payloads = [item.payload if item.error is None else None for item in group]
-            for item in group:
-                item.payload = None  # the batch holds it now, until its task is done
+            if not decode_here:
+                for item in group:
+                    item.payload = None  # encoded bytes: the batch holds them, until its task is done
             yield (ImageBatch(payloads),)
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
