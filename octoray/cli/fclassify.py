@@ -19,6 +19,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
 
+from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
+
 PROGRAM = "fclassify"
 
 
@@ -143,11 +145,6 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
     return 1 if failures else 0
 
 
-def _cluster_error():
-    module = sys.modules.get("octoray.engine.dask_executor")
-    return module.ClusterError if module else ()
-
-
 def main(argv: list[str] | None = None) -> int:
     # Libraries' warnings (Pillow's decompression-bomb warning, ...) are not for the user:
     # fclassify says what matters itself, as `fclassify: PATH: ...`.
@@ -165,44 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         status = 0
-    except Exception as failure:  # noqa: BLE001 - a message, never a traceback
-        from octoray.kernels import AcceleratorError
-
-        cluster_error = _cluster_error()
-        if isinstance(failure, AcceleratorError) or (cluster_error and isinstance(failure, cluster_error)):
-            sys.stderr.write(f"{PROGRAM}: {failure}\n")
-        elif isinstance(failure, OSError):
-            where = failure.filename if failure.filename is not None else "stdout"
-            sys.stderr.write(f"{PROGRAM}: {where}: {failure.strerror or failure}\n")
-        else:
-            sys.stderr.write(f"{PROGRAM}: internal error: {type(failure).__name__}: {failure}\n")
+    except Exception as failure:  # noqa: BLE001 - the engine's faults, system errors, bugs: a message
+        sys.stderr.write(failure_text(PROGRAM, failure) + "\n")
         status = 1
-    return _finish(status)
-
-
-def _silence_stdout() -> None:
-    """After the reader of stdout went away (`| head`): no second error at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-
-
-def _finish(status: int) -> int:
-    if "distributed" in sys.modules:
-        # Dask's threads and exit handlers may still print as the interpreter ends; the
-        # output is complete, so leave now (as fgzip does).
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                if stream is sys.stdout:
-                    _silence_stdout()
-        os._exit(status)
-    return status
+    return leave(status)
 
 
 if __name__ == "__main__":
