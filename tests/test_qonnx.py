@@ -40,11 +40,15 @@ def shipped() -> CnvModel:
 
 @pytest.fixture(scope="module")
 def graph_file(tmp_path_factory) -> Path:
-    """The file a user gets from the export command."""
+    """The file a user gets from the export command (which checks it on validation images
+    too when given the archive)."""
     path = tmp_path_factory.mktemp("qonnx") / "cnv_w1a1.onnx"
-    result = export("--qonnx", path)
+    data = ["--data", ARCHIVE, "--limit", "100"] if ARCHIVE.exists() else []
+    result = export("--qonnx", path, *data)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "all 200 synthetic images" in result.stdout
+    if data:
+        assert "all 100 validation images (" in result.stdout and "% correct)" in result.stdout
     return path
 
 
@@ -245,14 +249,6 @@ def test_export_from_the_portable_state_gives_the_shipped_graph_with_its_tensor_
     with torch.no_grad():
         logits = float_model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     assert np.allclose(execute(other, images)["logits"], logits, atol=1e-4)
-
-
-@needs_qonnx
-@needs_archive
-def test_the_command_checks_validation_images_when_given_the_archive(tmp_path):
-    result = export("--qonnx", tmp_path / "cnv.onnx", "--data", ARCHIVE, "--limit", "100")
-    assert result.returncode == 0, result.stderr
-    assert "all 100 validation images (" in result.stdout and "% correct)" in result.stdout
 
 
 @needs_qonnx

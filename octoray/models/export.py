@@ -277,6 +277,8 @@ def _export_qonnx(args, parser) -> int:
 
     try:
         qonnx_export.require_extra()
+        if not args.qonnx.parent.is_dir():  # before the work, not after it
+            raise _Refused(f"{args.qonnx}: No such file or directory")
         model, tensor_norm, source = _qonnx_source(args)
         checks = [("synthetic", qonnx_export.synthetic_images(SYNTHETIC_IMAGES), None)]
         if args.data:
