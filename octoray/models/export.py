@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.qonnx:
-        return _export_qonnx(args, p)
+        return _export_qonnx(args)
     if args.data is None:
         p.error("the following arguments are required: --data")
     if args.model:
@@ -270,7 +270,7 @@ def _validation_images(args, model: CnvModel) -> tuple[np.ndarray, np.ndarray]:
     return decode_members(args.data, [names[i] for i in chosen]), labels[chosen]
 
 
-def _export_qonnx(args, parser) -> int:
+def _export_qonnx(args) -> int:
     """Write the QONNX graph only once its labels equal the CPU kernel's on every checked image."""
     from octoray.kernels import cnv_cpu
     from octoray.models import qonnx_export
@@ -283,7 +283,10 @@ def _export_qonnx(args, parser) -> int:
         checks = [("synthetic", qonnx_export.synthetic_images(SYNTHETIC_IMAGES), None)]
         if args.data:
             checks.insert(0, ("validation", *_validation_images(args, model)))
-        graph = qonnx_export.build(model, tensor_norm, source)
+        try:
+            graph = qonnx_export.build(model, tensor_norm, source)
+        except ValueError as error:  # a TensorNorm that would reorder or merge the logits
+            raise _Refused(str(error)) from None
         packed = cnv_cpu.PackedModel(model)
         report = []
         for kind, images, truth in checks:

@@ -41,7 +41,7 @@ FINN_VERSION = "v0.10.1"
 """The FINN release whose QONNX import and streamlining this graph's structure follows."""
 
 INPUT, OUTPUT = "global_in", "global_out"
-OPSET, IR_VERSION = 13, 8  # what FINN's end-to-end tests export with; readable by its onnx 1.17
+OPSET, IR_VERSION = 13, 8  # as FINN v0.10.1's end-to-end tests export; readable by the onnx 1.13 it pins
 QONNX_DOMAIN = "qonnx.custom_op.general"
 BN_EPS = 1e-4
 INSTALL_HINT = "pip install 'octoray[qonnx]' (or '.[qonnx]' in a checkout)"
