@@ -286,3 +286,17 @@ def test_a_model_file_that_is_not_one_is_refused(tmp_path):
     bogus.write_bytes(b"not a model")
     result = export("--qonnx", tmp_path / "x.onnx", "--model", bogus)
     assert result.returncode == 1 and result.stderr.startswith(f"octoray-export: {bogus}") and result.stderr.count("\n") == 1
+
+
+@needs_qonnx
+def test_the_shipped_model_exports_without_pytorch(tmp_path):
+    """The extra is all the export needs: the integer model is written without PyTorch."""
+    blocked = "import sys; sys.modules['torch'] = None; from octoray.models.export import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", blocked, "--qonnx", str(tmp_path / "x.onnx")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert (tmp_path / "x.onnx").stat().st_size > 1_000_000
+    blocked_float = [sys.executable, "-c", blocked, "--qonnx", str(tmp_path / "y.onnx"), "--checkpoint", "last"]
+    result = subprocess.run(blocked_float, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr == "octoray-export: reading a float model needs PyTorch: pip install '.[train]'\n"
