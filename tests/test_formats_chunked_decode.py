@@ -1,0 +1,191 @@
+"""Decoding chunked members in parallel (octoray.jobs.gunzip_parallel): byte-exact output for
+any data, chunk size, index or none and input split anyhow; and for damage anywhere, the
+same verdict and output as a sequential decoder, which is what gzip's messages come from."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from chunked_members import chunked_member
+from conftest import text_like
+from octoray.engine.executors import LocalExecutor
+from octoray.formats import gzip as gz
+from octoray.formats import gzip_chunks
+from octoray.jobs.gunzip_parallel import MAX_CHUNK_SIZE, can_decode, inflate_member
+from octoray.jobs.gzip import CRC_ERROR, FORMAT_VIOLATED, LENGTH_ERROR, UNEXPECTED_EOF, FormatError
+
+data_of_any_kind = st.one_of(
+    st.binary(max_size=5000),
+    st.builds(lambda unit, n: unit * n, st.binary(min_size=1, max_size=30), st.integers(0, 2000)),
+    st.builds(lambda n, seed: text_like(n, seed), st.integers(0, 12000), st.integers(0, 5)),
+)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with LocalExecutor(2) as pool:
+        yield pool
+
+
+def split(data: bytes, rng: random.Random) -> list[bytes]:
+    pieces, at = [], 0
+    while at < len(data):
+        step = rng.choice([1, 7, 100, 4096, 1 << 20])
+        pieces.append(data[at:at + step])
+        at += step
+    return pieces
+
+
+def decode(member: bytes, executor, seed: int = 0):
+    """(output, Inflated) of the parallel decoder, the member's header parsed here."""
+    header = gz.parse_header(member)
+    layout = gzip_chunks.parse_layout(member)
+    out: list[bytes] = []
+    result = inflate_member(layout, split(member[header.length:], random.Random(seed)), out.append, executor)
+    return b"".join(out), result
+
+
+def sequential(member: bytes):
+    """The reference: one inflater from the first byte, as fgzip's sequential decoder and gzip
+    decode a member.  (output, reason or None, bytes after the member)."""
+    from isal import igzip_lib
+
+    body = member[gz.parse_header(member).length:]
+    inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
+    try:
+        out = inflater.decompress(body)
+    except igzip_lib.IsalError:
+        return None, FORMAT_VIOLATED, None
+    if not inflater.eof:
+        return out, UNEXPECTED_EOF, None
+    rest = inflater.unused_data
+    if len(rest) < 8:
+        return out, UNEXPECTED_EOF, None
+    crc, size = struct.unpack("<II", rest[:8])
+    if crc != gz.crc32(out):
+        return out, CRC_ERROR, None
+    if size != len(out) & 0xFFFFFFFF:
+        return out, LENGTH_ERROR, None
+    return out, None, rest[8:]
+
+
+def agrees_with_sequential(member: bytes, executor, seed: int = 0) -> None:
+    expected, reason, rest = sequential(member)
+    out: list[bytes] = []
+    header = gz.parse_header(member)
+    pieces = split(member[header.length:], random.Random(seed))
+    try:
+        result = inflate_member(gzip_chunks.parse_layout(member), pieces, out.append, executor)
+    except FormatError as failure:
+        assert failure.reason == reason
+        got = b"".join(out)
+        if expected is not None:  # output before the fault: what a sequential decode wrote
+            assert expected.startswith(got) or got.startswith(expected)
+        return
+    assert reason is None
+    assert b"".join(out) == expected and result.unused == rest
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=data_of_any_kind, chunk_size=st.integers(1, 5000), level=st.integers(1, 9),
+       index=st.booleans(), trailing=st.binary(max_size=20), seed=st.integers(0, 99))
+def test_any_data_decodes_in_parallel_byte_exact(executor, data, chunk_size, level, index, trailing, seed):
+    member = chunked_member(data, chunk_size, level=level, index=index)
+    out, result = decode(member + trailing, executor, seed)
+    assert out == data and result.unused == trailing
+    assert (result.crc, result.size) == (gz.crc32(data), len(data))
+    assert not result.sequential and result.chunks == max(1, -(-len(data) // chunk_size))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=data_of_any_kind, cuts=st.lists(st.integers(1, 30000), max_size=12), index=st.booleans())
+def test_variable_chunks_decode_in_parallel(executor, data, cuts, index):
+    cuts = sorted({c for c in cuts if c < len(data)})
+    chunk_size = max([b - a for a, b in zip([0, *cuts], [*cuts, len(data)])] or [1]) or 1
+    member = chunked_member(data, chunk_size, index=index, cuts=cuts)
+    out, result = decode(member, executor)
+    assert out == data and not result.sequential
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=data_of_any_kind, chunk_size=st.integers(1, 3000), index=st.booleans(),
+       at=st.integers(0, 10**6), seed=st.integers(0, 99))
+def test_truncation_anywhere_fails_as_sequential_decoding_does(executor, data, chunk_size, index, at, seed):
+    member = chunked_member(data, chunk_size, index=index)
+    start = gz.parse_header(member).length
+    agrees_with_sequential(member[:start + at % (len(member) - start)], executor, seed)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=data_of_any_kind, chunk_size=st.integers(1, 3000), index=st.booleans(),
+       at=st.integers(0, 10**6), change=st.integers(1, 255), seed=st.integers(0, 99))
+def test_damage_anywhere_gives_the_sequential_verdict(executor, data, chunk_size, index, at, change, seed):
+    member = chunked_member(data, chunk_size, index=index)
+    start = gz.parse_header(member).length
+    at = start + at % (len(member) - start)
+    agrees_with_sequential(member[:at] + bytes([member[at] ^ change]) + member[at + 1:], executor, seed)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=data_of_any_kind, chunk_size=st.integers(1, 3000), claimed=st.integers(1, 5000),
+       sizes=st.lists(st.integers(1, 5000), max_size=10), variable=st.booleans())
+def test_a_header_that_lies_still_decodes_exactly(executor, data, chunk_size, claimed, sizes, variable):
+    """Wrong chunk size, wrong index, or the flag on a stream whose chunks are not what it says:
+    verification fails and decoding goes on sequentially, byte-exact."""
+    honest = chunked_member(data, chunk_size, index=False)
+    body = honest[gz.parse_header(honest).length:]
+    head, at = gzip_chunks.header(chunk_size=claimed, slots=len(sizes), variable=variable)
+    head = head[:at] + gzip_chunks.index_bytes(sizes, len(sizes)) + head[at + 4 * len(sizes):]
+    out, result = decode(head + body, executor)
+    assert out == data and result.unused == b""
+
+
+def test_dependent_chunks_under_the_flag_decode_exactly(executor):
+    """Chunks primed with the previous chunk's window (fgzip -1 today) do not verify alone."""
+    from octoray.kernels.cpu import deflate_chunk
+
+    data, size = text_like(400_000, 3), 50_000
+    chunks, previous = [], None
+    for i in range(0, len(data), size):
+        piece = data[i:i + size]
+        chunks.append(bytes(deflate_chunk(piece, previous, 1, i + size >= len(data))))
+        previous = piece[-gz.DICTIONARY_SIZE:]
+    head, _ = gzip_chunks.header(chunk_size=size)
+    out, result = decode(head + b"".join(chunks) + gz.trailer(gz.crc32(data), len(data)), executor)
+    assert out == data and result.sequential
+
+
+def test_markers_inside_stored_data_are_passed_over(executor):
+    """Incompressible data full of 00 00 ff ff is stored verbatim: the markers in it are no
+    chunk ends, and the decoder finds the true ones."""
+    rng = random.Random(5)
+    data = b"".join(rng.randbytes(rng.randint(0, 300)) + b"\x00\x00\xff\xff" for _ in range(3000))
+    for index in (True, False):
+        member = chunked_member(data, 100_000, level=6, index=index)
+        out, result = decode(member, executor)
+        assert out == data
+
+
+def test_a_rare_marker_by_chance_costs_one_retry(executor):
+    """One chance marker inside a chunk: that chunk is retried with the next end, and the
+    rest still goes in parallel."""
+    rng = random.Random(7)
+    data = rng.randbytes(600_000)
+    data = data[:150_000] + b"\x00\x00\xff\xff" + data[150_004:]  # stored: the marker shows
+    member = chunked_member(data, 100_000, level=6, index=False)
+    assert member[gz.parse_header(member).length:].count(gzip_chunks.MARKER) == 6
+    out, result = decode(member, executor)
+    assert out == data and not result.sequential and result.chunks == 6
+
+
+def test_empty_input_and_limits(executor):
+    out, result = decode(chunked_member(b"", 1 << 20), executor)
+    assert out == b"" and result.size == 0 and result.chunks == 1
+    big = gzip_chunks.ChunkLayout(MAX_CHUNK_SIZE + 1)
+    assert not can_decode(big, executor) and not can_decode(None, executor)
+    assert can_decode(gzip_chunks.ChunkLayout(1 << 20), executor)
+    assert not can_decode(gzip_chunks.ChunkLayout(1 << 20), LocalExecutor(1))
