@@ -189,3 +189,43 @@ def test_empty_input_and_limits(executor):
     assert not can_decode(big, executor) and not can_decode(None, executor)
     assert can_decode(gzip_chunks.ChunkLayout(1 << 20), executor)
     assert not can_decode(gzip_chunks.ChunkLayout(1 << 20), LocalExecutor(1))
+
+
+def test_on_a_cluster_a_worker_killed_mid_run_changes_nothing(tmp_path):
+    """A 2-worker loopback Dask cluster: chunks are decoded on the workers, one of which is
+    SIGKILLed half way; its chunks go to the other, and the output is byte-exact."""
+    import signal
+    import time
+
+    from octoray.engine.dask_executor import connect
+    from test_cluster import Cluster
+
+    data = text_like(24 << 20, seed=12)
+    member = chunked_member(data, 1 << 16, index=False)
+    body = member[gz.parse_header(member).length:]
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.add_worker("w0", 0)
+        cluster.add_worker("w1", 1)
+        cluster.wait_for_workers(2)
+        out: list[bytes] = []
+        killed = []
+
+        def write(piece):
+            out.append(piece)
+            if not killed and sum(map(len, out)) >= len(data) // 2:
+                killed.append(True)
+                cluster.workers["w1"].send_signal(signal.SIGKILL)
+
+        def slow(pieces):
+            for piece in pieces:
+                time.sleep(0.005)
+                yield piece
+
+        with connect(cluster.address) as executor:
+            assert can_decode(gzip_chunks.parse_layout(member), executor)
+            result = inflate_member(gzip_chunks.parse_layout(member),
+                                    slow(split(body, random.Random(1))), write, executor)
+        assert killed and b"".join(out) == data and not result.sequential
+    finally:
+        cluster.stop()
