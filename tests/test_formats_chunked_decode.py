@@ -132,7 +132,7 @@ def test_damage_anywhere_gives_the_sequential_verdict(executor, data, chunk_size
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=data_of_any_kind, chunk_size=st.integers(1, 3000), claimed=st.integers(1, 5000),
-       sizes=st.lists(st.integers(1, 5000), max_size=10), variable=st.booleans())
+       sizes=st.lists(st.integers(1, 5000) | st.integers(1, 2**32 - 1), max_size=10), variable=st.booleans())
 def test_a_header_that_lies_still_decodes_exactly(executor, data, chunk_size, claimed, sizes, variable):
     """Wrong chunk size, wrong index, or the flag on a stream whose chunks are not what it says:
     verification fails and decoding goes on sequentially, byte-exact."""
@@ -180,6 +180,37 @@ def test_a_rare_marker_by_chance_costs_one_retry(executor):
     assert member[gz.parse_header(member).length:].count(gzip_chunks.MARKER) == 6
     out, result = decode(member, executor)
     assert out == data and not result.sequential and result.chunks == 6
+
+
+def test_read_ahead_stays_bounded_whatever_the_index_says(executor):
+    """An index entry claiming gigabytes is not believed: the decoder never reads further ahead
+    than its window of chunks, each at most as long as a chunk can be."""
+    from octoray.jobs.gunzip_parallel import BLOCK
+
+    from itertools import accumulate
+
+    from chunked_members import deflated_chunks
+
+    data = text_like(6 << 20, 8)
+    honest = chunked_member(data, 1 << 16, index=False)
+    body = honest[gz.parse_header(honest).length:]
+    used = [0, *accumulate(len(c) for c in deflated_chunks(data, 1 << 16))]  # input behind k chunks
+    head, at = gzip_chunks.header(chunk_size=1 << 16, slots=2)
+    head = head[:at] + gzip_chunks.index_bytes([2**32 - 1, 2**31], 2) + head[at + 8:]
+    read, ahead, out = [0], [], []
+
+    def pieces():
+        for i in range(0, len(body), 4096):
+            read[0] += len(body[i:i + 4096])
+            yield body[i:i + 4096]
+
+    def write(piece):
+        out.append(piece)
+        ahead.append(read[0] - used[len(out)])
+
+    inflate_member(gzip_chunks.parse_layout(head), pieces(), write, executor)
+    assert b"".join(out) == data
+    assert max(ahead) < 8 * gzip_chunks.max_compressed(1 << 16) + 2 * BLOCK
 
 
 def test_empty_input_and_limits(executor):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from octoray.engine.stream import ordered_map
+from octoray.engine.stream import default_window, ordered_map
 from octoray.formats import gzip as gz
 from octoray.formats.chunk_inflate import inflate_chunk
 from octoray.formats.gzip_chunks import ChunkLayout, find_marker, max_compressed
@@ -23,6 +23,7 @@ from octoray.jobs.gzip import CRC_ERROR, FORMAT_VIOLATED, LENGTH_ERROR, UNEXPECT
 
 MAX_CHUNK_SIZE = 16 << 20
 """Larger announced chunks are decoded sequentially: the window holds several chunks' output."""
+IN_FLIGHT = 64 << 20  # output the window may hold, where chunks are large
 MERGE_TRIES = 4  # candidate ends tried for a chunk that failed, before decoding sequentially
 BLOCK = 1 << 20  # input is kept in blocks of at least this much (small pipe reads are joined)
 MAX_OUTPUT_PIECE = 1 << 20
@@ -179,7 +180,7 @@ class _MemberDecoder:
         """Decode verified chunks from self.verified on: 'end' once the stream's last chunk is
         in, 'failed' at the first chunk that does not verify (or input that ends)."""
         self.regions.clear()
-        results = ordered_map(inflate_chunk, self._jobs(), self.executor)
+        results = ordered_map(inflate_chunk, self._jobs(), self.executor, self._window())
         try:
             for result in results:
                 _, end = self.regions.popleft()
@@ -193,6 +194,13 @@ class _MemberDecoder:
             return "failed"  # the input ended at a chunk boundary: the stream is cut short
         finally:
             results.close()
+
+    def _window(self) -> int:
+        """The engine's window, made smaller where chunks are large (memory stays bounded)."""
+        workers = max(1, getattr(self.executor, "workers", 1))
+        per_task = max(1, getattr(self.executor, "jobs_per_task", 1))
+        tasks = IN_FLIGHT // (self.layout.chunk_size * per_task)
+        return max(workers + 1, min(default_window(workers), tasks))
 
     def _jobs(self):
         start, chunk = self.verified, self.chunk
@@ -209,7 +217,7 @@ class _MemberDecoder:
         """Where chunk number `chunk`, starting at `start`, is believed to end: the index's
         word, else the next marker, else as far as a chunk may reach (a last chunk)."""
         sizes = self.layout.sizes
-        if self.use_index and chunk < len(sizes):
+        if self.use_index and chunk < len(sizes) and sizes[chunk] <= self.limit:
             end = start + sizes[chunk]
             self.data.ensure(end)
             return min(end, self.data.end)
