@@ -16,7 +16,12 @@ from conftest import text_like
 from deflate_walk import walk
 from octoray.formats import gzip as gz
 from octoray.formats import gzip_chunks
-from octoray.formats.chunk_inflate import PROBE, inflate_chunk
+from octoray.formats import chunk_inflate
+from octoray.formats.chunk_inflate import PROBE, inflate_chunk_isal
+
+assert chunk_inflate._libdeflate_inflate is not None, "libdeflate from the deflate package should bind"
+VERIFIERS = {"libdeflate": chunk_inflate.inflate_chunk, "isa-l": inflate_chunk_isal}
+both_verifiers = pytest.mark.parametrize("inflate_chunk", list(VERIFIERS.values()), ids=list(VERIFIERS))
 
 data_of_any_kind = st.one_of(
     st.binary(max_size=6000),
@@ -131,9 +136,10 @@ def test_find_marker_agrees_with_bytes_find(data, start, end):
 
 # --- the chunk verifier ------------------------------------------------------------------------
 
+@both_verifiers
 @settings(max_examples=100, deadline=None)
 @given(data=data_of_any_kind, chunk_size=st.integers(1, 4000), level=st.integers(1, 9))
-def test_each_chunk_verifies_on_its_own(data, chunk_size, level):
+def test_each_chunk_verifies_on_its_own(inflate_chunk, data, chunk_size, level):
     chunks = deflated_chunks(data, chunk_size, level)
     for i, chunk in enumerate(chunks):
         piece = data[i * chunk_size:(i + 1) * chunk_size]
@@ -161,25 +167,33 @@ def streams_with_many_blocks(seed: int, size: int) -> bytes:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_a_cut_verifies_exactly_where_a_block_starts_on_a_byte(seed):
+    """Every cut of a stream with blocks of every kind: ISA-L's check accepts exactly the
+    byte-aligned block boundaries; libdeflate's also accepts nothing else, except cuts inside
+    the stream's final block (the exception the decoder settles with the next chunk)."""
     stream = streams_with_many_blocks(seed, 3000 + 500 * seed)
     output, starts, end_bit = walk(stream)
     boundaries = {bit // 8 for bit in starts[1:] if bit % 8 == 0}
     assert boundaries, "the stream should have byte-aligned blocks"
     for cut in range(1, len(stream) + 1):
-        result = inflate_chunk(stream[:cut], 1 << 20, variable=True)
+        strict = inflate_chunk_isal(stream[:cut], 1 << 20, variable=True)
+        quick = chunk_inflate._libdeflate_inflate(stream[:cut], PROBE, 1 << 20, False)
         if cut * 8 >= end_bit:  # the whole stream: the final chunk
-            assert result is not None and result.final and result.data == output
+            assert strict is not None and strict.final and strict.data == output
+            assert quick is not None and quick[3] and quick[0] == output
         elif cut in boundaries:
-            assert result is not None and not result.final
-            assert result.data == walk(stream[:cut] + PROBE)[0]
+            expected = walk(stream[:cut] + PROBE)[0]
+            assert strict is not None and not strict.final and strict.data == expected
+            assert quick is not None and not quick[3] and quick[0] == expected
         else:
-            assert result is None, f"cut at {cut} accepted, not a block boundary"
+            assert strict is None, f"cut at {cut} accepted, not a block boundary"
+            assert quick is None or 8 * cut > starts[-1], f"cut at {cut} accepted outside the final block"
 
 
+@both_verifiers
 @settings(max_examples=100, deadline=None)
 @given(data=data_of_any_kind, chunk_size=st.integers(1, 3000), level=st.integers(1, 9),
        cut=st.integers(0, 10**6), change=st.integers(1, 255))
-def test_damage_never_verifies_with_the_wrong_output(data, chunk_size, level, cut, change):
+def test_damage_never_verifies_with_the_wrong_output(inflate_chunk, data, chunk_size, level, cut, change):
     """A chunk with a byte changed either fails, or (a literal changed) gives output that the
     whole member's CRC then catches; it never claims a length other than its own."""
     chunk = deflated_chunks(data, chunk_size, level)[0]

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 
 from octoray.formats import gzip as gz
-from octoray.formats._chunk_markers import find_marker  # noqa: F401 - part of this module's API
+from octoray.formats._chunks import find_marker  # noqa: F401 - part of this module's API
 
 SUBFIELD_ID = b"FG"
 VERSION = 1

@@ -17,7 +17,7 @@ from collections import deque
 
 from octoray.engine.stream import default_window, ordered_map
 from octoray.formats import gzip as gz
-from octoray.formats.chunk_inflate import inflate_chunk
+from octoray.formats.chunk_inflate import inflate_chunk, inflate_chunk_isal
 from octoray.formats.gzip_chunks import ChunkLayout, find_marker, max_compressed
 from octoray.jobs.gzip import CRC_ERROR, FORMAT_VIOLATED, LENGTH_ERROR, UNEXPECTED_EOF, FormatError
 
@@ -162,6 +162,7 @@ class _MemberDecoder:
         self.regions: deque = deque()
         self.failed_end: int | None = None  # where the chunk that failed was cut
         self.went_sequential = False
+        self.held = None  # (chunk, its end): decoded, its end not proved yet, not written
 
     def run(self) -> Inflated:
         while self._parallel() != "end":
@@ -178,22 +179,51 @@ class _MemberDecoder:
 
     def _parallel(self) -> str:
         """Decode verified chunks from self.verified on: 'end' once the stream's last chunk is
-        in, 'failed' at the first chunk that does not verify (or input that ends)."""
+        in, 'failed' at the first chunk that does not verify (or input that ends).
+
+        A chunk whose end is not proved on its own (octoray.formats.chunk_inflate) is held
+        back: the next chunk verifying as a chunk proves it; before a failure or the last
+        chunk, ISA-L decides."""
         self.regions.clear()
         results = ordered_map(inflate_chunk, self._jobs(), self.executor, self._window())
         try:
             for result in results:
                 _, end = self.regions.popleft()
                 if result is None:
-                    self.failed_end = end
+                    if self._settle():
+                        self.failed_end = end
                     return "failed"
-                self._accept(result)
                 if result.final:
+                    if not self._settle():
+                        return "failed"
+                    self._accept(result)
                     return "end"
-            self.failed_end = None
-            return "failed"  # the input ended at a chunk boundary: the stream is cut short
+                if self.held is not None:
+                    self._accept(self.held[0])
+                    self.held = None
+                if result.proved:
+                    self._accept(result)
+                else:
+                    self.held = (result, end)
+            if self._settle():
+                self.failed_end = None  # the input ended at a chunk boundary: cut short
+            return "failed"
         finally:
             results.close()
+
+    def _settle(self) -> bool:
+        """Prove the held chunk with ISA-L and write it, or drop it and mark its cut as the
+        failure; True if none is held or it is proved."""
+        if self.held is None:
+            return True
+        (_, end), self.held = self.held, None
+        checked = inflate_chunk_isal(self.data.get(self.verified, end), self.layout.chunk_size,
+                                     self.layout.variable)
+        if checked is None or checked.final:
+            self.failed_end = end
+            return False
+        self._accept(checked)
+        return True
 
     def _window(self) -> int:
         """The engine's window, made smaller where chunks are large (memory stays bounded)."""
@@ -260,7 +290,8 @@ class _MemberDecoder:
         for end in ends:
             if end <= start:
                 continue
-            result = inflate_chunk(self.data.get(start, end), self.layout.chunk_size, self.layout.variable)
+            result = inflate_chunk_isal(self.data.get(start, end), self.layout.chunk_size,
+                                        self.layout.variable)
             if result is not None:
                 self._accept(result)
                 return "end" if result.final else "resumed"
