@@ -48,26 +48,14 @@ def encode(fd_in: int, fd_out: int, level: int = 6, threads: int | None = None) 
 def decode(fd_in: int, fd_out: int, threads: int) -> None:
     """One member, decoded as `fgzip -d` will: in parallel where the header announces chunks."""
     from octoray.engine.executors import LocalExecutor
-    from octoray.formats import gzip as gz
-    from octoray.formats import gzip_chunks
-    from octoray.jobs.gunzip_parallel import can_decode, inflate_member
-    from octoray.streams import BackgroundWriter, enlarge_pipe, read_full_bytes
+    from octoray.jobs.gunzip_parallel import inflate_fd
+    from octoray.streams import BackgroundWriter, enlarge_pipe
 
     enlarge_pipe(fd_in)
     enlarge_pipe(fd_out)
-    first = read_full_bytes(fd_in, 1 << 20)
-    header = gz.parse_header(first)
-    layout = gzip_chunks.parse_layout(first)
-
-    def pieces():
-        yield first[header.length:]
-        while piece := read_full_bytes(fd_in, 1 << 20):
-            yield piece
-
     writer = BackgroundWriter(fd_out)
     with LocalExecutor(threads) as executor:
-        assert can_decode(layout, executor), "not a chunked member, or one thread"
-        inflate_member(layout, pieces(), writer.write, executor)
+        inflate_fd(fd_in, writer.write, executor)
     writer.close()
 
 

@@ -290,3 +290,18 @@ def test_on_a_cluster_a_worker_killed_mid_run_changes_nothing(tmp_path):
         assert killed and b"".join(out) == data and not result.sequential
     finally:
         cluster.stop()
+
+
+def test_inflate_fd_reads_a_chunked_member_from_a_descriptor(executor, tmp_path):
+    from octoray.jobs.gunzip_parallel import inflate_fd
+
+    data = text_like(500_000, 2)
+    path = tmp_path / "a.gz"
+    path.write_bytes(chunked_member(data, 1 << 16, name=b"a") + b"after")
+    out: list[bytes] = []
+    with open(path, "rb") as f:
+        result = inflate_fd(f.fileno(), out.append, executor)
+    assert b"".join(out) == data and result.unused == b"after"
+    (tmp_path / "b.gz").write_bytes(gz.header() + b"\x03\x00" + gz.trailer(0, 0))
+    with open(tmp_path / "b.gz", "rb") as f, pytest.raises(ValueError):
+        inflate_fd(f.fileno(), out.append, executor)

@@ -3,11 +3,15 @@
 The reader cuts the compressed stream at candidate chunk ends (the header's index, else the
 markers found by scanning), workers decode and verify the chunks (octoray.formats.
 chunk_inflate), and the results are written in input order through the engine's ordered map,
-so memory stays bounded by its window.  A chunk that fails verification stops the run of
-speculation: the chunk is retried with the next candidate ends (a marker met inside
-compressed data by chance), and where that fails too, the rest of the member is decoded
-sequentially from the last proved boundary with the output's last 32 KiB as the window:
-exactly what a sequential decoder does from there, damage reported in gzip's words.
+so memory stays bounded by its window.  A chunk whose end is not proved on its own is held
+back until the next chunk verifies (or ISA-L proves it).  A chunk that fails verification
+stops the run of speculation: the chunk is retried with the next candidate ends (a marker met
+inside compressed data by chance), and where that fails too, the rest of the member is
+decoded sequentially from the last proved boundary with the output's last 32 KiB as the
+window: exactly what a sequential decoder does from there, damage reported in gzip's words.
+
+`inflate_member` is the call for a decoder that has parsed the member's header itself;
+`inflate_fd` decodes a stream that starts with a chunked member.
 """
 
 from __future__ import annotations
@@ -57,6 +61,30 @@ def inflate_member(layout: ChunkLayout, pieces, write, executor) -> Inflated:
     would have written before it, give or take the unwritten part of the damaged chunk.
     """
     return _MemberDecoder(layout, pieces, write, executor).run()
+
+
+def inflate_fd(fd: int, write, executor, read_size: int = 1 << 20) -> Inflated:
+    """Decode the chunked member at the start of the stream `fd` (its header included) to
+    `write`; ValueError if the stream does not start with one.  The Inflated's `unused` holds
+    what was read past the member; the rest of the stream is still in `fd`."""
+    from octoray.formats.gzip_chunks import parse_layout
+    from octoray.streams import read_full_bytes
+
+    first = read_full_bytes(fd, read_size)
+    try:
+        header = gz.parse_header(first)
+    except (gz.NotGzip, gz.Truncated, gz.UnknownMethod):
+        header = None
+    layout = parse_layout(first) if header else None
+    if layout is None:
+        raise ValueError("not a chunked gzip member")
+
+    def pieces():
+        yield first[header.length:]
+        while piece := read_full_bytes(fd, read_size):
+            yield piece
+
+    return inflate_member(layout, pieces(), write, executor)
 
 
 class _Compressed:
