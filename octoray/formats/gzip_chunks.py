@@ -20,8 +20,9 @@ Subfield ID 'F' 'G' (fgzip).  Its data, little-endian:
 
 A writer that knows the input size and can seek back in its output reserves one index entry
 per chunk (`index_slots`) and writes the sizes at the end (`index_bytes` at the offset
-`header` returns); where it cannot (a pipe), it writes no index, and a reader finds chunk ends
-by scanning for the marker (`find_marker`).  Either way a reader must treat chunk ends as
+`header` returns; the header has no FHCRC, which the rewrite would break); where it cannot (a
+pipe), it writes no index, and a reader finds chunk ends by scanning for the marker
+(`find_marker`).  Either way a reader must treat chunk ends as
 candidates and verify them by decoding (octoray.formats.chunk_inflate): a header is input,
 and input can lie.
 """
