@@ -9,7 +9,6 @@ CIFAR-10 training archive (never stored in git).
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from octoray.formats.cnv_input import PIXEL_TO_Q17
-from octoray.formats.cnv_model import DEFAULT_PATH, LAYERS, CnvModel, fan_in, fan_out
+from octoray.formats.cnv_model import LAYERS, CnvModel, fan_in
 from octoray.kernels import cnv_cpu, cnv_reference
 from test_model import ARCHIVE, random_model
 
