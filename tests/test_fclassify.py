@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import json
 import subprocess
 import tarfile
@@ -195,3 +196,74 @@ def test_usage_errors_and_a_closed_pipe_are_quiet(photos):
     head = subprocess.run(f"{' '.join(tool('fclassify'))} --batch 2 '{top}' | head -1", shell=True,
                           capture_output=True, check=True)
     assert len(head.stdout.splitlines()) == 1 and head.stderr == b""
+
+
+def test_version_has_fgzips_form():
+    from octoray import __version__
+
+    assert fclassify("--version", check=True).stdout == f"fclassify {__version__} (octoray)\n".encode()
+    assert run([*tool("fgzip"), "--version"], check=True).stdout.startswith(f"fgzip {__version__} (octoray)\n".encode())
+
+
+@pytest.mark.parametrize("extra", [["--top-k", "2"], ["--format", "jsonl"], ["--format", "csv"]])
+def test_labels_takes_no_top_k_and_no_other_format(photos, extra):
+    result = fclassify("--labels", *extra, photos[0])
+    assert result.returncode == 2 and result.stdout == b""
+    assert b"--labels" in result.stderr and extra[0].encode() in result.stderr
+    assert_no_traceback(result)
+
+
+@pytest.fixture
+def odd_names(tmp_path):
+    """Images whose names hold a tab, a newline, a backslash, a byte that is not UTF-8; and a
+    file with a newline in its name that is not an image."""
+    rng = np.random.default_rng(9)
+    folder = os.fsencode(tmp_path)
+    names = [b"a\ttab.png", b"back\\slash.png", b"new\nline.png", b"not\xffutf8.png", b"plain.png"]
+    for name in names:
+        Image.fromarray(smooth_image(rng)).save(os.fsdecode(os.path.join(folder, name)))
+    with open(os.path.join(folder, b"text\nfile.png"), "w") as text:
+        text.write("no picture")
+    return tmp_path, [os.fsdecode(os.path.join(folder, name)) for name in names]
+
+
+def test_odd_file_names_read_back_unambiguously_in_every_format(odd_names):
+    top, paths = odd_names
+    plain = fclassify("-z", top)  # NUL-terminated records, names as they are
+    assert plain.returncode == 1
+    records = [record.rsplit(b"\t", 1) for record in plain.stdout.split(b"\0")[:-1]]  # labels hold no tab
+    assert [os.fsdecode(name) for name, _label in records] == paths
+    labels = [label.decode() for _name, label in records]
+    assert plain.stderr.decode() == "fclassify: " + str(top) + "/text\\nfile.png: not an image\n"  # one line
+
+    tsv = fclassify(top).stdout.split(b"\n")[:-1]
+    assert len(tsv) == len(paths)
+    fields = [line.split(b"\t") for line in tsv]
+    assert all(len(f) == 2 for f in fields)
+    unescape = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+    names = []
+    for name, _label in fields:
+        chars, out = iter(os.fsdecode(name)), []
+        for char in chars:
+            out.append(unescape[next(chars)] if char == "\\" else char)
+        names.append("".join(out))
+    assert names == paths and [label.decode() for _n, label in fields] == labels
+
+    rows = list(csv.reader(io.StringIO(fclassify("--format", "csv", top).stdout.decode("utf-8", "surrogateescape"))))
+    assert rows[1:] == [[path, label] for path, label in zip(paths, labels)]
+
+    jsonl = fclassify("--format", "jsonl", top).stdout
+    records = [json.loads(line) for line in jsonl.decode("utf-8").splitlines()]  # strict UTF-8
+    assert [r["label"] for r in records] == labels
+    import base64
+
+    assert [base64.b64decode(r["path_base64"]) if "path_base64" in r else r["path"].encode() for r in records] \
+        == [os.fsencode(path) for path in paths]
+
+
+def test_files_from_with_null_separators_takes_any_name(odd_names):
+    top, paths = odd_names
+    listing = b"".join(os.fsencode(path) + b"\0" for path in paths)
+    listed = fclassify("-z", "--null", "--files-from", "-", input=listing, check=True)
+    walked = fclassify("-z", top)
+    assert listed.stdout == walked.stdout

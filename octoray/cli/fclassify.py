@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from enum import Enum
 from typing import List, Optional
 
@@ -17,6 +18,8 @@ from typing import List, Optional
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
+
+from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
 
 PROGRAM = "fclassify"
 
@@ -38,94 +41,34 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-class Printer:
-    """Writes one result per line in the chosen format; failures go to stderr instead."""
-
-    def __init__(self, out, class_names: list[str], output: OutputFormat, top_k: int, labels_only: bool):
-        self.out, self.names, self.format = out, class_names, output
-        self.top_k, self.labels_only = top_k, labels_only
-        self._csv = None
-        if output is OutputFormat.csv and not labels_only:
-            import csv
-
-            self._csv = csv.writer(out, lineterminator="\n")
-            ranks = [f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("label", "score")]
-            self._csv.writerow(["path"] + ranks if top_k else ["path", "label"])
-
-    def ranked(self, scores) -> list[tuple[str, int]]:
-        """The classes by falling score; among equal scores the lower index first (as argmax)."""
-        order = sorted(range(len(scores)), key=lambda c: (-int(scores[c]), c))
-        return [(self.names[c], int(scores[c])) for c in order[: max(1, self.top_k)]]
-
-    def write(self, name: str, scores, best: int) -> None:
-        if self.labels_only:
-            self.out.write(self.names[best] + "\n")
-            return
-        if not self.top_k and self.format is OutputFormat.tsv:  # the default, kept quick
-            self.out.write(f"{name}\t{self.names[best]}\n")
-            return
-        ranked = self.ranked(scores)
-        if self.format is OutputFormat.jsonl:
-            import json
-
-            record = {"path": name, "label": ranked[0][0]}
-            if self.top_k:
-                record["top"] = [{"label": label, "score": score} for label, score in ranked]
-            self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        elif self.format is OutputFormat.csv:
-            if self.top_k:
-                self._csv.writerow([name] + [v for pair in ranked for v in pair])
-            else:
-                self._csv.writerow([name, ranked[0][0]])
-        else:
-            fields = [name] + ([f"{label}\t{score}" for label, score in ranked] if self.top_k else [ranked[0][0]])
-            self.out.write("\t".join(fields) + "\n")
-
-
-class Progress:
-    """A one-line count on stderr, only when stderr is a terminal and -q is not given."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.count = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
-
-    def step(self) -> None:
-        self.count += 1
-        if self.enabled and time.monotonic() - self._shown > 0.25:
-            self._shown = time.monotonic()
-            rate = self.count / max(1e-9, self._shown - self.started)
-            sys.stderr.write(f"\r{PROGRAM}: {self.count:,} images, {rate:,.0f}/s")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled and self._shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
 def _version(value: bool) -> None:
     if value:
         from octoray import __version__
 
-        typer.echo(f"{PROGRAM} (octoray) {__version__}")
+        typer.echo(f"{PROGRAM} {__version__} (octoray)")
         raise typer.Exit()
 
 
 @app.command(help="Classify images with the CNV-W1A1 binarized CNN; print PATH<TAB>LABEL lines in "
                   "input order.  PATH may be an image, a directory (walked recursively), a tar "
-                  "archive, a CIFAR-10 binary batch, or - for standard input (the default).")
+                  "archive, a CIFAR-10 binary batch, or - for standard input (the default when it "
+                  "is not a terminal).  In TSV a backslash, tab, newline or return in a name is "
+                  "written \\\\, \\t, \\n, \\r.")
 def classify(
     paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", show_default=False),
     files_from: Optional[str] = typer.Option(None, "--files-from", metavar="FILE",
                                              help="also read paths, one per line, from FILE (- for stdin)"),
+    null: bool = typer.Option(False, "--null", "-0", help="--files-from's paths end with NUL, not newline "
+                                                          "(find -print0)"),
     input_format: InputFormat = typer.Option(InputFormat.auto, "--input-format",
                                              help="what stdin and files hold; auto detects"),
     output: OutputFormat = typer.Option(OutputFormat.tsv, "--format", help="output format"),
     top_k: int = typer.Option(0, "--top-k", min=0, max=10, metavar="K",
                               help="also print the K best classes with their scores (fc3 popcounts, 0-512)"),
-    labels_only: bool = typer.Option(False, "--labels", help="print only the label of each image"),
+    labels_only: bool = typer.Option(False, "--labels", help="print only the label of each image "
+                                                             "(takes no --top-k or --format)"),
+    zero: bool = typer.Option(False, "--zero", "-z", help="end each result with NUL, not newline, "
+                                                          "and write names unescaped"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no notes or progress on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="note skipped files; report speed and workers"),
     threads: Optional[int] = typer.Option(None, "--threads", "-p", min=1, help="threads of the embedded default"),
@@ -140,57 +83,77 @@ def classify(
 ) -> None:
     if cluster not in (None, "local"):
         raise typer.BadParameter(f"unknown cluster {cluster!r} (only 'local')", param_hint="--cluster")
-    state = _run(paths or [], files_from, input_format.value, output, top_k, labels_only, quiet, verbose,
-                 threads, batch, scheduler, scheduler_file, cluster)
+    if labels_only and top_k:
+        raise typer.BadParameter("--labels prints only the best label, so it takes no --top-k",
+                                 param_hint="--top-k")
+    if labels_only and output is not OutputFormat.tsv:
+        raise typer.BadParameter("--labels prints bare labels, one a line, so it takes no "
+                                 f"--format {output.value}", param_hint="--format")
+    reads_stdin = "-" in (paths or []) or (not paths and files_from is None)
+    if reads_stdin and _stdin_is_terminal():
+        raise typer.BadParameter("images are not read from a terminal: name files "
+                                 "or directories, or pipe images in", param_hint="PATH")
+    state = _run(paths or [], files_from, null, input_format.value, output.value, top_k, labels_only, zero,
+                 quiet, verbose, threads, batch, scheduler, scheduler_file, cluster)
     raise typer.Exit(state)
 
 
-def _run(paths, files_from, input_format, output, top_k, labels_only, quiet, verbose, threads, batch,
-         scheduler, scheduler_file, cluster) -> int:
+def _stdin_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero, quiet, verbose, threads,
+         batch, scheduler, scheduler_file, cluster) -> int:
+    from octoray.cli.fclassify_output import Printer, Screen, shown
     from octoray.engine.cluster import open_executor
     from octoray.formats.cnv_input import CLASS_NAMES
     from octoray.jobs import classify as job
 
+    screen = Screen(progress=not quiet)
     failures = 0
 
-    def complain(text: str) -> None:
-        nonlocal failures
-        failures += 1
-        sys.stderr.write(f"{PROGRAM}: {text}\n")
-
-    def note(text: str) -> None:
+    def note(name: str, text: str) -> None:
         if verbose and not quiet:
-            sys.stderr.write(f"{PROGRAM}: {text}\n")
+            screen.message(f"{shown(name)}: {text}")
 
-    printer = Printer(sys.stdout, list(CLASS_NAMES), output, top_k, labels_only)
-    progress = Progress(not quiet)
-    stdin = sys.stdin.buffer
-    with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file,
-                       cluster=cluster) as executor:
-        stream = job.items(paths, files_from=files_from, input_format=input_format, batch=batch,
-                           note=note, stdin=stdin)
-        for result in job.classify(stream, executor, batch):
-            if result.error:
-                complain(f"{result.name}: {result.error}")
-            else:
-                printer.write(result.name, result.scores, result.best)
-            progress.step()
-        sys.stdout.flush()
-        progress.done()
-        if verbose and not quiet:
-            seconds = time.monotonic() - progress.started
-            where = ", ".join(sorted({f"{w['worker']} ({w['accelerator']})" for w in executor.describe()}))
-            sys.stderr.write(f"{PROGRAM}: {progress.count - failures:,} images in {seconds:.2f} s "
-                             f"({(progress.count - failures) / max(seconds, 1e-9):,.0f}/s) on {where}\n")
+    printer = Printer(screen.out, list(CLASS_NAMES), output, top_k, labels_only, zero)
+    try:
+        with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file,
+                           cluster=cluster) as executor:
+            stream = job.items(paths, files_from=files_from, null=null, input_format=input_format,
+                               batch=batch, note=note, stdin=sys.stdin.buffer)
+            for result in job.classify(stream, executor, batch):
+                if result.error:
+                    failures += 1
+                    screen.message(f"{shown(result.name)}: {result.error}")
+                else:
+                    printer.write(result.name, result.scores, result.best)
+                screen.step(result.batch_end)
+            screen.close()
+            if verbose and not quiet:
+                seconds = time.monotonic() - screen.started
+                done = screen.count - failures
+                where = ", ".join(sorted({f"{w['worker']} ({w['accelerator']})" for w in executor.describe()}))
+                failed = f", {failures:,} failed" if failures else ""
+                sys.stderr.write(f"{PROGRAM}: {done:,} image{'' if done == 1 else 's'} in {seconds:.2f} s "
+                                 f"({done / max(seconds, 1e-9):,.0f}/s) on {where}{failed}\n")
+    finally:
+        screen.close()
     return 1 if failures else 0
 
 
-def _cluster_error():
-    module = sys.modules.get("octoray.engine.dask_executor")
-    return module.ClusterError if module else ()
-
-
 def main(argv: list[str] | None = None) -> int:
+    # Libraries' warnings (Pillow's decompression-bomb warning, ...) are not for the user:
+    # fclassify says what matters itself, as `fclassify: PATH: ...`.
+    warnings.simplefilter("ignore")
+    for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8 go out as their bytes
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
     status = 0
     try:
         app(args=sys.argv[1:] if argv is None else argv, prog_name=PROGRAM, standalone_mode=True)
@@ -199,44 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         status = 0
-    except Exception as failure:  # noqa: BLE001 - a message, never a traceback
-        from octoray.kernels import AcceleratorError
-
-        cluster_error = _cluster_error()
-        if isinstance(failure, AcceleratorError) or (cluster_error and isinstance(failure, cluster_error)):
-            sys.stderr.write(f"{PROGRAM}: {failure}\n")
-        elif isinstance(failure, OSError):
-            where = failure.filename if failure.filename is not None else "stdout"
-            sys.stderr.write(f"{PROGRAM}: {where}: {failure.strerror or failure}\n")
-        else:
-            sys.stderr.write(f"{PROGRAM}: internal error: {type(failure).__name__}: {failure}\n")
+    except Exception as failure:  # noqa: BLE001 - the engine's faults, system errors, bugs: a message
+        sys.stderr.write(failure_text(PROGRAM, failure) + "\n")
         status = 1
-    return _finish(status)
-
-
-def _silence_stdout() -> None:
-    """After the reader of stdout went away (`| head`): no second error at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-
-
-def _finish(status: int) -> int:
-    if "distributed" in sys.modules:
-        # Dask's threads and exit handlers may still print as the interpreter ends; the
-        # output is complete, so leave now (as fgzip does).
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                if stream is sys.stdout:
-                    _silence_stdout()
-        os._exit(status)
-    return status
+    return leave(status)
 
 
 if __name__ == "__main__":

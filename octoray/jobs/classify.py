@@ -6,13 +6,21 @@ tar archives (plain or compressed, members named ``ARCHIVE:MEMBER``); CIFAR-10 b
 batches (records named ``FILE:N``, N from 0); standard input carrying any of these
 (``-``, ``-:MEMBER``, ``-:N``).  This module knows the formats and the engine, not the
 command line: the CLI passes options in and prints what comes out.
+
+Memory does not grow with the input: a format is told from the first bytes, an input that is
+not an image is left unread past them, and an image larger than INLINE_BYTES is never held
+whole: it is decoded here, from its file (or from a temporary copy of a stream), in bounded
+memory (octoray.formats.images).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import stat
 import tarfile
+import tempfile
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -22,7 +30,11 @@ from octoray.formats.images import CIFAR_RECORD, IMAGE_SUFFIXES, cifar_records, 
 
 INPUT_FORMATS = ("auto", "image", "tar", "cifar")
 DEFAULT_BATCH = 256
+INLINE_BYTES = 8 << 20  # an encoded image up to this size is read whole; larger ones decode from a file
+REMOTE_BYTES = 1 << 20  # what a cluster's worker is sent to decode: larger images decode here,
+# and a batch closes at this many encoded bytes (a cluster holds many batches in flight)
 _HEAD = 512  # enough to see a tar header's "ustar" at offset 257
+_SNIFF = 1 << 16  # what Pillow may read to recognise a format without a signature
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 _TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 
@@ -42,9 +54,10 @@ class Result:
     scores: object = None  # (10,) int64 fc3 popcounts; None when `error` says why not
     error: str | None = None
     best: int = -1  # the class: the highest score, the lowest index among equals
+    batch_end: bool = False  # the last result of its batch: the next may be a while coming
 
 
-Note = Callable[[str], None]
+Note = Callable[[str, str], None]  # (name, what happened): worth a word under -v
 
 
 def _is_tar(head: bytes) -> bool:
@@ -56,10 +69,12 @@ def _is_image_name(name: str) -> bool:
 
 
 class _Prepended(io.RawIOBase):
-    """A stream whose first bytes were already read (to detect its format)."""
+    """A stream whose first bytes were already read (to detect its format).  Reads return what
+    the stream has now (read1), as a raw stream's do: a slow pipe streams, batch by batch."""
 
     def __init__(self, head: bytes, rest):
         self._head, self._rest = head, rest
+        self._read = getattr(rest, "read1", rest.read)
 
     def readable(self) -> bool:
         return True
@@ -69,7 +84,7 @@ class _Prepended(io.RawIOBase):
             n = min(len(buffer), len(self._head))
             buffer[:n], self._head = self._head[:n], self._head[n:]
             return n
-        data = self._rest.read(len(buffer))
+        data = self._read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
@@ -92,11 +107,12 @@ def _tar_items(stream, archive: str, note: Note) -> Iterator[Item]:
                 if not member.isfile():
                     continue
                 name = f"{archive}:{member.name}"
-                data = tar.extractfile(member).read()
-                if looks_like_image(data[:16]) or _is_image_name(member.name):
-                    yield Item(name, data)
+                contents = tar.extractfile(member)
+                head = contents.read(_HEAD)
+                if looks_like_image(head[:16]) or _is_image_name(member.name):
+                    yield _image_item(name, head, contents)
                 else:
-                    note(f"{name}: not an image, skipped")
+                    note(name, "not an image, skipped")
     except (tarfile.TarError, EOFError, OSError) as error:
         yield Item(archive, error=f"damaged archive ({error})")
 
@@ -116,7 +132,8 @@ def _cifar_items(stream, source: str, batch: int) -> Iterator[Item]:
             return
 
 
-def _stream_items(stream, name: str, input_format: str, batch: int, note: Note) -> Iterator[Item]:
+def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
+                  rewind: bool = False) -> Iterator[Item]:
     """Items of one byte stream (a file or stdin) whose format is detected or given."""
     head = _read_exactly(stream, _HEAD)
     kind = input_format
@@ -129,14 +146,50 @@ def _stream_items(stream, name: str, input_format: str, batch: int, note: Note) 
             kind = "cifar"  # a record starts with its label, 0..9
         else:
             kind = "image"  # Pillow knows formats without a signature; else "not an image"
+    if kind == "image":
+        if input_format == "auto" and not looks_like_image(head):
+            head += _read_exactly(stream, _SNIFF - len(head))
+            from octoray.formats.images import recognised_image
+
+            if not recognised_image(head):  # and the rest is never read
+                yield Item(name, error="empty file" if not head else "not an image")
+                return
+        yield _image_item(name, head, stream, rewind)
+        return
     source = io.BufferedReader(_Prepended(head, stream), 1 << 20)
-    label = "-" if name == "-" else name
     if kind == "tar":
-        yield from _tar_items(source, label, note)
-    elif kind == "cifar":
-        yield from _cifar_items(source, label, batch)
+        yield from _tar_items(source, name, note)
     else:
-        yield Item(name, source.read())
+        yield from _cifar_items(source, name, batch)
+
+
+def _image_item(name: str, head: bytes, stream, rewind: bool = False) -> Item:
+    """One encoded image whose first bytes `head` were read from `stream`: its bytes when they
+    are few, else its pixels, decoded here from the stream itself (`rewind`: a regular file
+    read from its start) or from a temporary copy."""
+    rest = _read_exactly(stream, INLINE_BYTES + 1 - len(head))
+    if len(head) + len(rest) <= INLINE_BYTES:
+        return Item(name, head + rest)
+    if rewind:
+        del rest
+        stream.seek(0)
+        return _decoded_here(name, io.BufferedReader(stream, 1 << 16) if isinstance(stream, io.RawIOBase) else stream)
+    with tempfile.TemporaryFile() as copy:
+        copy.write(head)
+        copy.write(rest)
+        del rest
+        shutil.copyfileobj(stream, copy, 1 << 20)
+        copy.seek(0)
+        return _decoded_here(name, copy)
+
+
+def _decoded_here(name: str, file) -> Item:
+    from octoray.formats.images import ImageError, decode_image
+
+    try:
+        return Item(name, decode_image(file))
+    except ImageError as error:
+        return Item(name, error=str(error))
 
 
 def _file_items(path: str, input_format: str, batch: int, note: Note) -> Iterator[Item]:
@@ -147,15 +200,20 @@ def _file_items(path: str, input_format: str, batch: int, note: Note) -> Iterato
         return
     with stream:
         try:
-            yield from _stream_items(stream, path, input_format, batch, note)
+            regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)  # not a pipe: can be read again
+            yield from _stream_items(stream, path, input_format, batch, note, regular)
         except OSError as error:
             yield Item(path, error=error.strerror or str(error))
 
 
-def _read_image_file(path: str, first: int = 1 << 16) -> bytes | None:
-    """The file's bytes, or None (after one read) when it is not an image.  Plain system
-    calls: a folder of photos is mostly files of a few KiB, and io.open's objects cost as much
-    again as the read itself (measured: 10 against 18 us a file)."""
+_LARGE = object()  # _read_image_file's answer for an image file too large to hold
+
+
+def _read_image_file(path: str, first: int = 1 << 16):
+    """The file's bytes; _LARGE for an image file over INLINE_BYTES; None (after one read)
+    when it is not an image.  Plain system calls: a folder of photos is mostly files of a few
+    KiB, and io.open's objects cost as much again as the read itself (measured: 10 against
+    18 us a file)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         data = os.read(fd, first)
@@ -163,19 +221,22 @@ def _read_image_file(path: str, first: int = 1 << 16) -> bytes | None:
             return None
         if len(data) < first:
             return data
-        parts = [data]
+        parts, size = [data], len(data)
         while True:
-            part = os.read(fd, 1 << 20)
+            part = os.read(fd, min(1 << 20, INLINE_BYTES + 1 - size))
             if not part:
                 return b"".join(parts)
             parts.append(part)
+            size += len(part)
+            if size > INLINE_BYTES:
+                return _LARGE
     finally:
         os.close(fd)
 
 
 def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
     found = False
-    for root, dirs, files in os.walk(top, onerror=lambda e: note(f"{e.filename}: {e.strerror}")):
+    for root, dirs, files in os.walk(top, onerror=lambda e: note(e.filename, e.strerror)):
         dirs.sort()
         for file in sorted(files):
             path = os.path.join(root, file)
@@ -186,10 +247,14 @@ def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
                 yield Item(path, error=error.strerror or str(error))
                 continue
             if data is None:
-                note(f"{path}: not an image, skipped")
+                note(path, "not an image, skipped")
                 continue
             found = True
-            yield Item(path, data)
+            if data is _LARGE:
+                with open(path, "rb") as file:
+                    yield _decoded_here(path, file)
+            else:
+                yield Item(path, data)
     if not found:
         yield Item(top, error="no images found")
 
@@ -203,22 +268,37 @@ def _path_items(path: str, input_format: str, batch: int, note: Note, stdin) -> 
         yield from _file_items(path, input_format, batch, note)
 
 
-def _listed_paths(files_from: str, stdin) -> Iterator[str]:
-    stream = io.TextIOWrapper(stdin, encoding="utf-8", errors="surrogateescape") if files_from == "-" \
-        else open(files_from, encoding="utf-8", errors="surrogateescape")
-    with stream:
-        for line in stream:
-            path = line.rstrip("\r\n")
-            if path:
-                yield path
+def _listed_paths(files_from: str, stdin, null: bool) -> Iterator[str]:
+    """The paths a list file names: one a line, or (`null`) each ended by NUL."""
+    stream = stdin if files_from == "-" else open(files_from, "rb")
+    try:
+        if null:
+            rest = b""
+            while True:
+                block = stream.read(1 << 16)
+                if not block:
+                    break
+                *whole, rest = (rest + block).split(b"\0")
+                yield from (os.fsdecode(path) for path in whole if path)
+            if rest:
+                yield os.fsdecode(rest)
+        else:
+            for line in stream:
+                path = line.rstrip(b"\r\n")
+                if path:
+                    yield os.fsdecode(path)
+    finally:
+        if stream is not stdin:
+            stream.close()
 
 
-def items(paths: Iterable[str], *, files_from: str | None = None, input_format: str = "auto",
-          batch: int = DEFAULT_BATCH, note: Note = lambda _text: None, stdin=None) -> Iterator[Item]:
+def items(paths: Iterable[str], *, files_from: str | None = None, null: bool = False,
+          input_format: str = "auto", batch: int = DEFAULT_BATCH, note: Note = lambda _name, _text: None,
+          stdin=None) -> Iterator[Item]:
     """Every image named by `paths` (stdin when none and no list) and by the list file."""
     paths = list(paths)
     if files_from is not None:
-        for path in _listed_paths(files_from, stdin):
+        for path in _listed_paths(files_from, stdin, null):
             yield from _path_items(path, input_format, batch, note, stdin)
     if not paths and files_from is None:
         paths = ["-"]
@@ -226,41 +306,70 @@ def items(paths: Iterable[str], *, files_from: str | None = None, input_format: 
         yield from _path_items(path, input_format, batch, note, stdin)
 
 
-def _decoded(item: Item, payload):
-    """Pixels for an encoded payload; a failure becomes the item's error."""
+def _decode(item: Item) -> None:
+    """The item's encoded payload replaced by its pixels, or a failure by the item's error."""
     from octoray.formats.images import ImageError, decode_image
 
-    if payload is None or not isinstance(payload, (bytes, bytearray)):
-        return payload
     try:
-        return decode_image(payload)
+        item.payload = decode_image(item.payload)
     except ImageError as error:
-        item.error = str(error)
-        return None
+        item.payload, item.error = None, str(error)
+
+
+def _decoded(stream: Iterable[Item]) -> Iterator[Item]:
+    """The items with their images decoded, each as soon as it is read."""
+    for item in stream:
+        if item.error is None and isinstance(item.payload, (bytes, bytearray)):
+            _decode(item)
+        yield item
+
+
+def _remote_groups(stream: Iterable[Item], batch: int) -> Iterator[list]:
+    """Lists of `batch` consecutive items for a cluster's workers to decode, a list closed early
+    at REMOTE_BYTES encoded bytes; an image larger than that is decoded here."""
+    group: list = []
+    encoded = 0
+    for item in stream:
+        if item.error is None and isinstance(item.payload, (bytes, bytearray)):
+            if len(item.payload) > REMOTE_BYTES:
+                _decode(item)
+            else:
+                encoded += len(item.payload)
+        group.append(item)
+        if len(group) == batch or encoded >= REMOTE_BYTES:
+            yield group
+            group, encoded = [], 0
+    if group:
+        yield group
 
 
 def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> Iterator[Result]:
-    """Results for `stream`, in its order; batches run in parallel on `executor`."""
+    """Results for `stream`, in its order; batches run in parallel on `executor`.  The last
+    result of each batch says so (`batch_end`): results come a batch at a time."""
     from octoray.kernels.tasks import ImageBatch, classify_batch
 
     sent: deque = deque()
 
-    # In this process the reader decodes: the workers then spend their time in the kernel,
-    # which runs without the GIL, instead of contending for it with the reader.  A cluster's
-    # workers decode (the encoded images are smaller to send, and the decoding spreads out).
+    # In this process the reader decodes, an image as soon as it is read: the workers then
+    # spend their time in the kernel, which runs without the GIL, instead of contending for it
+    # with the reader, and no batch holds encoded images.  A cluster's workers decode (the
+    # encoded images are smaller to send, and the decoding spreads out).
     decode_here = getattr(executor, "in_process", False)
 
     def jobs():
-        for group in batched(stream, batch):
+        groups = batched(_decoded(stream), batch) if decode_here else _remote_groups(stream, batch)
+        for group in groups:
             sent.append(group)
             payloads = [item.payload if item.error is None else None for item in group]
-            if decode_here:
-                payloads = [_decoded(item, payload) for item, payload in zip(group, payloads)]
+            if not decode_here:
+                for item in group:
+                    item.payload = None  # encoded bytes: the batch holds them, until its task is done
             yield (ImageBatch(payloads),)
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
         group = sent.popleft()
         best = scores.argmax(axis=1).tolist()  # numpy's argmax: the first of equal maxima
-        for item, row, reason, label in zip(group, scores, reasons, best):
+        last = len(group) - 1
+        for i, (item, row, reason, label) in enumerate(zip(group, scores, reasons, best)):
             error = item.error or reason
-            yield Result(item.name, None if error else row, error, label)
+            yield Result(item.name, None if error else row, error, label, i == last)

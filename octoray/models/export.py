@@ -1,6 +1,7 @@
 """Fold a trained CNV-W1A1 into the integer model file that every kernel runs.
 
     python -m octoray.models.export --data ../shared/data/cifar10-train.tar.gz
+    python -m octoray.models.export --qonnx cnv_w1a1.onnx [--data ARCHIVE]   # for FINN (qonnx extra)
 
 BatchNorm followed by sign becomes one integer threshold per channel (FINN's method).  The
 threshold is read off the trained BatchNorm module itself, evaluated on every integer value
@@ -9,6 +10,10 @@ bit wherever float rounding near zero could otherwise flip a sign.  Channels who
 BatchNorm scale is negative have their weights negated (their output falls as the sum
 rises).  Export then checks the integer model against the float model on the whole
 validation split and stores both accuracies in the file's metadata.
+
+``--qonnx`` writes an integer model (the shipped one by default) as the QONNX graph FINN's
+build_dataflow compiles (octoray.models.qonnx_export), after checking that qonnx's executor
+gives the CPU kernel's label on every image it is tried on.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from octoray.formats.cnv_input import CLASS_NAMES
-from octoray.formats.cnv_model import DEFAULT_PATH, CnvModel, fan_in
+from octoray.formats.cnv_model import DEFAULT_PATH, CnvModel, ModelFormatError, fan_in
 from octoray.kernels import cnv_reference
-from octoray.models.cnv import CNV
-from octoray.models.data import class_balanced_split, load_training_set
-from octoray.models.train import evaluate, load_portable, plot_learning_curve, run_dir
+
+PROG = "octoray-export"
+QONNX_CHECK_IMAGES = 500  # validation images the QONNX graph is checked on when --data is given
+SYNTHETIC_IMAGES = 200  # and images it is always checked on
 
 
-def _binary(weight: torch.Tensor) -> np.ndarray:
+def _binary(weight) -> np.ndarray:
     """+-1 weights as int8 (cout, K), K in (kh, kw, cin) order for convolutions."""
     w = weight.detach()
     if w.dim() == 4:
@@ -37,18 +42,20 @@ def _binary(weight: torch.Tensor) -> np.ndarray:
     return np.where(w.reshape(w.shape[0], -1).numpy() >= 0, 1, -1).astype(np.int8)
 
 
-@torch.no_grad()
-def _fold(bn: torch.nn.Module, candidates: np.ndarray, scale: float, weights: np.ndarray,
+def _fold(bn, candidates: np.ndarray, scale: float, weights: np.ndarray,
           flipped_accumulator) -> tuple[np.ndarray, np.ndarray]:
     """Thresholds (and weights, negated where needed) such that ``acc >= T`` equals
     ``bn(acc * scale) >= 0`` for every candidate accumulator value (ascending)."""
+    import torch
+
     channels = weights.shape[0]
     values = torch.tensor(candidates * scale, dtype=torch.float32)
     grid = values[:, None].expand(len(candidates), channels).contiguous()
-    if isinstance(getattr(bn, "bn", bn), torch.nn.BatchNorm2d):
-        fires = (bn(grid[:, :, None, None])[:, :, 0, 0] >= 0).numpy()
-    else:
-        fires = (bn(grid) >= 0).numpy()
+    with torch.no_grad():
+        if isinstance(getattr(bn, "bn", bn), torch.nn.BatchNorm2d):
+            fires = (bn(grid[:, :, None, None])[:, :, 0, 0] >= 0).numpy()
+        else:
+            fires = (bn(grid) >= 0).numpy()
     thresholds = np.empty(channels, dtype=np.int64)
     weights = weights.copy()
     beyond = candidates[-1] + 1
@@ -67,7 +74,8 @@ def _fold(bn: torch.nn.Module, candidates: np.ndarray, scale: float, weights: np
     return thresholds, weights
 
 
-def export(model: CNV) -> tuple[dict, dict]:
+def export(model) -> tuple[dict, dict]:
+    """A trained CNV (octoray.models.cnv) folded: packed +-1 weights and integer thresholds."""
     model.eval()
     bits, thresholds = {}, {}
     # conv1: acc = sum(q * w) with q in -128..127; the float layer sees acc / 128
@@ -91,39 +99,74 @@ def export(model: CNV) -> tuple[dict, dict]:
     return packed, {name: t.astype(np.int32) for name, t in thresholds.items()}
 
 
-class _AffineOfPopcount(torch.nn.Module):
+class _AffineOfPopcount:
     """The BatchNorm of a binary layer, fed the popcount p instead of its input 2p - K."""
 
     def __init__(self, bn, k):
-        super().__init__()
         self.bn, self.k = bn, k
 
-    def forward(self, p):
+    def __call__(self, p):
         return self.bn(2 * p - self.k)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="octoray-export", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, type=Path)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="the CIFAR-10 training archive (required but with --qonnx, "
+                                              "where it adds a check on validation images)")
     p.add_argument("--run", default="cnv-w1a1")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="best: the epoch with the highest validation accuracy")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                   help="best (the default): the epoch with the highest validation accuracy")
     p.add_argument("--from-portable", type=Path, metavar="FILE",
                    help="export a `train --save-portable` file (a run made elsewhere, e.g. on a GPU) "
                         "instead of a checkpoint of --run")
     p.add_argument("--out", type=Path, default=DEFAULT_PATH)
     p.add_argument("--plot", type=Path, default=None, help="also draw the learning curve here")
     p.add_argument("--limit", type=int, default=None,
-                   help="check only the first N validation images (a dry run; the shipped file checks all)")
-    args = p.parse_args(argv)
+                   help="check only the first N validation images (a dry run; the shipped file checks all); "
+                        f"with --qonnx, check N images spread over the classes (default {QONNX_CHECK_IMAGES})")
+    p.add_argument("--qonnx", type=Path, metavar="FILE",
+                   help="write a QONNX graph for FINN's build_dataflow instead (needs the qonnx extra): "
+                        "the shipped model, or --model, --from-portable, --checkpoint; checked label for "
+                        "label against the CPU kernel before it is written")
+    p.add_argument("--model", type=Path, metavar="FILE",
+                   help="with --qonnx: the integer model file to write (default: the shipped model)")
+    return p
+
+
+def _load_float(args):
+    """The float CNV of a portable file or of a checkpoint of --run, and its training state."""
+    import torch
+
+    from octoray.models.cnv import CNV
+    from octoray.models.train import load_portable, run_dir
 
     model = CNV()
     if args.from_portable:
         state = load_portable(args.from_portable, model)
     else:
-        state = torch.load(run_dir(args.run) / f"{args.checkpoint}.pt", weights_only=False, map_location="cpu")
+        state = torch.load(run_dir(args.run) / f"{args.checkpoint or 'best'}.pt", weights_only=False,
+                           map_location="cpu")
         model.load_state_dict(state["model"])
     model.eval()
+    return model, state
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.qonnx:
+        return _export_qonnx(args)
+    if args.data is None:
+        p.error("the following arguments are required: --data")
+    if args.model:
+        p.error("--model goes with --qonnx")
+
+    import torch
+
+    from octoray.models.data import class_balanced_split, load_training_set
+    from octoray.models.train import evaluate, plot_learning_curve
+
+    model, state = _load_float(args)
     recipe = state["recipe"]
 
     images, labels, _ = load_training_set(args.data)
@@ -162,6 +205,108 @@ def main(argv=None) -> int:
     print(f"epoch {state['epoch']}: float {float_acc:.4f}, integer {int_acc:.4f}, "
           f"agreement {agreement:.4f} -> {args.out} ({args.out.stat().st_size:,} bytes)")
     return 0 if agreement == 1.0 else 1
+
+
+class _Refused(Exception):
+    """A one-line error for the user."""
+
+
+def _tensor_norm(model):
+    """The float model's TensorNorm as the QONNX graph carries it: export() negates fc3's
+    weights when its scale is negative, so the logits' sign, the mean and the scale flip."""
+    import torch
+
+    from octoray.models.cnv import BN_EPS
+    from octoray.models.qonnx_export import TensorNorm
+
+    tn = model.tensor_norm
+    with torch.no_grad():
+        std = torch.sqrt(tn.running_var + BN_EPS).item()
+    mean, weight, bias = tn.running_mean.item(), tn.weight.item(), tn.bias.item()
+    return TensorNorm(mean=-mean if weight < 0 else mean, std=std, weight=abs(weight), bias=bias)
+
+
+def _qonnx_source(args):
+    """(integer model, TensorNorm or None, a description) of the model --qonnx writes."""
+    if args.from_portable or args.checkpoint:
+        if args.model:
+            raise _Refused("--model and --from-portable/--checkpoint name two models: give one")
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise _Refused("reading a float model needs PyTorch: pip install '.[train]'") from None
+        try:
+            model, state = _load_float(args)
+        except FileNotFoundError as error:
+            raise _Refused(f"{error.filename}: no such file") from None
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
+            raise _Refused(f"{args.from_portable or args.run}: {error}") from None
+        packed, thresholds = export(model)
+        meta = {"class_names": list(CLASS_NAMES), "recipe": state["recipe"], "trained_epochs": state["epoch"]}
+        where = args.from_portable or f"run {args.run}, {args.checkpoint or 'best'} checkpoint"
+        return CnvModel(packed, thresholds, meta), _tensor_norm(model), f"{where} (epoch {state['epoch']})"
+    path = args.model or DEFAULT_PATH
+    try:
+        model = CnvModel.load(path)
+    except ModelFormatError as error:
+        raise _Refused(str(error)) from None
+    epochs = model.metadata.get("trained_epochs")
+    return model, None, f"{path.name}" + (f" ({epochs} epochs)" if epochs else "")
+
+
+def _validation_images(args, model: CnvModel) -> tuple[np.ndarray, np.ndarray]:
+    """Up to --limit (default QONNX_CHECK_IMAGES) held-out images spread evenly over the split,
+    which is ordered by class, and their true labels."""
+    from octoray.models.data import class_balanced_split, decode_members, index_archive
+
+    recipe = model.metadata.get("recipe", {})
+    try:
+        names, labels = index_archive(args.data)
+    except (OSError, EOFError) as error:
+        raise _Refused(f"{args.data}: {getattr(error, 'strerror', None) or error}") from None
+    _, val = class_balanced_split(labels, recipe.get("val_per_class", 500), recipe.get("split_seed", 0))
+    count = min(args.limit or QONNX_CHECK_IMAGES, len(val))
+    chosen = val[np.unique(np.linspace(0, len(val) - 1, count).round().astype(np.int64))]
+    return decode_members(args.data, [names[i] for i in chosen]), labels[chosen]
+
+
+def _export_qonnx(args) -> int:
+    """Write the QONNX graph only once its labels equal the CPU kernel's on every checked image."""
+    from octoray.kernels import cnv_cpu
+    from octoray.models import qonnx_export
+
+    try:
+        qonnx_export.require_extra()
+        if not args.qonnx.parent.is_dir():  # before the work, not after it
+            raise _Refused(f"{args.qonnx}: No such file or directory")
+        model, tensor_norm, source = _qonnx_source(args)
+        checks = [("synthetic", qonnx_export.synthetic_images(SYNTHETIC_IMAGES), None)]
+        if args.data:
+            checks.insert(0, ("validation", *_validation_images(args, model)))
+        try:
+            graph = qonnx_export.build(model, tensor_norm, source)
+        except ValueError as error:  # a TensorNorm that would reorder or merge the logits
+            raise _Refused(str(error)) from None
+        packed = cnv_cpu.PackedModel(model)
+        report = []
+        for kind, images, truth in checks:
+            got, want = qonnx_export.classify(graph, images), cnv_cpu.classify(packed, images)
+            if (got != want).any():
+                raise _Refused(f"the graph's labels differ from the CPU kernel's on {int((got != want).sum())} "
+                               f"of {len(images)} {kind} images; {args.qonnx} not written")
+            accuracy = "" if truth is None else f" ({100 * float((got == truth).mean()):.2f} % correct)"
+            report.append(f"all {len(images)} {kind} images{accuracy}")
+        try:
+            qonnx_export.save(graph, args.qonnx)
+        except OSError as error:
+            raise _Refused(f"{args.qonnx}: {error.strerror or error}") from None
+    except (qonnx_export.MissingExtra, _Refused) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.qonnx}: CNV-W1A1 from {source} as QONNX for FINN {qonnx_export.FINN_VERSION} "
+          f"({args.qonnx.stat().st_size:,} bytes); labels equal to the CPU kernel's on " + " and ".join(report)
+          + ("" if args.data else " (--data ARCHIVE adds validation images)"))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,171 @@
+/* The hot loops of decoding chunked gzip members (octoray.formats.gzip_chunks):
+ *
+ * find_marker(buffer, start, end) -> int: the offset just past the first 00 00 ff ff (the
+ *   empty stored block that ends a chunk) lying wholly inside buffer[start:end], or -1.  A
+ *   reader of a pipe has no index and scans every byte of input for it on its own thread,
+ *   before handing chunks out, so it must cost little beside decoding (Python's bytes.find
+ *   managed 1.8 GB/s here; this tests 16 positions a step).  A match is only a candidate.
+ *
+ * bind(path) -> bool: find libdeflate's decompressor in the already loaded library at `path`
+ *   (the `deflate` package's extension, which exports it).  libdeflate decodes a whole chunk
+ *   into a buffer of known size in 25 % less time than ISA-L's streaming inflater here, and
+ *   its _ex call says how many input bytes the stream took, which the verification needs.
+ *
+ * inflate(data, probe, chunk_size, exact) -> (output, crc32, used, final) | None: decode
+ *   data + probe as one raw deflate stream into at most chunk_size bytes (GIL released).
+ *   final: the stream ended inside `data` (used <= len(data)).  Otherwise it must have taken
+ *   exactly data + probe, with chunk_size bytes of output if `exact`.  None for anything else;
+ *   octoray.formats.chunk_inflate explains why this proves a chunk's end.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* --- the marker scan ------------------------------------------------------------------ */
+
+static inline int is_marker(const uint8_t *p) {
+    return p[0] == 0 && p[1] == 0 && p[2] == 0xff && p[3] == 0xff;
+}
+
+/* Offset of the first marker starting in [from, to - 4], or -1. */
+static Py_ssize_t scan(const uint8_t *data, Py_ssize_t from, Py_ssize_t to) {
+    Py_ssize_t i = from;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128(), ones = _mm_set1_epi8((char)0xff);
+    while (i + 19 <= to) {  /* start positions i..i+15, each needing 4 bytes */
+        __m128i a = _mm_loadu_si128((const __m128i *)(data + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(data + i + 1));
+        __m128i c = _mm_loadu_si128((const __m128i *)(data + i + 2));
+        __m128i d = _mm_loadu_si128((const __m128i *)(data + i + 3));
+        __m128i hit = _mm_and_si128(_mm_and_si128(_mm_cmpeq_epi8(a, zero), _mm_cmpeq_epi8(b, zero)),
+                                    _mm_and_si128(_mm_cmpeq_epi8(c, ones), _mm_cmpeq_epi8(d, ones)));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask)
+            return i + __builtin_ctz((unsigned)mask);
+        i += 16;
+    }
+#endif
+    for (; i + 4 <= to; i++) {
+        if (is_marker(data + i))
+            return i;
+    }
+    return -1;
+}
+
+static PyObject *find_marker(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end))
+        return NULL;
+    if (start < 0)
+        start = 0;
+    if (end > view.len)
+        end = view.len;
+    Py_ssize_t found = start < end ? scan((const uint8_t *)view.buf, start, end) : -1;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(found < 0 ? -1 : found + 4);
+}
+
+/* --- libdeflate, borrowed from the deflate package ------------------------------------ */
+
+typedef void *(*alloc_fn)(void);
+typedef void (*free_fn)(void *);
+typedef int (*decompress_ex_fn)(void *, const void *, size_t, void *, size_t, size_t *, size_t *);
+typedef uint32_t (*crc32_fn)(uint32_t, const void *, size_t);
+
+static alloc_fn alloc_decompressor;
+static free_fn free_decompressor;
+static decompress_ex_fn decompress_ex;
+static crc32_fn crc32_of;
+
+static PyObject *bind(PyObject *self, PyObject *args) {
+    const char *path;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &path))
+        return NULL;
+    void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (library) {
+        alloc_decompressor = (alloc_fn)dlsym(library, "libdeflate_alloc_decompressor");
+        free_decompressor = (free_fn)dlsym(library, "libdeflate_free_decompressor");
+        decompress_ex = (decompress_ex_fn)dlsym(library, "libdeflate_deflate_decompress_ex");
+        crc32_of = (crc32_fn)dlsym(library, "libdeflate_crc32");
+    }
+    if (!alloc_decompressor || !free_decompressor || !decompress_ex || !crc32_of) {
+        alloc_decompressor = NULL;
+        decompress_ex = NULL;
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *inflate(PyObject *self, PyObject *args) {
+    Py_buffer data, probe;
+    Py_ssize_t chunk_size;
+    int exact;
+    (void)self;
+    if (!decompress_ex) {
+        PyErr_SetString(PyExc_RuntimeError, "libdeflate is not bound");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*np", &data, &probe, &chunk_size, &exact))
+        return NULL;
+    PyObject *result = NULL, *out = PyBytes_FromStringAndSize(NULL, chunk_size);
+    size_t total = (size_t)data.len + (size_t)probe.len;
+    uint8_t *input = out ? malloc(total ? total : 1) : NULL;
+    void *decompressor = input ? alloc_decompressor() : NULL;
+    if (!decompressor) {
+        if (out)
+            PyErr_NoMemory();
+        goto done;
+    }
+    size_t used = 0, produced = 0;
+    int status;
+    uint32_t crc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(input, data.buf, (size_t)data.len);
+    memcpy(input + data.len, probe.buf, (size_t)probe.len);
+    status = decompress_ex(decompressor, input, total, PyBytes_AS_STRING(out), (size_t)chunk_size, &used, &produced);
+    if (status == 0)
+        crc = crc32_of(0, PyBytes_AS_STRING(out), produced);
+    Py_END_ALLOW_THREADS
+    int final = status == 0 && used <= (size_t)data.len;
+    int boundary = status == 0 && used == total && (!exact || produced == (size_t)chunk_size);
+    if (!final && !boundary) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (produced != (size_t)chunk_size && _PyBytes_Resize(&out, (Py_ssize_t)produced) < 0)
+        goto done;
+    result = Py_BuildValue("(OknO)", out, (unsigned long)crc, final ? (Py_ssize_t)used : data.len,
+                           final ? Py_True : Py_False);
+done:
+    if (decompressor)
+        free_decompressor(decompressor);
+    free(input);
+    Py_XDECREF(out);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&probe);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"find_marker", find_marker, METH_VARARGS,
+     "find_marker(buffer, start, end) -> offset just past the first 00 00 ff ff inside buffer[start:end], or -1"},
+    {"bind", bind, METH_VARARGS, "bind(path) -> whether libdeflate's decompressor was found in that library"},
+    {"inflate", inflate, METH_VARARGS,
+     "inflate(data, probe, chunk_size, exact) -> (output, crc32, used, final) or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_chunks", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__chunks(void) {
+    return PyModule_Create(&module);
+}
