@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 2.0  # a plain TCP connect first: a refused port needs no 10 s of Dask retries
