@@ -20,6 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
+from octoray.jobs import DEFAULT_BATCH  # noqa: E402
 
 PROGRAM = "fclassify"
 
@@ -72,7 +73,7 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no notes or progress on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="note skipped files; report speed and workers"),
     threads: Optional[int] = typer.Option(None, "--threads", "-p", min=1, help="threads of the embedded default"),
-    batch: int = typer.Option(256, "--batch", min=1, max=65536, help="images per task"),
+    batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, max=65536, help="images per task"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDR", help="Dask scheduler address"),
     scheduler_file: Optional[str] = typer.Option(None, "--scheduler-file", metavar="FILE",
                                                  help="scheduler file written by `dask scheduler`"),

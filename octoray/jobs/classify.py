@@ -25,11 +25,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from octoray.engine.stream import batched, ordered_map
+from octoray.engine.stream import JobGroup, batched, ordered_map
+from octoray.jobs import DEFAULT_BATCH
 from octoray.formats.images import CIFAR_RECORD, IMAGE_SUFFIXES, cifar_records, looks_like_image
 
 INPUT_FORMATS = ("auto", "image", "tar", "cifar")
-DEFAULT_BATCH = 256
 INLINE_BYTES = 8 << 20  # an encoded image up to this size is read whole; larger ones decode from a file
 REMOTE_BYTES = 1 << 20  # what a cluster's worker is sent to decode: larger images decode here,
 # and a batch closes at this many encoded bytes (a cluster holds many batches in flight)
@@ -346,7 +346,7 @@ def _remote_groups(stream: Iterable[Item], batch: int) -> Iterator[list]:
 def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> Iterator[Result]:
     """Results for `stream`, in its order; batches run in parallel on `executor`.  The last
     result of each batch says so (`batch_end`): results come a batch at a time."""
-    from octoray.kernels.tasks import ImageBatch, classify_batch
+    from octoray.kernels.tasks import classify_batch
 
     sent: deque = deque()
 
@@ -354,7 +354,7 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
     # spend their time in the kernel, which runs without the GIL, instead of contending for it
     # with the reader, and no batch holds encoded images.  A cluster's workers decode (the
     # encoded images are smaller to send, and the decoding spreads out).
-    decode_here = getattr(executor, "in_process", False)
+    decode_here = executor.in_process
 
     def jobs():
         groups = batched(_decoded(stream), batch) if decode_here else _remote_groups(stream, batch)
@@ -364,7 +364,7 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
             if not decode_here:
                 for item in group:
                     item.payload = None  # encoded bytes: the batch holds them, until its task is done
-            yield (ImageBatch(payloads),)
+            yield (JobGroup([(payload,) for payload in payloads]),)  # one object: Dask would scatter a list
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
         group = sent.popleft()

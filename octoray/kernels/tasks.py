@@ -23,23 +23,9 @@ def cnv_scores(images):
     return local_accelerator().cnv_scores(images)
 
 
-class ImageBatch:
-    """A batch of images as one object: Dask scatters a list element by element."""
-
-    __slots__ = ("payloads",)
-
-    def __init__(self, payloads: list):
-        self.payloads = payloads
-
-    def __getstate__(self):
-        return (self.payloads,)  # never falsy, so pickle always calls __setstate__
-
-    def __setstate__(self, state):
-        (self.payloads,) = state
-
-
-def classify_batch(batch: ImageBatch) -> tuple:
-    """Decode a batch (encoded image bytes, or pixels already (32, 32, 3)), run CNV-W1A1 on
+def classify_batch(batch) -> tuple:
+    """Decode a batch (an engine JobGroup of one-item jobs: encoded image bytes, or pixels
+    already (32, 32, 3)), run CNV-W1A1 on
     the images that decoded, and return (scores (N, 10), error reasons (None where fine)).
 
     Decoding here, not in the reader, spreads it over the workers with the kernel.  A None
@@ -48,7 +34,7 @@ def classify_batch(batch: ImageBatch) -> tuple:
 
     from octoray.formats.images import ImageError, decode_image
 
-    payloads = batch.payloads
+    payloads = [job[0] for job in batch.jobs]
     reasons: list = [None] * len(payloads)
     pixels, decoded = [], []
     for i, payload in enumerate(payloads):
