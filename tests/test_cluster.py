@@ -153,6 +153,42 @@ def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin)
     assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
 
 
+def test_decompression_on_the_cluster_survives_a_killed_worker(cluster, gzip_bin):
+    """fgzip -d of fgzip's own output (chunks announced in the header, written to a pipe, so no
+    index) decodes its chunks on the workers; one is SIGKILLed half way, the output is exact."""
+    data = text_like(16 << 20, seed=13)
+    packed = fgzip("-b", "64", input=data, check=True).stdout
+    assert run([gzip_bin, "-dc"], input=packed, check=True).stdout == data
+    proc = subprocess.Popen([*tool("fgzip"), "-d"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=with_cluster_env(cluster))
+    killed = threading.Event()
+
+    def kill_at_half(sent):
+        if sent >= len(packed) // 2 and not killed.is_set():
+            killed.set()
+            cluster.workers["fpga1"].send_signal(signal.SIGKILL)
+
+    feeder = slow_feed(proc, packed, 256 << 10, 0.05, kill_at_half)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    proc.wait(timeout=180)
+    feeder.join(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
+    assert killed.is_set() and out == data
+    assert cluster.status()["fpga0"] >= 5  # the chunks were decoded on the workers
+
+
+def test_testing_on_the_cluster_finds_damage_as_gzip_does(cluster, gzip_bin, tmp_path):
+    data = text_like(4 << 20, seed=14)
+    packed = bytearray(fgzip("-b", "64", input=data, check=True).stdout)
+    packed[len(packed) // 2] ^= 0x40
+    (tmp_path / "bad.gz").write_bytes(packed)
+    ours = run([*tool("fgzip"), "-t", str(tmp_path / "bad.gz")], env=with_cluster_env(cluster))
+    theirs = run([gzip_bin, "-t", str(tmp_path / "bad.gz")])
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
+
+
 def test_losing_the_scheduler_is_a_clear_error_within_seconds(cluster):
     data = text_like(32 << 20, seed=13)
     proc = subprocess.Popen([*tool("fgzip"), "-b", "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from octoray.engine.executors import LocalExecutor
-from octoray.formats import faults
+from octoray.formats import faults, gzip_chunks
 from octoray.jobs.gunzip import decompress_stream
 from octoray.jobs.gzip import Wrapper, compress_stream, rsyncable_chunks
 
@@ -78,10 +78,28 @@ def test_totals_before_a_fault_travel_with_it(tmp_path):
     (lambda g: g[:2] + b"\x07" + g[3:], faults.UnknownMethod),
     (lambda g: g[:3] + bytes([g[3] | 0x20]) + g[4:], faults.Encrypted),
 ])
-def test_damage_raises_its_fault_type(tmp_path, damage, fault):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_damage_raises_its_fault_type(tmp_path, damage, fault, parallel):
     good, _ = compress(tmp_path, DATA)
-    with pytest.raises(fault):
-        decompress(tmp_path, damage(good))
+    with LocalExecutor(2) as executor, pytest.raises(fault):
+        decompress(tmp_path, damage(good), executor=(lambda: executor) if parallel else None)
+
+
+def test_a_member_of_independent_chunks_is_decoded_by_the_workers(tmp_path):
+    out, totals = compress(tmp_path, DATA, index=True)
+    offset, index = totals.chunk_index  # a file's size is known: room for an index was made
+    out = out[:offset] + index + out[offset + len(index):]
+    assert len(gzip_chunks.parse_layout(out).sizes) == -(-len(DATA) // (32 * 1024))
+    assert compress(tmp_path, DATA)[1].chunk_index is None  # no index: the output is a pipe
+    with LocalExecutor(2) as executor:
+        back, back_totals, outcome = decompress(tmp_path, out + out, executor=lambda: executor)
+        assert executor.tasks_done >= 2 * (len(DATA) // (32 * 1024))
+    assert back == DATA + DATA and outcome is None and back_totals.members == 2
+    assert (back_totals.last_crc, back_totals.last_size) == (zlib.crc32(DATA), len(DATA))
+    primed, _ = compress(tmp_path, DATA, level=1)  # chunks that share a dictionary: one decoder
+    with LocalExecutor(2) as executor:
+        assert decompress(tmp_path, primed, executor=lambda: executor)[0] == DATA
+        assert executor.tasks_done == 0
 
 
 def test_what_follows_the_last_member_is_an_outcome_not_an_exception(tmp_path):

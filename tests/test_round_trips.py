@@ -8,7 +8,9 @@ import zlib
 
 import pytest
 
-from conftest import fgzip, run, text_like
+from conftest import fgzip, run, text_like, tool
+
+from octoray.formats import gzip as gz
 
 
 @pytest.mark.parametrize("level", ["-1", "-6", "-9"])
@@ -55,9 +57,9 @@ def test_file_round_trip_keeps_name_size_mode_and_mtime(tmp_path, gzip_bin):
     assert packed.stat().st_mode & 0o777 == 0o640 and packed.stat().st_mtime == 1_600_000_000
     with gzip.open(packed) as f:
         assert f.read() == data
-    header = packed.read_bytes()[:10 + len(b"notes.txt") + 1]
-    assert header[3] & 8 and header[10:] == b"notes.txt\0"  # FNAME stored
-    assert int.from_bytes(header[4:8], "little") == 1_600_000_000  # MTIME stored
+    header = gz.parse_header(packed.read_bytes())
+    assert header.flags & gz.FLAG_NAME and header.name == b"notes.txt"  # FNAME stored
+    assert header.mtime == 1_600_000_000  # MTIME stored
 
     path.unlink()
     fgzip("-d", packed, check=True)
@@ -127,3 +129,78 @@ def test_several_files_with_trailing_garbage_each_decompress(tmp_path, gzip_bin)
     result = fgzip("-dc", *[str(p) for p, _ in names])
     assert result.stdout == b"".join(d for _, d in names)
     assert result.returncode == 2 and result.stderr.count(b"trailing garbage ignored") == 3
+
+
+# --- members that fgzip -d decodes on every core (octoray.formats.gzip_chunks) ----------------
+
+def layout_of(member: bytes):
+    from octoray.formats import gzip_chunks
+
+    return gzip_chunks.parse_layout(member)
+
+
+def test_chunked_output_reads_everywhere_with_an_index_in_files(tmp_path, gzip_bin, pigz_bin):
+    """A file fgzip writes announces its independent chunks and indexes them; what it writes to
+    a pipe announces them without an index.  gzip, pigz, Python and zlib read both."""
+    data = text_like(3_000_000, seed=21)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    fgzip("-k", "-b", "64", path, check=True)
+    in_file = (tmp_path / "big.gz").read_bytes()
+    fg = " ".join(map(str, tool("fgzip")))
+    piped = run(["sh", "-c", f"{fg} -b 64 < {path} | cat"], check=True).stdout
+    chunks = -(-len(data) // (64 << 10))
+    indexed, unindexed = layout_of(in_file), layout_of(piped)
+    assert indexed.chunk_size == unindexed.chunk_size == 64 << 10
+    assert len(indexed.sizes) == chunks and unindexed.sizes == ()
+    body = len(in_file) - gz.parse_header(in_file).length - 8
+    assert sum(indexed.sizes) == body  # the index adds up to the deflate stream
+    for packed, where in ((in_file, tmp_path / "big.gz"), (piped, tmp_path / "piped.gz")):
+        where.write_bytes(packed)
+        assert run([gzip_bin, "-t", where]).returncode == 0
+        assert run([pigz_bin, "-t", where]).returncode == 0
+        listed = run([gzip_bin, "-l", where], check=True).stdout.decode().splitlines()[1].split()
+        assert int(listed[0]) == len(packed) and int(listed[1]) == len(data)
+        assert gzip.decompress(packed) == data and zlib.decompress(packed, 31) == data
+        assert fgzip("-dc", where, check=True).stdout == data
+        assert fgzip("-dc", "-p", "1", where, check=True).stdout == data
+
+
+@pytest.mark.parametrize("options, announced", [(["-1"], False), (["-3"], False), (["-1", "-i"], True),
+                                                (["-4"], True), (["-6"], True), (["-9"], True),
+                                                (["-0"], True), (["-11"], True), (["--rsyncable"], True)])
+def test_which_levels_announce_independent_chunks(options, announced):
+    data = text_like(600_000, seed=22)
+    packed = fgzip(*options, "-b", "64", input=data, check=True).stdout
+    layout = layout_of(packed)
+    assert (layout is not None) == announced
+    if options == ["--rsyncable"]:
+        assert layout.variable
+    assert fgzip("-dc", input=packed, check=True).stdout == data
+
+
+def test_a_single_chunk_gets_gzips_plain_header(gzip_bin):
+    data = text_like(50_000, seed=23)
+    packed = fgzip("-n", input=data, check=True).stdout
+    assert layout_of(packed) is None
+    assert packed[:10] == run([gzip_bin, "-n"], input=data, check=True).stdout[:10]
+
+
+def test_each_member_written_to_one_file_gets_its_own_index(tmp_path):
+    """fgzip -c a b > out: two members, each index written at its own member's place; >> (append)
+    cannot be written into afterwards, so its member has no index."""
+    a, b = text_like(400_000, seed=24), text_like(300_000, seed=25)
+    (tmp_path / "a").write_bytes(a)
+    (tmp_path / "b").write_bytes(b)
+    fg = " ".join(map(str, tool("fgzip")))
+    run(["sh", "-c", f"{fg} -b 64 -c a b > out && {fg} -b 64 -c a >> out"], cwd=tmp_path, check=True)
+    out = (tmp_path / "out").read_bytes()
+    first = zlib.decompressobj(31)
+    assert first.decompress(out) == a
+    second_member = first.unused_data
+    second = zlib.decompressobj(31)
+    assert second.decompress(second_member) == b
+    third_member = second.unused_data
+    assert len(layout_of(out).sizes) == 7 and len(layout_of(second_member).sizes) == 5
+    assert layout_of(third_member).sizes == ()
+    assert fgzip("-dc", tmp_path / "out", check=True).stdout == a + b + a

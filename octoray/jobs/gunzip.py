@@ -68,18 +68,21 @@ class _Input:
         return copied
 
 
-def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
+def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header=None,
+                      executor=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
     """Decompress every member from `fd_in` to `write`; return the totals and what gzip would
     say after the data: None, a Notice (trailing data), or a later member's HeaderFault.
 
     With `passthrough` (gzip -cdf), data that is not gzip is copied to `write` unchanged.
     `on_header` is called once the first header is read (gzip -v names the file then).
+    `executor`, a callable, opens the executor that decodes members of independent chunks
+    (octoray.formats.gzip_chunks) in parallel; it is called only when one is met.
     Raises a faults.Fault, its ``totals`` set, for input gzip rejects.
     """
     source = _Input(fd_in)
     totals = Totals()
     try:
-        outcome = _decompress_members(source, write, totals, passthrough, on_header)
+        outcome = _decompress_members(source, write, totals, passthrough, on_header, executor)
         totals.bytes_in = source.consumed + len(source.buffer)
         return totals, outcome
     except faults.Fault as failure:
@@ -88,7 +91,7 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header
 
 
 def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool,
-                        on_header) -> faults.Notice | faults.HeaderFault | None:
+                        on_header, executor) -> faults.Notice | faults.HeaderFault | None:
     while True:
         if not source.fill(1):
             if totals.members == 0:
@@ -116,8 +119,12 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             totals.first_header = header
             if on_header is not None:
                 on_header()
-        source.take(header.length)
-        _inflate_member(source, write, totals)
+        head = source.take(header.length)
+        layout = _parallel_layout(head, header, executor)
+        if layout is not None:
+            _inflate_chunked(source, layout, write, totals, executor())
+        else:
+            _inflate_member(source, write, totals)
 
 
 def _next_header(source: _Input, totals: Totals, passthrough: bool):
@@ -154,6 +161,38 @@ def _next_header(source: _Input, totals: Totals, passthrough: bool):
         return fault
 
 
+def _parallel_layout(head: bytes, header: gz.MemberHeader, executor):
+    """The member's chunk layout where it is worth decoding in parallel, else None."""
+    if executor is None or not header.flags & gz.FLAG_EXTRA:
+        return None
+    from octoray.formats.gzip_chunks import parse_layout
+    from octoray.jobs.gunzip_parallel import can_decode
+
+    layout = parse_layout(head)
+    if layout is None or len(layout.sizes) == 1:  # one chunk: nothing to share out
+        return None
+    return layout if can_decode(layout, executor()) else None
+
+
+def _inflate_chunked(source: _Input, layout, write, totals: Totals, executor) -> None:
+    """Inflate a member of independent chunks on the executor's workers, in order."""
+    from octoray.jobs.gunzip_parallel import inflate_member
+
+    def pieces():
+        while source.fill(1):
+            yield source.take(len(source.buffer))
+
+    inflated = inflate_member(layout, pieces(), write, executor)
+    source.give_back(inflated.unused)
+    _count_member(totals, inflated.crc, inflated.size)
+
+
+def _count_member(totals: Totals, crc: int, size: int) -> None:
+    totals.bytes_out += size
+    totals.members += 1
+    totals.last_crc, totals.last_size = crc, size & 0xFFFFFFFF
+
+
 def _inflate_member(source: _Input, write, totals: Totals) -> None:
     """Inflate one member's deflate stream.  ISA-L's IgzipDecompressor keeps the input it has
     not used yet, so no unconsumed tail is copied back and forth."""
@@ -183,6 +222,4 @@ def _inflate_member(source: _Input, write, totals: Totals) -> None:
         raise faults.CrcMismatch
     if expected_size != size & 0xFFFFFFFF:
         raise faults.LengthMismatch
-    totals.bytes_out += size
-    totals.members += 1
-    totals.last_crc, totals.last_size = crc, expected_size
+    _count_member(totals, crc, size)

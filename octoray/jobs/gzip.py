@@ -1,6 +1,10 @@
 """gzip compression as a job: a stream cut into chunks, deflated in parallel, joined in
 order into one member (gzip, zlib or a one-entry zip around one deflate stream).
 
+Where the chunks are independent (every level but the primed -1..-3, or -i) and there are
+several, a gzip member announces them in its header (octoray.formats.gzip_chunks), so that fgzip -d can decode it on
+every core; gzip, pigz and zlib read it as any other member.
+
 The job knows the format and the engine, not the command line: the CLI hands it file
 descriptors and what the options asked for.  Decompression is octoray.jobs.gunzip.
 """
@@ -28,7 +32,12 @@ class Totals:
         self.copied = False  # -cdf passed data through unchanged
         self.copied_bytes = 0  # how many
         self.more = False  # input followed the first member (gzip then counts no header bytes)
+        self.chunk_index: tuple[int, bytes] | None = None  # (offset in the member, bytes) left to write there
 
+
+PRIMED_LEVELS = (1, 2, 3)
+"""Levels whose chunks carry the previous chunk's last 32 KiB as a dictionary: the size bound
+of 1.01x gzip's holds only with it there (docs/design.md, `gunzip_bench.py --levels`)."""
 
 RSYNC_WINDOW = 4096  # bytes the rolling sum covers, as gzip's --rsyncable
 
@@ -107,15 +116,20 @@ class Wrapper:
 
 def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: int = DEFAULT_BLOCK_SIZE,
                     independent: bool = False, strategy: str | None = None, rsyncable: bool = False,
-                    wrapper: Wrapper | None = None) -> Totals:
+                    wrapper: Wrapper | None = None, index: bool = False) -> Totals:
     """Compress everything readable from `fd_in` into one member (a gzip member unless
     `wrapper` says otherwise) passed to `write`.  `level` 0-9 or 11 and `strategy` (None,
-    "huffman", "rle") go to the accelerator's deflate as they are."""
+    "huffman", "rle") go to the accelerator's deflate as they are.
+
+    With `index`, the caller can write into the output afterwards: a member of independent
+    chunks then reserves an index in its header, and the returned Totals' `chunk_index` holds what
+    to write there (offset from the member's first byte, bytes)."""
     from octoray.kernels.tasks import deflate_chunk
 
     wrapper = wrapper or Wrapper(level=level)
-    head = wrapper.header()
-    write(head)
+    independent = independent or strategy is not None or level not in PRIMED_LEVELS
+    chunked = _ChunkedHeader(wrapper, fd_in, block_size, rsyncable, index) \
+        if independent and wrapper.kind == "gzip" else None
     assembler = gz.MemberAssembler()
     chunks = _worker_read_chunks(fd_in, block_size, executor, rsyncable, wrapper)
     if chunks is None:
@@ -130,13 +144,49 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
                 tail = chunk[-gz.DICTIONARY_SIZE:]
                 dictionary = tail if hasattr(tail, "identity") else bytes(tail)  # a file range stays one
 
+    head, sizes = None, []
     for deflated in ordered_map(deflate_chunk, jobs(), executor):
+        if head is None:  # one chunk has nothing to decode in parallel: a plain header, as gzip's
+            chunked = None if deflated.last else chunked
+            head = chunked.head if chunked else wrapper.header()
+            write(head)
         write(assembler.add(deflated))
+        sizes.append(len(deflated.data))
+    if head is None:  # no input
+        head, chunked = wrapper.header(), None
+        write(head)
     end = assembler.finish_stream()
     write(end)
     tail = wrapper.trailer(assembler.crc, assembler.size, assembler.compressed, len(head))
     write(tail)
-    return Totals(assembler.size, len(head) + assembler.compressed + len(tail), len(head) + len(tail))
+    totals = Totals(assembler.size, len(head) + assembler.compressed + len(tail), len(head) + len(tail))
+    if chunked is not None:
+        totals.chunk_index = chunked.index(sizes + [len(end)] if end else sizes)
+    return totals
+
+
+class _ChunkedHeader:
+    """The header of a member of independent chunks, with room for their index where the
+    input's size is known and the caller can write the index into the output afterwards."""
+
+    def __init__(self, wrapper: Wrapper, fd_in: int, block_size: int, rsyncable: bool, index: bool):
+        import os
+        import stat
+
+        from octoray.formats import gzip_chunks
+
+        st = os.fstat(fd_in)
+        size = st.st_size if index and stat.S_ISREG(st.st_mode) else None
+        # --rsyncable cuts where the content says, at most 4 blocks apart
+        chunk_size = 4 * block_size if rsyncable else block_size
+        self.slots = gzip_chunks.index_slots(size, chunk_size)
+        self.head, self.at = gzip_chunks.header(wrapper.name, wrapper.mtime, wrapper.level, wrapper.comment,
+                                                chunk_size=chunk_size, slots=self.slots, variable=rsyncable)
+
+    def index(self, sizes: list[int]) -> tuple[int, bytes] | None:
+        from octoray.formats import gzip_chunks
+
+        return (self.at, gzip_chunks.index_bytes(sizes, self.slots)) if self.slots else None
 
 
 def _worker_read_chunks(fd_in: int, block_size: int, executor, rsyncable: bool, wrapper: Wrapper):

@@ -28,7 +28,8 @@ def _executor(run: Run):
     return run.executor
 
 
-def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mode: int = 0o644):
+def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mode: int = 0o644,
+                 seekable: bool = False):
     from octoray.jobs.gzip import Wrapper, compress_stream
 
     options = run.options
@@ -41,7 +42,7 @@ def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mo
                       comment=options.comment, mode=mode)
     return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
                            independent=options.independent, strategy=options.strategy,
-                           rsyncable=options.rsyncable, wrapper=wrapper)
+                           rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
 
 
 def _decompression(fd_in: int, write, run: Run, on_header=None):
@@ -49,7 +50,8 @@ def _decompression(fd_in: int, write, run: Run, on_header=None):
 
     options = run.options
     passthrough = options.force and options.stdout and not options.list  # gzip -cdf (and -tf)
-    return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header)
+    return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header,
+                             executor=lambda: _executor(run))
 
 
 def _cluster_note(run: Run) -> None:
@@ -98,7 +100,7 @@ def _compress_to_stdout(fd: int, run: Run, name: bytes | None, mtime: int, mode:
     from octoray.formats.gzip import ZipTooLarge
 
     try:
-        return output.to_stdout(lambda write: _compression(fd, write, run, name, mtime, mode))
+        return output.to_stdout(lambda write, seekable: _compression(fd, write, run, name, mtime, mode, seekable))
     except ZipTooLarge as failure:
         raise Fatal(str(failure)) from None
 
@@ -111,7 +113,7 @@ def _decompress_to_stdout_or_test(fd: int, label: str, run: Run) -> None:
         if options.test:
             totals, outcome = _decompression(fd, output.discard, run, prefix)
         else:
-            totals, outcome = output.to_stdout(lambda write: _decompression(fd, write, run, prefix))
+            totals, outcome = output.to_stdout(lambda write, _seekable: _decompression(fd, write, run, prefix))
     except faults.Fault as failure:
         run.fault(label, failure)
         return
@@ -166,7 +168,8 @@ def _compress_file(path: str, run: Run) -> None:
             if out_path is None:
                 return
             done = output.to_file(run, path, out_path, st,
-                                  lambda write: _compression(fd, write, run, name, mtime, mode),
+                                  lambda write, seekable: _compression(fd, write, run, name, mtime, mode,
+                                                                       seekable),
                                   before=lambda: _verbose_prefix(run, path))
         if done is not None and options.verbose:
             verb = "created" if options.keep else "replaced with"
@@ -213,7 +216,7 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: 
             mtime_ns = header.mtime * 1_000_000_000
     out_path = names.truncate_name(os.path.join(os.path.dirname(path), base), run)
     try:
-        result = output.to_file(run, path, out_path, st, lambda write: _decompression(
+        result = output.to_file(run, path, out_path, st, lambda write, _seekable: _decompression(
             fd, write, run, lambda: _verbose_prefix(run, path)), mtime_ns=mtime_ns)
     except faults.Fault as failure:
         run.fault(path, failure)

@@ -57,11 +57,36 @@ def close_quietly(writer) -> None:
             pass
 
 
+def seekable_position(fd: int) -> int | None:
+    """Where the next write to `fd` lands, if the output can be written into afterwards (a
+    regular file not opened for appending); None otherwise (a pipe, a terminal, >>)."""
+    import fcntl
+
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+            return None
+        return os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def write_index(fd: int, start: int | None, result) -> None:
+    """Write a compression's chunk index (octoray.jobs.gzip.Totals.chunk_index) into the member
+    that begins at `start` in the output `fd`, once everything before it is written."""
+    index = getattr(result, "chunk_index", None)
+    if start is not None and index is not None:
+        offset, data = index
+        os.pwrite(fd, data, start + offset)
+
+
 def to_stdout(work):
+    """Run `work(write, seekable)` with its output going to stdout."""
     writer = stdout_writer()
     try:
-        result = work(writer.write)
+        start = seekable_position(writer.fd)
+        result = work(writer.write, start is not None)
         writer.close()
+        write_index(writer.fd, start, result)
         return result
     except OSError as failure:
         close_quietly(writer)
@@ -92,8 +117,9 @@ def may_overwrite(run: Run, out_path: str) -> bool:
 
 def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
              mtime_ns: int | None = None, before=None):
-    """Write `work`'s output to a temporary file beside `out_path`, then rename it into place
-    and remove the input; nothing is overwritten or removed before the output is complete."""
+    """Write the output of `work(write, seekable)` to a temporary file beside `out_path`, then
+    rename it into place and remove the input; nothing is overwritten or removed before the
+    output is complete."""
     global _partial_output
     from octoray.formats.gzip import ZipTooLarge
     from octoray.streams import write_all
@@ -116,7 +142,8 @@ def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
         before()
     try:
         try:
-            result = work(lambda data: write_all(fd_out, data))
+            result = work(lambda data: write_all(fd_out, data), True)
+            write_index(fd_out, 0, result)
             if run.options.synchronous:
                 os.fsync(fd_out)
             os.fchmod(fd_out, stat.S_IMODE(st.st_mode) & 0o777)
