@@ -6,12 +6,9 @@
 
 Every decoder reads `cat FILE |` (a pipe) and writes to /dev/null; a figure is the median of
 --runs runs, the commands taking turns.  Ratios are taken within this run.  The inputs are
-fgzip's default output (level 6, independent 1 MiB chunks) in the chunked member format, with
-its index (as fgzip writes it to a file) and without (as it writes it to a pipe), and gzip -6's
-output.  Until `fgzip` itself writes and reads the format, benchmarks/chunked_stage.py does both
-through the modules (octoray.formats.gzip_chunks and octoray.jobs.gunzip_parallel on the
-embedded engine: the `gunzip_parallel` rows), and the `fgzip` rows show the installed CLI.
-rapidgzip (pip install '.[bench]') is measured where it is installed.
+fgzip's default output (level 6, independent 1 MiB chunks announced in the header) as it
+writes it to a file (with an index of the chunks) and to a pipe (without), and gzip -6's
+output.  rapidgzip (pip install '.[bench]') is measured where it is installed.
 """
 
 from __future__ import annotations
@@ -27,23 +24,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chunked_stage import CHUNK, encode  # noqa: E402
-from gzip_bench import SILESIA, build_corpus, fgzip_command, median_times  # noqa: E402
+from gzip_bench import SILESIA, build_corpus, fgzip_command, median_times, precompile  # noqa: E402
 
-STAGE = Path(__file__).resolve().parent / "chunked_stage.py"
+CHUNK = 1 << 20  # fgzip's default block size, for the -1..-3 table
 
 
 # --- measurements ----------------------------------------------------------------------
 
-def this_script(*args: str) -> str:
-    """A stage of benchmarks/chunked_stage.py as a shell command."""
-    return " ".join(map(shlex.quote, [sys.executable, str(STAGE), *args]))
-
-
 def decoders(threads: int) -> dict[str, str]:
     fg = fgzip_command()
-    tools = {"fgzip -d -p 1": f"{fg} -d -p 1", "fgzip -d": f"{fg} -d",
-             f"gunzip_parallel -p {threads}": this_script("decode", "-p", str(threads))}
+    tools = {"fgzip -d -p 1": f"{fg} -d -p 1", f"fgzip -d -p {threads}": f"{fg} -d -p {threads}"}
     rapid = shutil.which("rapidgzip", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if rapid:
         tools[f"rapidgzip -d -P {threads}"] = f"{rapid} -d -c -P {threads}"
@@ -55,12 +45,11 @@ def inputs(corpus: Path, workdir: Path) -> dict[str, Path]:
     made = {"fgzip -6, indexed (written to a file)": workdir / "indexed.gz",
             "fgzip -6, no index (written to a pipe)": workdir / "piped.gz",
             "gzip -6": workdir / "gzip6.gz"}
-    paths = list(made.values())
-    with open(corpus, "rb") as src, open(paths[0], "wb") as out:
-        encode(src.fileno(), out.fileno())
-    subprocess.run(f"cat {shlex.quote(str(corpus))} | {this_script('encode')} | cat > {shlex.quote(str(paths[1]))}",
-                   shell=True, check=True)
-    subprocess.run(f"gzip -6 -c {shlex.quote(str(corpus))} > {shlex.quote(str(paths[2]))}", shell=True, check=True)
+    indexed, piped, gzip6 = (shlex.quote(str(path)) for path in made.values())
+    source, fg = shlex.quote(str(corpus)), fgzip_command()
+    for shell in (f"{fg} -c {source} > {indexed}", f"cat {source} | {fg} | cat > {piped}",
+                  f"gzip -6 -c {source} > {gzip6}"):
+        subprocess.run(shell, shell=True, check=True)
     return made
 
 
@@ -72,16 +61,14 @@ def decompression_rows(corpus: Path, files: dict[str, Path], runs: int, threads:
     if quick:
         files = {label: path for label, path in files.items() if "pipe" in label}
         tools = {name: cmd for name, cmd in tools.items()
-                 if name.startswith(("fgzip -d -p 1", "gunzip_parallel", "rapidgzip"))}
+                 if name.startswith(("fgzip", "rapidgzip"))}
     for label, path in files.items():
-        chunked = label.startswith("fgzip")  # the module decodes only chunked members
-        usable = {name: cmd for name, cmd in tools.items() if chunked or "gunzip_parallel" not in name}
-        for name, cmd in usable.items():  # every output checked once, byte count and bytes
+        for name, cmd in tools.items():  # every output checked once, byte count and bytes
             check = subprocess.run(f"cat {shlex.quote(str(path))} | {cmd} | cmp - {shlex.quote(str(corpus))}",
                                    shell=True, capture_output=True)
             assert check.returncode == 0, f"{name} on {label}: {check.stderr.decode()}"
         times = median_times({name: f"cat {shlex.quote(str(path))} | {cmd} > /dev/null"
-                              for name, cmd in usable.items()}, runs)
+                              for name, cmd in tools.items()}, runs)
         base = times["fgzip -d -p 1"]
         rapid = next((t for n, t in times.items() if n.startswith("rapidgzip")), None)
         for name, seconds in times.items():
@@ -109,16 +96,16 @@ def memory_rows(corpus: Path, gigabytes: float, workdir: Path, threads: int) -> 
     copies = size // corpus.stat().st_size + 1
     source = (f"(for i in $(seq {copies}); do cat {shlex.quote(str(corpus))}; done 2>/dev/null || true) "
               f"| head -c {size}")
-    rss = workdir / "rss"
-    shell = (f"{source} | {this_script('encode', '-1')} | /usr/bin/time -f %M -o {rss} "
-             f"{this_script('decode', '-p', str(threads))} | wc -c")
+    rss, fg = workdir / "rss", fgzip_command()
+    shell = f"{source} | {fg} | /usr/bin/time -f %M -o {rss} {fg} -d -p {threads} | wc -c"
     start = time.perf_counter()
     out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], check=True, capture_output=True)
     seconds = time.perf_counter() - start
     assert int(out.stdout) == size, "the stream did not come back whole"
     kib = int(rss.read_text().split()[-1])
-    return [f"| gunzip_parallel -p {threads}, {size / 1e9:.1f} GB stream through a pipe | {kib / 1024:.0f} MiB |",
-            f"({seconds:.1f} s for encode and decode; byte count checked)"]
+    return [f"| fgzip -d -p {threads}, {size / 1e9:.1f} GB stream of fgzip's output through a pipe "
+            f"| {kib / 1024:.0f} MiB |",
+            f"({seconds:.1f} s for compression and decompression; byte count checked)"]
 
 
 def level_rows(corpus: Path) -> list[str]:
@@ -182,6 +169,7 @@ def main() -> int:
     paths = args.corpus or sorted(SILESIA.glob("*.xz"))
     if not paths:
         p.error(f"no corpus: pass --corpus FILE ... (looked in {SILESIA})")
+    precompile()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         one = build_corpus(paths, workdir)

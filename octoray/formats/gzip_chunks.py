@@ -30,7 +30,7 @@ and input can lie.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 from octoray.formats import gzip as gz
 from octoray.formats._chunks import find_marker  # noqa: F401 - part of this module's API
@@ -47,13 +47,13 @@ MAX_SLOTS = (MAX_XLEN - 4 - _FIXED.size) // 4
 by scanning."""
 
 
-@dataclass(frozen=True)
-class ChunkLayout:
-    """What a member's subfield announces."""
+class ChunkLayout(namedtuple("ChunkLayout", "chunk_size variable sizes", defaults=(False, ()))):
+    """What a member's subfield announces: the chunk size, whether chunks hold at most that
+    much (VARIABLE), and the recorded compressed sizes of the first chunks (no zeros).  A
+    named tuple, not a dataclass: fgzip -d imports this module, and dataclasses cost
+    milliseconds of start-up."""
 
-    chunk_size: int
-    variable: bool = False
-    sizes: tuple[int, ...] = ()  # recorded compressed sizes of the first chunks (no zeros)
+    __slots__ = ()
 
 
 def index_slots(input_size: int | None, chunk_size: int) -> int:

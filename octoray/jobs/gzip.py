@@ -1,9 +1,10 @@
 """gzip compression as a job: a stream cut into chunks, deflated in parallel, joined in
 order into one member (gzip, zlib or a one-entry zip around one deflate stream).
 
-Where the chunks are independent (every level but the primed -1..-3, or -i) and there are
-several, a gzip member announces them in its header (octoray.formats.gzip_chunks), so that fgzip -d can decode it on
-every core; gzip, pigz and zlib read it as any other member.
+Chunks are compressed independently (no dictionary carried from one to the next: at every
+level the size stays within 1 % of gzip's, docs/design.md), so a gzip member of several chunks
+announces them in its header (octoray.formats.gzip_chunks) and fgzip -d decodes it on every
+core; gzip, pigz and zlib read it as any other member.
 
 The job knows the format and the engine, not the command line: the CLI hands it file
 descriptors and what the options asked for.  Decompression is octoray.jobs.gunzip.
@@ -34,10 +35,6 @@ class Totals:
         self.more = False  # input followed the first member (gzip then counts no header bytes)
         self.chunk_index: tuple[int, bytes] | None = None  # (offset in the member, bytes) left to write there
 
-
-PRIMED_LEVELS = (1, 2, 3)
-"""Levels whose chunks carry the previous chunk's last 32 KiB as a dictionary: the size bound
-of 1.01x gzip's holds only with it there (docs/design.md, `gunzip_bench.py --levels`)."""
 
 RSYNC_WINDOW = 4096  # bytes the rolling sum covers, as gzip's --rsyncable
 
@@ -115,7 +112,7 @@ class Wrapper:
 
 
 def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: int = DEFAULT_BLOCK_SIZE,
-                    independent: bool = False, strategy: str | None = None, rsyncable: bool = False,
+                    strategy: str | None = None, rsyncable: bool = False,
                     wrapper: Wrapper | None = None, index: bool = False) -> Totals:
     """Compress everything readable from `fd_in` into one member (a gzip member unless
     `wrapper` says otherwise) passed to `write`.  `level` 0-9 or 11 and `strategy` (None,
@@ -127,22 +124,16 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
     from octoray.kernels.tasks import deflate_chunk
 
     wrapper = wrapper or Wrapper(level=level)
-    independent = independent or strategy is not None or level not in PRIMED_LEVELS
-    chunked = _ChunkedHeader(wrapper, fd_in, block_size, rsyncable, index) \
-        if independent and wrapper.kind == "gzip" else None
+    chunked = _ChunkedHeader(wrapper, fd_in, block_size, rsyncable, index) if wrapper.kind == "gzip" else None
     assembler = gz.MemberAssembler()
     chunks = _worker_read_chunks(fd_in, block_size, executor, rsyncable, wrapper)
     if chunks is None:
         chunks = rsyncable_chunks(fd_in, block_size) if rsyncable else read_chunks(fd_in, block_size)
 
     def jobs():
-        dictionary = None
         for chunk, last in chunks:
             wrapper.track(chunk)
-            yield (chunk, dictionary, level, last, strategy)
-            if not independent:
-                tail = chunk[-gz.DICTIONARY_SIZE:]
-                dictionary = tail if hasattr(tail, "identity") else bytes(tail)  # a file range stays one
+            yield (chunk, None, level, last, strategy)
 
     head, sizes = None, []
     for deflated in ordered_map(deflate_chunk, jobs(), executor):

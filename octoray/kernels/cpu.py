@@ -7,7 +7,7 @@ from __future__ import annotations
 # level -> (library, library level); 11 is pigz's zopfli level, libdeflate's strongest here
 GZIP_LEVELS = {
     0: ("libdeflate", 0),
-    1: ("isal", 2), 2: ("isal", 2), 3: ("isal", 3),
+    1: ("isal", 2), 2: ("isal", 3), 3: ("libdeflate", 1),
     4: ("libdeflate", 4), 5: ("libdeflate", 5), 6: ("libdeflate", 5),
     7: ("libdeflate", 6), 8: ("libdeflate", 7), 9: ("libdeflate", 9),
     11: ("libdeflate", 12),

@@ -41,7 +41,7 @@ def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mo
     wrapper = Wrapper(options.form, name=name, mtime=mtime, level=options.level,
                       comment=options.comment, mode=mode)
     return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
-                           independent=options.independent, strategy=options.strategy,
+                           strategy=options.strategy,
                            rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
 
 

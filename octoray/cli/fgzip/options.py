@@ -88,7 +88,7 @@ pigz options:
   -0                  store without compression;  -11: strongest (libdeflate 12)
   -p, --processes=N   use N threads on the embedded default (default: CPUs)
   -b, --blocksize=KIB chunk size in KiB (default 1024, at least 32)
-  -i, --independent   compress chunks independently (no shared dictionary)
+  -i, --independent   compress chunks independently (fgzip always does)
   -m, -T, --no-time   do not store the modification time
   -M, --time          store the modification time (the default)
   -C, --comment=TEXT  put TEXT in the gzip header as a comment
