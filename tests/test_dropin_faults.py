@@ -135,3 +135,30 @@ def test_a_member_whose_trailer_ends_in_zero_bytes_is_not_trailing_zeros():
     assert blob.endswith(b"\x0e\x00\x00\x00")
     result = fgzip("-dc", input=blob)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"hello, world\nsecond member\n", b"")
+
+
+CHUNKED = fgzip("-b", "64", "-n", input=text_like(400_000, seed=31), check=True).stdout
+
+
+def chunked_damage(case: int) -> bytes:
+    """A bit flipped anywhere in fgzip's own multi-chunk output, or the output cut short."""
+    import random
+
+    rng = random.Random(case)
+    data = bytearray(CHUNKED)
+    if case % 6 == 5:
+        return bytes(data[: rng.randrange(1, len(data))])
+    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_damaged_chunked_output_reports_as_gzip_does_serially_and_in_parallel(tmp_path, case):
+    """Damage to a member that fgzip -d decodes in parallel gets gzip's messages and status,
+    the same as fgzip -p 1 gives."""
+    blob = chunked_damage(case)
+    (tmp_path / "x.gz").write_bytes(blob)
+    theirs = subprocess.run(["gzip", "-t", "x.gz"], cwd=tmp_path, capture_output=True)
+    for threads in ("1", "2"):
+        ours = subprocess.run([*tool("fgzip"), "-t", "-p", threads, "x.gz"], cwd=tmp_path, capture_output=True)
+        assert (ours.returncode, ours.stderr.replace(b"fgzip", b"gzip")) == (theirs.returncode, theirs.stderr)

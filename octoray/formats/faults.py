@@ -35,6 +35,10 @@ class LengthMismatch(Fault):
     """The data decompressed, but its length differs from the trailer's."""
 
 
+class CrcAndLengthMismatch(CrcMismatch, LengthMismatch):
+    """Both the CRC-32 and the length differ from the trailer's."""
+
+
 class HeaderFault(Fault):
     """A header gzip refuses.  In a member after the first, gzip reports it and stops but
     keeps what it wrote: the job returns such a fault instead of raising it."""

@@ -23,6 +23,11 @@ FINAL_EMPTY_BLOCK = b"\x03\x00"  # BFINAL=1, fixed Huffman, end-of-block: 10 bit
 SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"
 """How a chunk ends after a sync flush: an empty stored block's LEN and NLEN, byte-aligned."""
 DICTIONARY_SIZE = 32 * 1024
+GZIP_START_WINDOW = bytes(DICTIONARY_SIZE)
+"""What gzip's inflater holds before a member's first byte: zeros.  A damaged stream whose
+distance reaches back past its start decodes against them in gzip, which then reports a CRC
+(and length) error, where zlib and ISA-L say "invalid distance too far back"; with this as the
+preset dictionary, fgzip decodes and reports as gzip does (sound streams never reach there)."""
 
 crc32 = isal_zlib.crc32
 crc32_combine = isal_zlib.crc32_combine
@@ -43,6 +48,19 @@ def header(name: bytes | None = None, mtime: int = 0, level: int = 6, comment: b
 
 def trailer(crc: int, size: int) -> bytes:
     return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def check_trailer(stored, crc: int, size: int) -> None:
+    """Raise the fault for a member whose output (`crc`, `size`) differs from its 8-byte
+    trailer `stored`; gzip checks both and reports both where both differ."""
+    expected_crc, expected_size = struct.unpack("<II", stored)
+    crc_wrong, size_wrong = expected_crc != crc, expected_size != size & 0xFFFFFFFF
+    if crc_wrong and size_wrong:
+        raise faults.CrcAndLengthMismatch
+    if crc_wrong:
+        raise faults.CrcMismatch
+    if size_wrong:
+        raise faults.LengthMismatch
 
 
 def zlib_header(level: int) -> bytes:

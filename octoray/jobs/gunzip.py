@@ -198,7 +198,7 @@ def _inflate_member(source: _Input, write, totals: Totals) -> None:
     not used yet, so no unconsumed tail is copied back and forth."""
     from isal import igzip_lib, isal_zlib
 
-    inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
+    inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE, zdict=gz.GZIP_START_WINDOW)
     crc = size = 0
     while not inflater.eof:
         piece = b""
@@ -217,9 +217,5 @@ def _inflate_member(source: _Input, write, totals: Totals) -> None:
     source.give_back(inflater.unused_data)
     if not source.fill(8):
         raise faults.UnexpectedEnd
-    expected_crc, expected_size = struct.unpack("<II", source.take(8))
-    if expected_crc != crc:
-        raise faults.CrcMismatch
-    if expected_size != size & 0xFFFFFFFF:
-        raise faults.LengthMismatch
+    gz.check_trailer(source.take(8), crc, size)
     _count_member(totals, crc, size)

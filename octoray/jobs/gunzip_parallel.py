@@ -16,7 +16,6 @@ window: exactly what a sequential decoder does from there, damage reported in gz
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 
 from octoray.engine.stream import default_window, ordered_map
@@ -331,8 +330,8 @@ class _MemberDecoder:
         """Decode the rest of the stream from the last proved boundary, as gzip would."""
         from isal import igzip_lib, isal_zlib
 
-        options = {"zdict": self.tail} if self.tail else {}
-        inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE, **options)
+        window = (gz.GZIP_START_WINDOW + self.tail)[-gz.DICTIONARY_SIZE:]  # gzip's zeros before the member
+        inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE, zdict=window)
         position = self.verified
         while not inflater.eof:
             piece = b""
@@ -362,9 +361,5 @@ class _MemberDecoder:
         end = self.verified + 8
         if not self.data.ensure(end):
             raise faults.UnexpectedEnd
-        expected_crc, expected_size = struct.unpack("<II", bytes(self.data.get(self.verified, end)))
-        if expected_crc != self.crc:
-            raise faults.CrcMismatch
-        if expected_size != self.size & 0xFFFFFFFF:
-            raise faults.LengthMismatch
+        gz.check_trailer(bytes(self.data.get(self.verified, end)), self.crc, self.size)
         return Inflated(self.crc, self.size, self.data.from_offset(end), self.chunk, self.went_sequential)

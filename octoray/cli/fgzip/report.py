@@ -19,6 +19,7 @@ DATA_FAULTS = {
     faults.CrcMismatch: "invalid compressed data--crc error",
     faults.LengthMismatch: "invalid compressed data--length error",
 }
+
 NOTICES = {
     faults.TrailingGarbage: "decompression OK, trailing garbage ignored",
     faults.TrailingZeros: "decompression OK, trailing zero bytes ignored",
@@ -36,6 +37,8 @@ def fault_text(label: str, fault: faults.Fault) -> str:
     if isinstance(fault, faults.HeaderChecksum):
         return (f"{PROGRAM}: {label}: header checksum 0x{fault.stored:04x} != computed checksum "
                 f"0x{fault.computed:04x}")
+    if isinstance(fault, faults.CrcAndLengthMismatch):  # gzip reports both, one after the other
+        return fault_text(label, faults.CrcMismatch()) + "\n" + fault_text(label, faults.LengthMismatch())
     return f"\n{PROGRAM}: {label}: {DATA_FAULTS[type(fault)]}"
 
 
