@@ -21,6 +21,7 @@ PACK_MAGIC = b"\x1f\x1e"
 ZIP_MAGIC = b"PK\x03\x04"
 ZLIB_OVERHEAD = 6  # header and Adler-32: left out of gzip -l's ratio, like a gzip header
 GZIP_READ_SIZE = 0x40000  # gzip reads its input in pieces this large (INBUFSIZ)
+PASSTHROUGH_LIMIT = 4 << 20  # input held back while a -cdf input may yet prove not zlib
 
 
 class ForeignHeader:
@@ -52,13 +53,16 @@ def identify(head: bytes, first: bool) -> str | None:
     return None
 
 
-def decode_member(kind: str, source, write, totals, on_header) -> tuple[bool, object]:
+def decode_member(kind: str, source, write, totals, on_header, passthrough: bool = False):
     """Decode the member of `kind` at the start of `source` (gunzip's buffered input) to
     `write`, counting it in `totals`.  Returns (last, outcome): `last` when nothing more is to
     be decoded, with what gzip would say after the data (None, a Notice, or a later member's
-    HeaderFault).  Raises a faults.Fault where gzip stops."""
+    HeaderFault); or None, the input untouched, where -cdf (`passthrough`) copies it instead.
+    Raises a faults.Fault where gzip stops."""
     first = totals.members == 0
     try:
+        if kind == "zlib":
+            return _zlib(source, write, totals, on_header, passthrough)
         return _DECODERS[kind](source, write, totals, on_header if first else None)
     except faults.HeaderFault as fault:
         if first:
@@ -66,9 +70,13 @@ def decode_member(kind: str, source, write, totals, on_header) -> tuple[bool, ob
         return True, fault  # gzip keeps what it wrote before, as after a bad member header
 
 
-def _pieces(source):
+def _pieces(source, recorded: list | None = None):
+    """The rest of `source` in the pieces it holds (kept in `recorded` too, if given)."""
     while source.fill(1):
-        yield source.take(len(source.buffer))
+        piece = source.take(len(source.buffer))
+        if recorded is not None:
+            recorded.append(piece)
+        yield piece
 
 
 def _begin(totals, header: ForeignHeader, on_header) -> None:
@@ -154,15 +162,23 @@ def _as_gzip_read(source) -> None:
     source.buffer = source.buffer[:upto - end]
 
 
-def _zlib(source, write, totals, on_header):
+def _zlib(source, write, totals, on_header, passthrough):
+    """pigz's reading.  Under -cdf, input that only looked like a zlib stream (text starting
+    "x^", say) and fails before any output is handed back to be copied, as gzip copies it."""
     from octoray.formats import raw_inflate, zlib_stream
 
     header = ForeignHeader("defla", ZLIB_OVERHEAD)
-    _begin(totals, header, on_header)
+    counted = _Counted(write, on_first=lambda: _begin(totals, header, on_header))
+    recorded: list | None = [] if passthrough else None
     try:
-        decoded = zlib_stream.decode(_pieces(source), write)
+        decoded = zlib_stream.decode(_pieces(source, recorded), counted)
     except raw_inflate.Corrupt as error:
+        if recorded is not None and counted.size == 0 and sum(map(len, recorded)) <= PASSTHROUGH_LIMIT:
+            source.give_back(b"".join(recorded))
+            return None
+        counted.begin()
         raise _inflate_faults()[error.reason]() from None
+    counted.begin()
     source.give_back(decoded.unused)
     _end(totals, header, decoded.size)
     if not source.fill(1):
@@ -178,14 +194,21 @@ def _inflate_faults() -> dict:
 
 
 class _Counted:
-    """A writer that counts what passes through it."""
+    """A writer that counts what passes through it, and calls `on_first` once before the
+    first output (or `begin`)."""
 
-    def __init__(self, write):
-        self.write, self.size = write, 0
+    def __init__(self, write, on_first=None):
+        self.write, self.size, self.on_first = write, 0, on_first
+
+    def begin(self) -> None:
+        if self.on_first is not None:
+            self.on_first, on_first = None, self.on_first
+            on_first()
 
     def __call__(self, data) -> None:
+        self.begin()
         self.size += len(data)
         self.write(data)
 
 
-_DECODERS = {"lzw": _lzw, "pack": _pack, "zip": _zip, "zlib": _zlib}
+_DECODERS = {"lzw": _lzw, "pack": _pack, "zip": _zip}

@@ -105,8 +105,9 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             from octoray.jobs import foreign
 
             kind = foreign.identify(source.buffer, first=totals.members == 0)
-            if kind is not None:
-                last, outcome = foreign.decode_member(kind, source, write, totals, on_header)
+            decoded = kind and foreign.decode_member(kind, source, write, totals, on_header, passthrough)
+            if decoded:
+                last, outcome = decoded
                 if last:
                     return outcome
                 continue
