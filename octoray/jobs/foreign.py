@@ -4,8 +4,8 @@ member of the stream that octoray.jobs.gunzip walks.
 gzip reads compress's LZW (1f 9d) and pack (1f 1e) wherever a member may start, and a zip
 file's first entry (PK 3 4) at the very start of the input; pigz also reads a zlib stream
 (`pigz -z`, .zz) there.  LZW and zip end the input as gzip reads it (LZW runs to the end, the
-rest of a zip is left unread), a zlib stream is one stream as pigz reads it (what follows is
-trailing data), and after a pack stream the next member may follow.  The format modules
+rest of a zip is left unread); after a pack stream or a zlib stream, what follows is read as
+after a gzip member (another member, trailing data, or -cdf's copy).  The format modules
 report damage as `.reason` strings in gzip's words; here they become octoray.formats.faults
 types, which each command line words its own way.
 """
@@ -181,9 +181,7 @@ def _zlib(source, write, totals, on_header, passthrough):
     counted.begin()
     source.give_back(decoded.unused)
     _end(totals, header, decoded.size)
-    if not source.fill(1):
-        return True, None
-    return True, faults.TrailingZeros() if source.rest_is_zeros() else faults.TrailingGarbage()
+    return False, None  # what follows is read as after a gzip member
 
 
 def _inflate_faults() -> dict:
