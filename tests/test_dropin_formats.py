@@ -106,7 +106,7 @@ def test_compress_data_on_stdin_as_gzip(tmp_path, args, name):
 def test_several_files_and_the_name_without_suffix(tmp_path):
     """gzip -d NAME finds NAME.Z; -l totals over formats; one file's error leaves the others."""
     for i, args in enumerate((["-d", "a", "nine.Z", "random.Z"], ["-lv", "a.Z", "empty.Z", "nine.Z"],
-                              ["-l", "a.Z", "bad.Z", "nine.Z"], ["-t", "first.Z", "a.Z"])):
+                              ["-l", "a.Z", "bad.Z", "nine.Z"], ["-t", "first.Z", "a.Z"], ["-tq", "flags.Z", "a.Z"])):
         (tmp_path / str(i)).mkdir()
         assert_same(tmp_path / str(i), args, lzw_files)
 
@@ -337,3 +337,20 @@ def zlib_stream_header(blob: bytes) -> bool:
     from octoray.formats.zlib_stream import is_header
 
     return is_header(blob[:2])
+
+
+def test_every_fault_and_notice_has_gzips_words():
+    """Each concrete fault type the jobs raise is worded in report.py's table (a missing one
+    would end a run as an internal error)."""
+    import inspect
+
+    from octoray.cli.fgzip import report
+    from octoray.formats import faults
+
+    abstract = {faults.Fault, faults.HeaderFault, faults.Notice}
+    for _, kind in inspect.getmembers(faults, inspect.isclass):
+        if issubclass(kind, (faults.Fault, faults.Notice)) and kind not in abstract:
+            fields = inspect.signature(kind).parameters if "__init__" in vars(kind) else {}
+            fault = kind(*[1] * len(fields))
+            text = report.fault_text("f", fault)
+            assert text.lstrip("\n").startswith(("fgzip: f", "len 1")), (kind, text)
