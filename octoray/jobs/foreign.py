@@ -70,13 +70,32 @@ def decode_member(kind: str, source, write, totals, on_header, passthrough: bool
         return True, fault  # gzip keeps what it wrote before, as after a bad member header
 
 
-def _pieces(source, recorded: list | None = None):
-    """The rest of `source` in the pieces it holds (kept in `recorded` too, if given)."""
+def _pieces(source, record: _Record | None = None):
+    """The rest of `source` in the pieces it holds (kept in `record` too, while it records)."""
     while source.fill(1):
         piece = source.take(len(source.buffer))
-        if recorded is not None:
-            recorded.append(piece)
+        if record is not None:
+            record.add(piece)
         yield piece
+
+
+class _Record:
+    """The input read so far, while it may still be handed back: up to PASSTHROUGH_LIMIT
+    bytes, and until `stop`."""
+
+    def __init__(self):
+        self.pieces: list | None = []
+        self.size = 0
+
+    def add(self, piece) -> None:
+        if self.pieces is not None:
+            self.pieces.append(piece)
+            self.size += len(piece)
+            if self.size > PASSTHROUGH_LIMIT:
+                self.stop()
+
+    def stop(self) -> None:
+        self.pieces = None
 
 
 def _begin(totals, header: ForeignHeader, on_header) -> None:
@@ -168,13 +187,19 @@ def _zlib(source, write, totals, on_header, passthrough):
     from octoray.formats import raw_inflate, zlib_stream
 
     header = ForeignHeader("defla", ZLIB_OVERHEAD)
-    counted = _Counted(write, on_first=lambda: _begin(totals, header, on_header))
-    recorded: list | None = [] if passthrough else None
+    record = _Record() if passthrough else None
+
+    def first_output() -> None:
+        if record is not None:
+            record.stop()  # output is out: too late to copy the input instead
+        _begin(totals, header, on_header)
+
+    counted = _Counted(write, on_first=first_output)
     try:
-        decoded = zlib_stream.decode(_pieces(source, recorded), counted)
+        decoded = zlib_stream.decode(_pieces(source, record), counted)
     except raw_inflate.Corrupt as error:
-        if recorded is not None and counted.size == 0 and sum(map(len, recorded)) <= PASSTHROUGH_LIMIT:
-            source.give_back(b"".join(recorded))
+        if record is not None and record.pieces is not None:
+            source.give_back(b"".join(record.pieces))
             return None
         counted.begin()
         raise _inflate_faults()[error.reason]() from None
