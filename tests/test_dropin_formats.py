@@ -36,6 +36,8 @@ def made(kind: str) -> bytes:
         return run(["pigz", "-Kc"], input=TEXT, check=True).stdout
     if kind == "pack":
         return packed(TEXT)
+    if kind == "gz":
+        return run(["gzip", "-cn"], input=OTHER, check=True).stdout
     raise KeyError(kind)
 
 
@@ -68,7 +70,7 @@ def lzw_files(where):
     bad[5000:5006] = b"\xff" * 6  # codes past the table
     put(where, "bad.Z", bytes(bad))
     put(where, "first.Z", blob[:3] + b"\xff\xff" + blob[5:])  # a first code above 255
-    put(where, "gz-then.Z", run(["gzip", "-cn"], input=OTHER).stdout + blob)  # gzip reads LZW after a member
+    put(where, "gz-then.Z", made("gz") + blob)  # gzip reads LZW after a member
 
 
 LZW_NAMES = ["a", "nine", "empty", "random", "cut", "magic", "flags", "bad", "first", "gz-then"]
@@ -118,7 +120,7 @@ def pack_files(where):
     put(where, "header.z", blob[:6])
     put(where, "long.z", blob[:2] + (len(TEXT) + 1).to_bytes(4, "big") + blob[6:])  # length error
     put(where, "bits.z", blob[:6] + b"\x1a" + blob[7:])  # longest code 26 bits
-    put(where, "two.z", blob + run(["gzip", "-cn"], input=OTHER).stdout)  # a member may follow
+    put(where, "two.z", blob + made("gz"))  # a member may follow
     put(where, "junk.z", blob + b"junk")
 
 
