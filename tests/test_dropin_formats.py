@@ -356,3 +356,13 @@ def test_every_fault_and_notice_has_gzips_words():
             fault = kind(*[1] * len(fields))
             text = report.fault_text("f", fault)
             assert text.lstrip("\n").startswith(("fgzip: f", "len 1")), (kind, text)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.binary(max_size=20_000) | st.builds(text_like, st.integers(0, 200_000), st.integers(0, 9)))
+def test_any_data_written_by_the_other_tools_reads_back(data):
+    """Whatever compress, zip (from a pipe) and pigz -z wrote, fgzip -dc gives back."""
+    for blob in (run(["compress", "-c"], input=data).stdout, zipped(("-", data), piped=True),
+                 run(["pigz", "-zc"], input=data, check=True).stdout):
+        result = fgzip("-dc", input=blob, timeout=30)
+        assert (result.returncode, result.stderr) == (0, b"") and result.stdout == data
