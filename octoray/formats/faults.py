@@ -66,6 +66,66 @@ class HeaderChecksum(HeaderFault):
         self.stored, self.computed = stored, computed
 
 
+class LzwTooManyBits(HeaderFault):
+    """An LZW stream whose codes are wider than 16 bits (gzip reports it and goes on with the
+    next file, as for a header it refuses)."""
+
+    def __init__(self, bits: int):
+        super().__init__(bits)
+        self.bits = bits
+
+
+class ZipNotValid(HeaderFault):
+    """A zip local header cut short."""
+
+
+class ZipMethod(HeaderFault):
+    """A zip's first entry neither deflated nor stored."""
+
+
+class ZipEncrypted(HeaderFault):
+    """A zip's first entry is encrypted."""
+
+
+class LzwCorrupt(CorruptData):
+    """An LZW code past the table; `first`: the very first code (gzip words the two apart when
+    it writes a file, suggesting zcat only where some data came out)."""
+
+    def __init__(self, first: bool):
+        super().__init__(first)
+        self.first = first
+
+
+class StoredLengthMismatch(CorruptData):
+    """A stored zip entry whose two sizes differ (gzip prints both first)."""
+
+    def __init__(self, size: int, compressed: int):
+        super().__init__(size, compressed)
+        self.size, self.compressed = size, compressed
+
+
+class HuffmanLengthRange(CorruptData):
+    """A pack stream's longest code length is 0 or over 25."""
+
+
+class TooManyLeaves(CorruptData):
+    """A pack stream's Huffman tree has more leaves than room."""
+
+
+class TooFewLeaves(CorruptData):
+    """A pack stream's Huffman tree is not full."""
+
+
+class PackLengthMismatch(CorruptData):
+    """A pack stream decoded to another length than its header's (gzip gives up the whole run
+    on it, even under -t, unlike a gzip member's length error)."""
+
+
+class MoreEntriesUnchanged(Fault):
+    """A zip with more than one entry, decompressed to a file: gzip keeps the zip and ends the
+    run."""
+
+
 class Notice:
     """Something worth a warning after input that decompressed soundly."""
 
@@ -76,3 +136,15 @@ class TrailingGarbage(Notice):
 
 class TrailingZeros(Notice):
     """Only zero bytes after the last member (tape padding); gzip mentions it under -v."""
+
+
+class MoreEntries(Notice):
+    """A zip with more entries after the one decoded (gzip warns where it writes stdout or
+    nowhere; decompressing to a file turns it into MoreEntriesUnchanged)."""
+
+
+class UnknownLzwFlags(Notice):
+    """Reserved bits set in an LZW stream's flags byte: gzip warns before the data and goes on."""
+
+    def __init__(self, flags: int):
+        self.flags = flags

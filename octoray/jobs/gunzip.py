@@ -104,6 +104,16 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
         totals.more = totals.members > 0
         if totals.members and source.buffer[:1] == b"\0" and not passthrough:
             return faults.TrailingZeros() if source.rest_is_zeros() else faults.TrailingGarbage()
+        if source.buffer[:2] != gz.MAGIC:  # LZW, pack, zip or zlib, as gzip and pigz read them
+            from octoray.jobs import foreign
+
+            kind = foreign.identify(source.buffer, first=totals.members == 0)
+            decoded = kind and foreign.decode_member(kind, source, write, totals, on_header, passthrough)
+            if decoded:
+                last, outcome = decoded
+                if last:
+                    return outcome
+                continue
         header = _next_header(source, totals, passthrough)
         if header is None:
             if passthrough:

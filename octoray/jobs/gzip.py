@@ -29,11 +29,13 @@ class Totals:
         self.overhead = overhead  # header and trailer bytes, which gzip leaves out of its ratio
         self.members = 0
         self.first_header: gz.MemberHeader | None = None
-        self.last_crc = self.last_size = 0  # the last member's trailer, as gzip -l shows it
+        self.last_crc = self.last_size = 0  # the last member's trailer, as gzip -l shows it (crc None: unknown)
         self.copied = False  # -cdf passed data through unchanged
         self.copied_bytes = 0  # how many
         self.more = False  # input followed the first member (gzip then counts no header bytes)
         self.chunk_index: tuple[int, bytes] | None = None  # (offset in the member, bytes) left to write there
+        self.last_method = "defla"  # gzip -lv's method when last_crc is None (another format last)
+        self.warnings: list = []  # notices gzip prints before the data (reserved LZW flags)
 
 
 RSYNC_WINDOW = 4096  # bytes the rolling sum covers, as gzip's --rsyncable

@@ -17,7 +17,8 @@ def header_bytes(totals) -> int | None:
     one member and nothing more, 0 once it looked past the first member; None: no header."""
     if totals is None or totals.first_header is None:
         return None
-    return 0 if totals.more else totals.first_header.length + 8
+    overhead = getattr(totals.first_header, "overhead", None)  # another format's (jobs.foreign)
+    return 0 if totals.more else totals.first_header.length + 8 if overhead is None else overhead
 
 
 def decompression_ratio(totals) -> str:
@@ -37,7 +38,7 @@ class Lister:
         self.total_in = self.total_out = 0
         self.header_bytes = 0
 
-    def row(self, run: Run, totals, crc: int, mtime: int, name: str) -> None:
+    def row(self, run: Run, totals, mtime: int, name: str) -> None:
         if not self.heading_done:
             self.heading_done = True
             if run.options.verbose:
@@ -46,7 +47,10 @@ class Lister:
                 _print(f"{'compressed':>19} {'uncompressed':>19}  ratio uncompressed_name")
         line = ""
         if run.options.verbose:
-            line = f"defla {crc:08x} {list_date(mtime)} "
+            crc = totals.last_crc
+            # gzip prints its "unknown" CRC, (unsigned long) ~0, for a zip, LZW or pack stream last
+            method, crc = ("defla", f"{crc:08x}") if crc is not None else (totals.last_method, f"{(1 << 64) - 1:x}")
+            line = f"{method} {crc} {list_date(mtime)} "
         bytes_in, bytes_out = totals.bytes_in, totals.last_size
         self.total_in += bytes_in
         self.total_out += bytes_out
@@ -93,9 +97,9 @@ def list_stream(fd: int, name: str, mtime: int, run: Run, label: str = "stdin") 
             lister.totals(run)
         return
     _update_header_bytes(lister, totals)
-    if not run.outcome(label, outcome):
+    if not run.outcome(label, outcome, totals):
         return
-    if outcome is not None:  # trailing data: gzip lists no row for the file, only the totals
+    if isinstance(outcome, (faults.TrailingGarbage, faults.TrailingZeros)):  # gzip lists no row, only the totals
         lister.totals(run)
         return
     header = totals.first_header
@@ -104,7 +108,7 @@ def list_stream(fd: int, name: str, mtime: int, run: Run, label: str = "stdin") 
             mtime = header.mtime
         if header.name and name != "stdout":
             name = os.path.join(os.path.dirname(name), header_basename(header.name))
-    lister.row(run, totals, totals.last_crc, mtime, name)
+    lister.row(run, totals, mtime, name)
 
 
 def _update_header_bytes(lister: Lister, totals) -> None:

@@ -117,9 +117,10 @@ def _decompress_to_stdout_or_test(fd: int, label: str, run: Run) -> None:
     except faults.Fault as failure:
         run.fault(label, failure)
         return
-    if not run.outcome(label, outcome):
+    if not run.outcome(label, outcome, totals):
         return
-    if options.verbose and not (label == "stdin" and outcome):  # gzip: no " OK" after a stdin warning
+    trailing = isinstance(outcome, (faults.TrailingGarbage, faults.TrailingZeros))
+    if options.verbose and not (label == "stdin" and trailing):  # gzip: no " OK" after stdin's trailing data
         if options.test:
             message(" OK")
         elif label != "stdin":  # gzip -dv reports nothing for stdin
@@ -195,7 +196,8 @@ def _decompress_file(path: str, run: Run) -> None:
                 run.warning(f"{PROGRAM}: {path}: unknown suffix -- ignored")
             return
         if options.list:
-            name = os.path.join(os.path.dirname(path), base) if base is not None else path
+            listed = names.strip_suffix(os.path.basename(path), options.suffix, pigz=False)  # gzip's name
+            name = os.path.join(os.path.dirname(path), listed) if listed is not None else path
             list_stream(fd, name, int(st.st_mtime), run, label=path)
         elif options.test or options.stdout:
             _decompress_to_stdout_or_test(fd, path, run)
@@ -216,16 +218,26 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: 
             mtime_ns = header.mtime * 1_000_000_000
     out_path = names.truncate_name(os.path.join(os.path.dirname(path), base), run)
     try:
-        result = output.to_file(run, path, out_path, st, lambda write, _seekable: _decompression(
-            fd, write, run, lambda: _verbose_prefix(run, path)), mtime_ns=mtime_ns)
+        result = output.to_file(run, path, out_path, st, lambda write, _seekable: _keeping_a_zip_of_more_entries(
+            _decompression(fd, write, run, lambda: _verbose_prefix(run, path))), mtime_ns=mtime_ns)
     except faults.Fault as failure:
         run.fault(path, failure)
         return
     if result is not None:
         totals, outcome = result
-        if run.outcome(path, outcome) and options.verbose:
+        if run.outcome(path, outcome, totals) and options.verbose:
             verb = "created" if options.keep else "replaced with"
             message(f"{decompression_ratio(totals)} -- {verb} {out_path}")
+
+
+def _keeping_a_zip_of_more_entries(result):
+    """gzip -d refuses to replace a zip of several entries (its output is removed)."""
+    totals, outcome = result
+    if isinstance(outcome, faults.MoreEntries):
+        failure = faults.MoreEntriesUnchanged()
+        failure.totals = totals
+        raise failure
+    return result
 
 
 def _peek_header(fd: int):

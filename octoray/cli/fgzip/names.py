@@ -9,7 +9,9 @@ import os
 from octoray.cli.fgzip.report import PROGRAM, Run, message
 
 KNOWN_SUFFIXES = (".gz", ".z", "-gz", "-z", "_z", ".tgz", ".taz")
-
+PIGZ_SUFFIXES = (".zz", "-zz", ".zip", ".ZIP")
+"""Suffixes pigz -d takes off (letter case as written) that gzip does not know: zlib and zip.
+fgzip takes them off when decompressing only, so `fgzip a.zz` still compresses to a.zz.gz."""
 
 
 def has_suffix(name: str, suffix: str) -> str | None:
@@ -24,9 +26,18 @@ def has_suffix(name: str, suffix: str) -> str | None:
     return name[len(name) - longest:]
 
 
-def strip_suffix(name: str, suffix: str) -> str | None:
-    """The output name for decompressing `name`, or None if it has no compressed suffix."""
+def decompress_suffix(name: str, suffix: str) -> str | None:
+    """The suffix decompressing `name` takes off: gzip's (has_suffix), else pigz's own."""
     found = has_suffix(name, suffix)
+    if found is None:
+        found = next((c for c in PIGZ_SUFFIXES if len(name) > len(c) and name.endswith(c)), None)
+    return found
+
+
+def strip_suffix(name: str, suffix: str, pigz: bool = True) -> str | None:
+    """The output name for decompressing `name`, or None if it has no compressed suffix
+    (without `pigz`, gzip's suffixes only: gzip -l names a zip NAME.zip)."""
+    found = decompress_suffix(name, suffix) if pigz else has_suffix(name, suffix)
     if found is None:
         return None
     base = name[: -len(found)]
@@ -41,7 +52,8 @@ def compress_suffix(options) -> str:
 
 
 def find_compressed(path: str, run: Run) -> str:
-    """gzip -d NAME also finds NAME.gz (and its other suffixes) when NAME is missing."""
+    """gzip -d NAME also finds NAME.gz (and its other suffixes, then pigz's) when NAME is
+    missing."""
     following = run.options.force or run.options.stdout or run.options.test or run.options.list
     try:
         (os.stat if following else os.lstat)(path)
@@ -49,9 +61,9 @@ def find_compressed(path: str, run: Run) -> str:
     except OSError as failure:
         if failure.errno != errno.ENOENT:  # "a.gz/" is "Not a directory", under its own name
             return path
-    if has_suffix(os.path.basename(path), run.options.suffix):
+    if decompress_suffix(os.path.basename(path), run.options.suffix):
         return path
-    candidates = (run.options.suffix, ".gz", ".z", "-z", ".Z")
+    candidates = (run.options.suffix, ".gz", ".z", "-z", ".Z", *PIGZ_SUFFIXES)  # gzip's, then pigz's
     for candidate in candidates:
         if os.path.lexists(path + candidate):
             return path + candidate

@@ -10,36 +10,54 @@ from octoray.formats import faults
 PROGRAM = "fgzip"
 OK, ERROR, WARNING = 0, 1, 2
 
-# gzip's words for each fault; a header fault is printed on one line, a fault in the data
-# after an empty line ("\n" first), as gzip does
-DATA_FAULTS = {
-    faults.NotCompressed: "not in gzip format",
-    faults.UnexpectedEnd: "unexpected end of file",
-    faults.CorruptData: "invalid compressed data--format violated",
-    faults.CrcMismatch: "invalid compressed data--crc error",
-    faults.LengthMismatch: "invalid compressed data--length error",
+# gzip's words for each fault and notice, as templates over the program's name (p), the
+# input's label and the fault's fields (f).  Messages about the data start with an empty
+# line, as gzip's do; header refusals and zip's entry counts do not.
+WORDING = {
+    faults.NotCompressed: "\n{p}: {label}: not in gzip format",
+    faults.UnexpectedEnd: "\n{p}: {label}: unexpected end of file",
+    faults.CorruptData: "\n{p}: {label}: invalid compressed data--format violated",
+    faults.CrcMismatch: "\n{p}: {label}: invalid compressed data--crc error",
+    faults.LengthMismatch: "\n{p}: {label}: invalid compressed data--length error",
+    faults.CrcAndLengthMismatch: ("\n{p}: {label}: invalid compressed data--crc error\n"
+                                  "\n{p}: {label}: invalid compressed data--length error"),
+    faults.Encrypted: "{p}: {label} is encrypted -- not supported",
+    faults.ReservedFlags: "{p}: {label} has flags 0x{f.flags:x} -- not supported",
+    faults.UnknownMethod: "{p}: {label}: unknown method {f.method} -- not supported",
+    faults.HeaderChecksum: "{p}: {label}: header checksum 0x{f.stored:04x} != computed checksum 0x{f.computed:04x}",
+    # compress's LZW (.Z)
+    faults.LzwTooManyBits: "\n{p}: {label}: compressed with {f.bits} bits, can only handle 16 bits",
+    faults.LzwCorrupt: "\n{p}: {label}: corrupt input.",
+    (faults.LzwCorrupt, "to a file"): "\n{p}: {label}: corrupt input. Use zcat to recover some data.",
+    faults.UnknownLzwFlags: "\n{p}: {label}: warning, unknown flags 0x{f.flags:x}",
+    # pack (.z, 1f 1e)
+    faults.HuffmanLengthRange: "\n{p}: {label}: invalid compressed data -- Huffman code bit length out of range",
+    faults.TooManyLeaves: "\n{p}: {label}: too many leaves in Huffman tree",
+    faults.TooFewLeaves: "\n{p}: {label}: too few leaves in Huffman tree",
+    faults.PackLengthMismatch: "\n{p}: {label}: invalid compressed data--length error",
+    # a zip's first entry
+    faults.ZipNotValid: "\n{p}: {label}: not a valid zip file",
+    faults.ZipMethod: "\n{p}: {label}: first entry not deflated or stored -- use unzip",
+    faults.ZipEncrypted: "\n{p}: {label}: encrypted file -- use unzip",
+    faults.StoredLengthMismatch: "len {f.size}, siz {f.compressed}\n\n{p}: {label}: invalid compressed data--length mismatch",
+    faults.MoreEntriesUnchanged: "{p}: {label} has more than one entry -- unchanged",
+    faults.MoreEntries: "{p}: {label} has more than one entry--rest ignored",
+    # after the last member
+    faults.TrailingGarbage: "\n{p}: {label}: decompression OK, trailing garbage ignored",
+    faults.TrailingZeros: "\n{p}: {label}: decompression OK, trailing zero bytes ignored",
 }
 
-NOTICES = {
-    faults.TrailingGarbage: "decompression OK, trailing garbage ignored",
-    faults.TrailingZeros: "decompression OK, trailing zero bytes ignored",
-}
+ENDS_RUN = (faults.UnexpectedEnd, faults.CorruptData, faults.MoreEntriesUnchanged)
+"""Faults on which gzip gives up the whole run (abort_gzip), -t and -l included."""
 
 
-def fault_text(label: str, fault: faults.Fault) -> str:
-    """gzip's message for `fault` in the input named `label`."""
-    if isinstance(fault, faults.Encrypted):
-        return f"{PROGRAM}: {label} is encrypted -- not supported"
-    if isinstance(fault, faults.ReservedFlags):
-        return f"{PROGRAM}: {label} has flags 0x{fault.flags:x} -- not supported"
-    if isinstance(fault, faults.UnknownMethod):
-        return f"{PROGRAM}: {label}: unknown method {fault.method} -- not supported"
-    if isinstance(fault, faults.HeaderChecksum):
-        return (f"{PROGRAM}: {label}: header checksum 0x{fault.stored:04x} != computed checksum "
-                f"0x{fault.computed:04x}")
-    if isinstance(fault, faults.CrcAndLengthMismatch):  # gzip reports both, one after the other
-        return fault_text(label, faults.CrcMismatch()) + "\n" + fault_text(label, faults.LengthMismatch())
-    return f"\n{PROGRAM}: {label}: {DATA_FAULTS[type(fault)]}"
+def fault_text(label: str, fault, to_file: bool = False) -> str:
+    """gzip's message for `fault` (or a notice) in the input named `label`; `to_file`: the
+    output is a file (gzip words some LZW damage differently then)."""
+    key = type(fault)
+    if to_file and isinstance(fault, faults.LzwCorrupt) and not fault.first:
+        key = (faults.LzwCorrupt, "to a file")
+    return WORDING[key].format(p=PROGRAM, label=label, f=fault)
 
 
 class Fatal(Exception):
@@ -87,21 +105,29 @@ class Run:
     def fault(self, label: str, failure: faults.Fault) -> None:
         """Report a fault that ends this file; raise Abort where gzip gives up the whole run:
         a cut-off or malformed stream, or a bad check value outside -t and -l."""
-        self.error(fault_text(label, failure))
-        checking = self.options.test or self.options.list
-        if isinstance(failure, (faults.UnexpectedEnd, faults.CorruptData)) or (
+        self.early_notices(label, failure.totals)
+        options = self.options
+        checking = options.test or options.list
+        self.error(fault_text(label, failure, to_file=not (checking or options.stdout or label == "stdin")))
+        if isinstance(failure, ENDS_RUN) or (
                 isinstance(failure, (faults.CrcMismatch, faults.LengthMismatch)) and not checking):
             raise Abort
 
-    def outcome(self, label: str, outcome) -> bool:
+    def early_notices(self, label: str, totals) -> None:
+        """Warnings gzip prints before the data (reserved LZW flags), held by the job's totals."""
+        for notice in getattr(totals, "warnings", None) or ():
+            self.warning(fault_text(label, notice))
+
+    def outcome(self, label: str, outcome, totals=None) -> bool:
         """Report what followed sound data: a later member's header fault (an error; False:
         gzip stops the file there, keeping what it wrote) or trailing data (a warning; gzip
-        mentions trailing zeros only under -v)."""
+        mentions trailing zeros only under -v); the warnings before the data first."""
+        self.early_notices(label, totals)
         if isinstance(outcome, faults.HeaderFault):
             self.error(fault_text(label, outcome))
             return False
         if outcome is not None and (not isinstance(outcome, faults.TrailingZeros) or self.options.verbose):
-            self.warning(f"\n{PROGRAM}: {label}: {NOTICES[type(outcome)]}")
+            self.warning(fault_text(label, outcome))
         return True
 
 
