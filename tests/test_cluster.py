@@ -132,10 +132,11 @@ def slow_feed(proc, data: bytes, piece: int, pause: float, on_progress=None) -> 
     return thread
 
 
-def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin):
-    data = text_like(16 << 20, seed=12)
-    proc = subprocess.Popen([*tool("fgzip"), "-b", "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=with_cluster_env(cluster))
+def feed_killing_a_worker(cluster, argv: list[str], data: bytes, piece: int):
+    """Run `argv` on the cluster, fed `data` slowly in pieces; SIGKILL worker fpga1 once half
+    of it is sent.  (exit status, stdout, stderr)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=with_cluster_env(cluster))
     killed = threading.Event()
 
     def kill_at_half(sent):
@@ -143,13 +144,19 @@ def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin)
             killed.set()
             cluster.workers["fpga1"].send_signal(signal.SIGKILL)
 
-    feeder = slow_feed(proc, data, 1 << 20, 0.05, kill_at_half)
+    feeder = slow_feed(proc, data, piece, 0.05, kill_at_half)
     out = proc.stdout.read()  # not communicate(): it would close stdin under the feeder
     err = proc.stderr.read()
     proc.wait(timeout=180)
     feeder.join(timeout=60)
-    assert proc.returncode == 0, err
     assert killed.is_set()
+    return proc.returncode, out, err
+
+
+def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin):
+    data = text_like(16 << 20, seed=12)
+    status, out, err = feed_killing_a_worker(cluster, [*tool("fgzip"), "-b", "64"], data, 1 << 20)
+    assert status == 0, err
     assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
 
 
@@ -159,22 +166,9 @@ def test_decompression_on_the_cluster_survives_a_killed_worker(cluster, gzip_bin
     data = text_like(16 << 20, seed=13)
     packed = fgzip("-b", "64", input=data, check=True).stdout
     assert run([gzip_bin, "-dc"], input=packed, check=True).stdout == data
-    proc = subprocess.Popen([*tool("fgzip"), "-d"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=with_cluster_env(cluster))
-    killed = threading.Event()
-
-    def kill_at_half(sent):
-        if sent >= len(packed) // 2 and not killed.is_set():
-            killed.set()
-            cluster.workers["fpga1"].send_signal(signal.SIGKILL)
-
-    feeder = slow_feed(proc, packed, 256 << 10, 0.05, kill_at_half)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    proc.wait(timeout=180)
-    feeder.join(timeout=60)
-    assert proc.returncode == 0 and err == b"", err
-    assert killed.is_set() and out == data
+    status, out, err = feed_killing_a_worker(cluster, [*tool("fgzip"), "-d"], packed, 256 << 10)
+    assert status == 0 and err == b"", err
+    assert out == data
     assert cluster.status()["fpga0"] >= 5  # the chunks were decoded on the workers
 
 
