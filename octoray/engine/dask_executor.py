@@ -23,11 +23,8 @@ NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones 
 POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
 # Engine jobs per request (4 MiB of fgzip input): a request's own cost is small beside 4 jobs'
-# data, and finer tasks keep several cards evenly busy to the end.
+# data, and finer tasks keep several cards evenly busy (the stream's last jobs go one by one).
 JOBS_PER_TASK = 4
-# Where the workers read the file themselves a request carries no data, only its cost: fewer,
-# larger ones.
-FILE_JOBS_PER_TASK = 8
 
 
 class ClusterError(RuntimeError):
@@ -104,7 +101,12 @@ class DaskExecutor:
 
     @property
     def workers(self) -> int:
-        return max(1, self.pool.threads())
+        """Tasks the cluster holds at once (PER_THREAD per worker thread): the ordered map's
+        window grows with it, so that results coming back out of order never leave a card
+        without its next task."""
+        from octoray.engine.dask_requests import PER_THREAD
+
+        return max(1, PER_THREAD * self.pool.threads())
 
     def submit(self, fn, *args) -> _Task:
         import asyncio
@@ -126,7 +128,6 @@ class DaskExecutor:
         themselves, else None (the caller reads and ships the bytes)."""
         from octoray.engine.file_ranges import file_chunks, file_source
 
-        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
         source = file_source(fd)
         if source is None:
             self.note = "the input is not a regular file: its data is sent to the workers"
@@ -139,8 +140,21 @@ class DaskExecutor:
             return None
         self.note = f"{len(seeing)} of {total} workers read {path} themselves"
         self.pool.shared_file = (fd, path, ident)
-        self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
+        self.pool.reading = True
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
+
+    def shared_paths(self, path: str, ident: tuple[int, int]) -> bool:
+        """Whether the workers read input files themselves, asked once, with the first file
+        (`path`, as this host sees it: `ident`); each later file is checked where it is read
+        (octoray.engine.file_ranges), and a worker that sees another file gets the bytes."""
+        seeing = self._sync(self.pool.who_sees(path, ident))
+        total = len(self.pool.slots)
+        if not seeing:
+            self.note = f"no worker sees {path} as this host does: the files' data is sent to the workers"
+            return False
+        self.note = f"{len(seeing)} of {total} workers read the input files themselves"
+        self.pool.reading = True
+        return True
 
     def _consumed(self, fd: int, chunks, end: int):
         yield from chunks

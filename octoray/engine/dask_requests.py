@@ -42,6 +42,7 @@ class WorkerPool:
         self.client = executor.client
         self.slots: dict[str, _Slot] = {}
         self.shared_file = None  # (fd, path, identity) while the workers read the input themselves
+        self.reading = False  # tasks may carry file ranges (fgzip's input, fclassify's images)
         self._asked = 0.0
         self._wake: asyncio.Condition | None = None
         self._plugin_installed = False
@@ -162,36 +163,46 @@ class WorkerPool:
 
                 return DeflatedChunks.unwrap(reply["result"])
             error = reply["exception"]
-            if isinstance(error, FileChanged) and self.shared_file is not None:
-                self._check_file()  # raises if the file changed here too
-                slot.sees_file = False  # that worker sees another file: send it the bytes
+            if isinstance(error, FileChanged) and self.reading and slot.sees_file:
+                self._check_files(task.args)  # raises if a file changed here too
+                slot.sees_file = False  # that worker sees other files: send it the bytes
                 continue
             raise error
 
     def _arguments_for(self, slot: _Slot, args: tuple) -> tuple:
         """The task's arguments for `slot`: file ranges stay ranges where the worker reads the
         file itself, else they become bytes read here."""
-        if self.shared_file is None or slot.sees_file:
+        if not self.reading or slot.sees_file:
             return args
         from octoray.engine.file_ranges import FileChunk
-        from octoray.engine.stream import JobGroup
+        from octoray.engine.stream import map_values
 
-        fd = self.shared_file[0]
+        fd, path = self.shared_file[:2] if self.shared_file else (None, None)
 
         def here(value):
-            return value.read(fd) if isinstance(value, FileChunk) else value
+            if isinstance(value, FileChunk):
+                return value.read(fd if value.path == path else None)
+            return value
 
-        return tuple(JobGroup([tuple(here(v) for v in job) for job in a.jobs]) if isinstance(a, JobGroup)
-                     else here(a) for a in args)
+        return tuple(map_values(a, here) for a in args)
 
-    def _check_file(self) -> None:
+    def _check_files(self, args: tuple) -> None:
+        """FileChanged if a file a task names changed on this host (not only on a worker)."""
         import os
 
-        from octoray.engine.file_ranges import changed, identity
+        from octoray.engine.file_ranges import FileChunk, changed, check_unchanged, identity
+        from octoray.engine.stream import map_values
 
-        fd, path, ident = self.shared_file
-        if identity(os.fstat(fd)) != ident:
-            raise changed(path)
+        if self.shared_file is not None:
+            fd, path, ident = self.shared_file
+            if identity(os.fstat(fd)) != ident:
+                raise changed(path)
+        def check(value):
+            if isinstance(value, FileChunk) and (self.shared_file is None or value.path != self.shared_file[1]):
+                check_unchanged(value)
+
+        for arg in args:
+            map_values(arg, check)
 
     async def who_sees(self, path: str, ident: tuple[int, int]) -> list[str]:
         """The workers that see `path` with the identity this host sees."""
