@@ -86,16 +86,14 @@ class GroupingExecutor(LocalExecutor):
         return super().submit(fn, group, task)
 
 
-@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 12, 13, 100])
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 23, 24, 25, 100])
 def test_jobs_grouped_per_task_come_back_one_result_per_job_in_order(count):
-    """Groups of 8, except the stream's last jobs (TAIL_PER_WORKER per worker), which go one
+    """Groups of 8, except the stream's last jobs (a group's worth per worker), which go one
     per task so that the workers finish together."""
-    from octoray.engine.stream import TAIL_PER_WORKER
-
     with GroupingExecutor(2, jobs_per_task=8) as executor:
         out = list(ordered_map(slow_square, ((i,) for i in range(count)), executor))
     assert out == [i * i for i in range(count)]
-    tail = TAIL_PER_WORKER * 2
+    tail = 8 * 2
     groups = max(0, count - tail) // 8
     assert executor.sizes == [8] * groups + [1] * (count - 8 * groups)
     assert executor.sizes.count(1) >= min(count, tail)

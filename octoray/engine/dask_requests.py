@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from octoray.engine.dask_executor import NO_WORKERS_TIMEOUT, POLL, RESUBMISSIONS, ClusterError
 
@@ -45,6 +46,7 @@ class WorkerPool:
         self.reading = False  # tasks may carry file ranges (fgzip's input, fclassify's images)
         self._asked = 0.0
         self._wake: asyncio.Condition | None = None
+        self._queue: deque = deque()  # requests waiting for a worker, oldest first
         self._plugin_installed = False
         self._update(self.client.scheduler_info()["workers"])
 
@@ -110,29 +112,40 @@ class WorkerPool:
         return best
 
     async def _take(self) -> _Slot:
-        """The least loaded worker with room for a request; waits while all are busy, and
-        fails when no worker at all is left for NO_WORKERS_TIMEOUT."""
+        """The least loaded worker with room for a request, for the requests in the order they
+        came (the ordered writer waits for the oldest first, and a stream's last, small tasks
+        must not overtake the larger ones); waits while all are busy, and fails when no
+        worker at all is left for NO_WORKERS_TIMEOUT."""
         alone_since = None
         wake = self._condition()
-        while True:
-            self.executor._check_alive()
-            slot = self._free()
-            if slot is not None:
-                slot.busy += 1
-                return slot
-            now = time.monotonic()
-            if any(s.left_out_until <= now for s in self.slots.values()):
-                alone_since = None  # workers are there, only busy
-            else:
-                alone_since = alone_since or now
-                if now - alone_since > NO_WORKERS_TIMEOUT:
-                    raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
-                await self.refresh()
-            async with wake:
-                try:
-                    await asyncio.wait_for(wake.wait(), 0.2)
-                except (asyncio.TimeoutError, TimeoutError):
-                    pass
+        me = object()
+        self._queue.append(me)
+        try:
+            while True:
+                self.executor._check_alive()
+                slot = self._free() if self._queue[0] is me else None
+                if slot is not None:
+                    slot.busy += 1
+                    self._queue.popleft()
+                    if self._queue:
+                        await self._notify()  # the next in line may find another worker free
+                    return slot
+                now = time.monotonic()
+                if any(s.left_out_until <= now for s in self.slots.values()):
+                    alone_since = None  # workers are there, only busy
+                else:
+                    alone_since = alone_since or now
+                    if now - alone_since > NO_WORKERS_TIMEOUT:
+                        raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
+                    await self.refresh()
+                async with wake:
+                    try:
+                        await asyncio.wait_for(wake.wait(), 0.2)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        pass
+        finally:
+            if me in self._queue:  # failed or cancelled while waiting (the others look again within 0.2 s)
+                self._queue.remove(me)
 
     async def run(self, task):
         """Send `task` to a worker and return its result; see the module docstring."""

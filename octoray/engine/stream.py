@@ -16,9 +16,6 @@ from __future__ import annotations
 from collections import deque
 
 
-TAIL_PER_WORKER = 2  # jobs sent one by one at the end of a grouped stream, per task slot
-
-
 def default_window(workers: int) -> int:
     return 2 * max(1, workers) + 3
 
@@ -72,7 +69,7 @@ def ordered_map(task, jobs, executor, window: int | None = None):
     """
     per_task = executor.jobs_per_task
     if per_task > 1:
-        tail = TAIL_PER_WORKER * max(1, executor.workers)
+        tail = per_task * max(1, executor.workers)  # a group's worth for each task slot
         groups = ((JobGroup(group), task) for group in batched(jobs, per_task, tail))
         for results in _ordered(run_group, groups, executor, window):
             yield from results
