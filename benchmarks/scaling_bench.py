@@ -95,10 +95,12 @@ class LoopbackCluster:
         import psutil  # distributed depends on it
 
         total = 0.0
-        for proc in self.procs:
+        for proc in self.procs:  # the scheduler, each nanny and the worker process it started
             try:
-                times = psutil.Process(proc.pid).cpu_times()
-                total += times.user + times.system
+                top = psutil.Process(proc.pid)
+                for each in [top, *top.children(recursive=True)]:
+                    times = each.cpu_times()
+                    total += times.user + times.system
             except psutil.NoSuchProcess:
                 pass
         return total

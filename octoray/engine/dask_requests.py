@@ -210,6 +210,7 @@ class WorkerPool:
             fd, path, ident = self.shared_file
             if identity(os.fstat(fd)) != ident:
                 raise changed(path)
+
         def check(value):
             if isinstance(value, FileChunk) and (self.shared_file is None or value.path != self.shared_file[1]):
                 check_unchanged(value)
