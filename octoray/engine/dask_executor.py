@@ -25,6 +25,9 @@ RESUBMISSIONS = 4
 # Engine jobs per request (4 MiB of fgzip input): a request's own cost is small beside 4 jobs'
 # data, and finer tasks keep several cards evenly busy (the stream's last jobs go one by one).
 JOBS_PER_TASK = 4
+# Where the workers read the file themselves a request carries no data, only its cost: fewer,
+# larger ones (the client's CPU per GB is then mostly requests and results).
+FILE_JOBS_PER_TASK = 8
 
 
 class ClusterError(RuntimeError):
@@ -128,6 +131,7 @@ class DaskExecutor:
         themselves, else None (the caller reads and ships the bytes)."""
         from octoray.engine.file_ranges import file_chunks, file_source
 
+        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
         source = file_source(fd)
         if source is None:
             self.note = "the input is not a regular file: its data is sent to the workers"
@@ -141,6 +145,7 @@ class DaskExecutor:
         self.note = f"{len(seeing)} of {total} workers read {path} themselves"
         self.pool.shared_file = (fd, path, ident)
         self.pool.reading = True
+        self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
     def shared_paths(self, path: str, ident: tuple[int, int]) -> bool:
