@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -96,10 +95,12 @@ class LoopbackCluster:
         import psutil  # distributed depends on it
 
         total = 0.0
-        for proc in self.procs:
+        for proc in self.procs:  # the scheduler, each nanny and the worker process it started
             try:
-                times = psutil.Process(proc.pid).cpu_times()
-                total += times.user + times.system
+                top = psutil.Process(proc.pid)
+                for each in [top, *top.children(recursive=True)]:
+                    times = each.cpu_times()
+                    total += times.user + times.system
             except psutil.NoSuchProcess:
                 pass
         return total
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cards", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--gzip-mbps", type=float, default=10.0, help="one emulated card's gzip rate (MB/s of input)")
+    p.add_argument("--gzip-mbps", type=float, default=5.0, help="one emulated card's gzip rate (MB/s of input)")
     p.add_argument("--cnv-ips", type=float, default=250.0, help="one emulated card's CNV rate (images/s)")
     p.add_argument("--megabytes", type=int, default=256, help="fgzip's input (the Silesia files, repeated)")
     p.add_argument("--images", type=int, default=8000, help="fclassify's input (CIFAR-10 training JPEGs)")
@@ -209,16 +210,18 @@ def main(argv=None) -> int:
                 try:
                     for name, tool, env, extra, pipe in setups(n, cluster.address if cluster else None):
                         record = results.setdefault((name, tool, n), {"wall": [], "cpu": [], "start_wall": [],
-                                                                       "start_cpu": []})
+                                                                       "start_cpu": [], "host": []})
                         argv, pipe_from = command(tool, extra, pipe, False)
+                        before = cluster.cpu_seconds() if cluster and extra else 0.0
                         wall, cpu = run_once(argv, env, pipe_from)
+                        host = cpu + ((cluster.cpu_seconds() - before) if cluster and extra else 0.0)
                         argv, pipe_from = command(tool, extra, pipe, True)
                         start_wall, start_cpu = run_once(argv, env, pipe_from)
                         for key, value in (("wall", wall), ("cpu", cpu), ("start_wall", start_wall),
-                                           ("start_cpu", start_cpu)):
+                                           ("start_cpu", start_cpu), ("host", host / wall)):
                             record[key].append(value)
-                        print(f"  {tool} {name} N={n}: {wall:.2f} s, client CPU {cpu:.2f} s "
-                              f"(start-up {start_wall:.2f} s, {start_cpu:.2f} s)", file=sys.stderr)
+                        print(f"  {tool} {name} N={n}: {wall:.2f} s, client CPU {cpu:.2f} s, host {host / wall:.2f} "
+                              f"cores (start-up {start_wall:.2f} s, {start_cpu:.2f} s)", file=sys.stderr)
                 finally:
                     if cluster is not None:
                         cluster.stop()
@@ -238,7 +241,8 @@ def main(argv=None) -> int:
             table.append({"tool": tool, "setup": name, "cards": n, "wall": wall, "startup": start,
                           "rate": amount[tool] / wall / scale[tool],
                           "steady": amount[tool] / max(wall - start, 1e-9) / scale[tool],
-                          "client_cpu": cpu, "client_cpu_startup": start_cpu})
+                          "client_cpu": cpu, "client_cpu_startup": start_cpu,
+                          "host_cores": statistics.median(record["host"])})
         for row in table:
             base = next(r for r in table if r["tool"] == row["tool"] and r["setup"] == row["setup"]
                         and r["cards"] == min(args.cards))
@@ -249,24 +253,25 @@ def main(argv=None) -> int:
               f"fgzip: {amount['fgzip'] / 1e6:,.0f} MB, fclassify: {args.images:,} JPEGs (--batch 64); "
               f"median of {args.runs}; {os.cpu_count()} CPUs; background training {training}\n")
         print("| tool | set-up | cards | wall s | start-up s | rate | speedup | efficiency | steady rate | "
-              "steady speedup | client CPU s/GB |")
+              "steady speedup | host CPU (cores) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in table:
-            per_gb = ""
-            if row["tool"] == "fgzip" and row["setup"] != "embedded":
-                per_gb = f"{(row['client_cpu'] - row['client_cpu_startup']) / (amount['fgzip'] / 1e9):.2f}"
             u = unit[row["tool"]]
             print(f"| {row['tool']} | {row['setup']} | {row['cards']} | {row['wall']:.2f} | {row['startup']:.2f} | "
                   f"{row['rate']:,.0f} {u} | {row['speedup']:.2f}x | {row['speedup'] / row['cards']:.0%} | "
-                  f"{row['steady']:,.0f} {u} | {row['steady_speedup']:.2f}x | {per_gb} |")
+                  f"{row['steady']:,.0f} {u} | {row['steady_speedup']:.2f}x | {row['host_cores']:.2f} |")
         if client:
-            print(f"\nClient CPU per GB of input, fgzip on 2 workers with unpaced emulated cards (the cluster "
-                  f"faster than the client), {amount['fgzip'] / 1e6:,.0f} MB, median of {args.runs}; the start-up "
-                  f"(the same command on 1 KB) subtracted:\n")
-            print("| data path | client CPU s | start-up CPU s | CPU s per GB |")
-            print("| --- | --- | --- | --- |")
-            for name, (cpu, start) in client.items():
-                print(f"| {name} | {cpu:.2f} | {start:.2f} | {(cpu - start) / (amount['fgzip'] / 1e9):.2f} |")
+            mb = amount["fgzip"] / 1e6
+            print(f"\nClient CPU per GB of input: the fgzip process's user + system seconds, on 2 workers with "
+                  f"unpaced emulated cards (the cluster faster than the client), median of {args.runs}; per GB = "
+                  f"the slope between {mb:,.0f} MB and {4 * mb:,.0f} MB (every fixed cost left out: start-up, "
+                  f"the first window of buffers), beside it the {mb:,.0f} MB run less a 1 KB run:\n")
+            print(f"| data path | command | 1 KB CPU s | {mb:,.0f} MB CPU s | {4 * mb:,.0f} MB CPU s | "
+                  f"CPU s per GB (slope) | ({mb:,.0f} MB - 1 KB) per GB |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
+            for name, (command_line, small, one, four) in client.items():
+                print(f"| {name} | `{command_line}` | {small:.2f} | {one:.2f} | {four:.2f} | "
+                      f"{(four - one) / (3 * mb / 1e3):.2f} | {(one - small) / (mb / 1e3):.2f} |")
         if args.json:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "training": training, "rows": table, "client_cpu": client}, indent=1))
@@ -280,22 +285,32 @@ def main(argv=None) -> int:
 
 
 def client_cpu(args, workdir: Path, data: Path, tiny: Path) -> dict:
-    """The fgzip process's CPU seconds, through a pipe and reading the file, on a fast cluster."""
+    """The fgzip process's CPU seconds on 1 KB, on `data` and on four times `data`, through a
+    pipe (`cat FILE |`) and given the file, on a cluster faster than the client."""
     fast = argparse.Namespace(**dict(vars(args), gzip_mbps="", cnv_ips=""))
+    four = workdir / "input4"
+    with open(four, "wb") as out:
+        for _ in range(4):
+            with open(data, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
     cluster = LoopbackCluster(workdir / "client-cpu", 2, fast)
     try:
         env, on = card_env(2, fast), ["--scheduler", cluster.address]
-        samples: dict = {"pipe (every byte through the client)": ([], []), "file (the workers read it)": ([], [])}
+        fgzip = [*tool_argv("fgzip"), *on]
+        modes = {"pipe (every byte through the client)": "cat FILE \\| fgzip --scheduler ADDR > OUT",
+                 "file (the workers read it)": "fgzip -c --scheduler ADDR FILE > OUT"}
+        samples: dict = {name: ([], [], []) for name in modes}
         for _ in range(args.runs):
-            for name, (big, small) in samples.items():
-                for source, into in ((data, big), (tiny, small)):
+            for name, into in samples.items():
+                for source, where in ((tiny, into[0]), (data, into[1]), (four, into[2])):
                     if name.startswith("pipe"):
-                        into.append(run_once([*tool_argv("fgzip"), *on], env, source)[1])
+                        where.append(run_once(fgzip, env, source)[1])
                     else:
-                        into.append(run_once([*tool_argv("fgzip"), "-c", *on, str(source)], env)[1])
-        return {name: (statistics.median(big), statistics.median(small)) for name, (big, small) in samples.items()}
+                        where.append(run_once([*fgzip, "-c", str(source)], env)[1])
+        return {name: (modes[name], *(statistics.median(s) for s in into)) for name, into in samples.items()}
     finally:
         cluster.stop()
+        four.unlink()
 
 
 def _training_running() -> bool:

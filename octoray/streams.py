@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 PIPE_BUFFER = 1 << 20  # a 1 MiB pipe buffer doubles Python's pipe read rate here
 F_SETPIPE_SZ = 1031  # Linux fcntl command; not in the fcntl module before Python 3.10 everywhere
@@ -22,7 +23,7 @@ def enlarge_pipe(fd: int, size: int = PIPE_BUFFER) -> None:
 
 def read_full(fd: int, size: int) -> memoryview:
     """Up to `size` bytes, fewer only at the end of the input, however the pipe delivers them."""
-    view = memoryview(bytearray(size))
+    view = _empty_buffer(size)
     filled = 0
     while filled < size:
         got = os.readv(fd, [view[filled:]])
@@ -30,6 +31,16 @@ def read_full(fd: int, size: int) -> memoryview:
             return view[:filled]
         filled += got
     return view
+
+
+def _empty_buffer(size: int) -> memoryview:
+    """A writable buffer to read into: numpy's uninitialised one where numpy is loaded
+    already (a Dask client, where bytearray's zero-filling is CPU spent on every byte it
+    pushes), else a bytearray (fgzip's start-up does not import numpy for this)."""
+    np = sys.modules.get("numpy")
+    if np is not None and hasattr(np, "empty"):
+        return memoryview(np.empty(size, dtype=np.uint8)).cast("B")
+    return memoryview(bytearray(size))
 
 
 def read_full_bytes(fd: int, size: int) -> bytes:

@@ -10,14 +10,25 @@ The rule for cards: each card is driven by one process, which holds a lock on it
 started with ``OCTORAY_DEVICE=i`` drives card i; one started without it drives every card no
 other process holds, one of its threads pinned to each (``--nthreads`` should be the number
 of cards; a worker with fewer threads than free cards leaves the rest to other processes).
+
+Importing this module turns off Dask's sampling profiler in the worker (it looks at every
+thread 100 times a second, for tasks octoray runs outside Dask's task machinery anyway);
+``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True`` keeps it.
 """
 
 from __future__ import annotations
+
+import os
 
 try:
     from distributed import WorkerPlugin
 except ImportError:  # octoray.worker is only imported where distributed is installed
     WorkerPlugin = object
+else:  # imported as a preload, before the worker sets up its periodic callbacks
+    if "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" not in os.environ:
+        import dask
+
+        dask.config.set({"distributed.worker.profile.enabled": False})
 
 PLUGIN_NAME = "octoray-accelerator"
 RUN_OP = "octoray_run"  # the client's request: run one task here, reply with its result
@@ -31,6 +42,7 @@ class AcceleratorPlugin(WorkerPlugin):
     def __init__(self):
         self.lanes: list = []
         self.tasks_done = 0
+        self._card_threads = None  # two threads per card, made on the first request
 
     @property
     def accelerator(self):
@@ -61,12 +73,31 @@ class AcceleratorPlugin(WorkerPlugin):
 
         fn, args = payload
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.worker.executor, run_task, fn, args)
+            result = await asyncio.get_running_loop().run_in_executor(self._threads(), run_task, fn, args)
         except Exception as error:  # noqa: BLE001 - handed to the client, which raises it
             self.tasks_done += 1
             return {"status": "error", "exception": to_serialize(_picklable(error))}
         self.tasks_done += 1
         return {"status": "OK", "result": to_serialize(result)}
+
+    def _threads(self):
+        """Where requests run: on cards, two threads pinned to each (as the embedded default's
+        lanes: while one waits for the card, the other does its task's host work and the
+        card never idles between calls); on the CPU, the worker's own threads."""
+        if not any(getattr(lane, "device_name", None) for lane in self.lanes):
+            return self.worker.executor
+        if self._card_threads is None:
+            import itertools
+            from concurrent.futures import ThreadPoolExecutor
+
+            from octoray.engine.lanes import THREADS_PER_CARD
+            from octoray.kernels import pin_thread
+
+            order = itertools.cycle(self.lanes)
+            self._card_threads = ThreadPoolExecutor(THREADS_PER_CARD * len(self.lanes),
+                                                    thread_name_prefix="octoray-card",
+                                                    initializer=lambda: pin_thread(next(order)))
+        return self._card_threads
 
     def transition(self, key, start, finish, **kwargs) -> None:
         if finish == "memory" and start == "executing":
@@ -78,6 +109,9 @@ class AcceleratorPlugin(WorkerPlugin):
 
         for op in (RUN_OP, STAT_OP):
             worker.handlers.pop(op, None)
+        if self._card_threads is not None:
+            self._card_threads.shutdown(wait=True)
+            self._card_threads = None
         if self.lanes:
             install_local_accelerator(None)
             close_lanes(self.lanes)
@@ -87,13 +121,12 @@ class AcceleratorPlugin(WorkerPlugin):
 def run_task(fn, args):
     """On a worker thread: read the file ranges the task names, count it on its lane, run it."""
     from octoray.engine.file_ranges import resolve
-    from octoray.engine.stream import JobGroup
+    from octoray.engine.stream import map_values
     from octoray.kernels import local_accelerator
     from octoray.kernels.lanes import record_task
 
     record_task(local_accelerator())
-    args = [JobGroup([tuple(resolve(v) for v in job) for job in a.jobs]) if isinstance(a, JobGroup) else resolve(a)
-            for a in args]
+    args = [map_values(a, resolve) for a in args]
     return DeflatedChunks.wrap(fn(*args))
 
 

@@ -229,3 +229,79 @@ def test_a_file_that_changes_under_the_workers_is_reported_not_mixed(card_cluste
     out, err = proc.communicate(timeout=180)
     assert (proc.returncode, err) == (1, f"fgzip: {path}: changed while the workers were reading it\n".encode())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("input")) == ["input"]
+
+
+# --- fclassify: workers read the image files themselves ---------------------------------------
+
+def write_images(top, count: int, seed: int) -> None:
+    """`count` small JPEGs in two folders (names sort as the walk visits them)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = top / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BILINEAR).save(folder / f"{i:04d}.jpg")
+
+
+def fclassify_run(*argv, env: dict, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*tool("fclassify"), *map(str, argv)], stdin=stdin, capture_output=True, env=env,
+                          timeout=180)
+
+
+def test_fclassify_workers_read_the_image_files_themselves_with_the_same_output(tmp_path):
+    """Files the workers see as this host does travel as paths; stdin's bytes travel as they
+    are; the output is the embedded default's either way."""
+    images = tmp_path / "images"
+    write_images(images, 60, seed=41)
+    env = cards_env(2)
+    embedded = fclassify_run("--batch", "8", images, env=env)
+    assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 60
+    c = Cluster(tmp_path, env=env)
+    try:
+        c.add_worker("card0", 0, accelerator="fpga-emulator")
+        c.add_worker("card1", 1, accelerator="fpga-emulator")
+        c.wait_for_workers(2)
+        shared = fclassify_run("-v", "--batch", "8", "--scheduler", c.address, images, env=env)
+        assert shared.returncode == 0, shared.stderr
+        assert shared.stdout == embedded.stdout
+        assert b"fclassify: 2 of 2 workers read the input files themselves\n" in shared.stderr
+        done = c.status()
+        assert sorted(done) == ["card0", "card1"] and all(n >= 2 for n in done.values()), done
+        one = sorted(images.rglob("*.jpg"))[0]
+        with open(one, "rb") as stdin:
+            piped = fclassify_run("-v", "--scheduler", c.address, "-", env=env, stdin=stdin)
+        with open(one, "rb") as stdin:
+            alone = fclassify_run("-", env=env, stdin=stdin)
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == alone.stdout and len(alone.stdout.splitlines()) == 1
+        assert b"fclassify: the images' data is sent to the workers\n" in piped.stderr
+    finally:
+        c.stop()
+
+
+def test_fclassify_survives_a_worker_killed_while_workers_read_the_images(tmp_path):
+    images = tmp_path / "images"
+    write_images(images, 600, seed=42)
+    env = cards_env(2, OCTORAY_EMULATED_CNV_IPS="200")  # two cards: about 1.5 s
+    embedded = fclassify_run("--batch", "16", images, env=cards_env(2))
+    assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 600
+    c = Cluster(tmp_path, env=env)
+    try:
+        c.add_worker("card0", 0, accelerator="fpga-emulator")
+        c.add_worker("card1", 1, accelerator="fpga-emulator")
+        c.wait_for_workers(2)
+        proc = subprocess.Popen([*tool("fclassify"), "-v", "--batch", "16", "--scheduler", c.address, str(images)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        timer = threading.Timer(0.8, lambda: c.workers["card1"].send_signal(signal.SIGKILL))
+        timer.start()
+        out, err = proc.communicate(timeout=180)
+        timer.join()
+        assert c.workers["card1"].poll() is not None  # it was killed before the end
+        assert proc.returncode == 0, err
+        assert b"workers read the input files themselves" in err
+        assert out == embedded.stdout
+    finally:
+        c.stop()

@@ -134,6 +134,9 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
                     printer.write(result.name, result.scores, result.best)
                 screen.step(result.batch_end)
             screen.close()
+            if verbose and not quiet and not executor.in_process:  # how the images reached the workers
+                sent = "the images' data is sent to the workers"
+                sys.stderr.write(f"{PROGRAM}: {getattr(executor, 'note', None) or sent}\n")
             if verbose and not quiet:
                 seconds = time.monotonic() - screen.started
                 done = screen.count - failures

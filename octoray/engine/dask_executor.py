@@ -23,10 +23,10 @@ NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones 
 POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
 RESUBMISSIONS = 4
 # Engine jobs per request (4 MiB of fgzip input): a request's own cost is small beside 4 jobs'
-# data, and finer tasks keep several cards evenly busy to the end.
+# data, and finer tasks keep several cards evenly busy (the stream's last jobs go one by one).
 JOBS_PER_TASK = 4
 # Where the workers read the file themselves a request carries no data, only its cost: fewer,
-# larger ones.
+# larger ones (the client's CPU per GB is then mostly requests and results).
 FILE_JOBS_PER_TASK = 8
 
 
@@ -104,7 +104,12 @@ class DaskExecutor:
 
     @property
     def workers(self) -> int:
-        return max(1, self.pool.threads())
+        """Tasks the cluster holds at once (PER_THREAD per worker thread): the ordered map's
+        window grows with it, so that results coming back out of order never leave a card
+        without its next task."""
+        from octoray.engine.dask_requests import PER_THREAD
+
+        return max(1, PER_THREAD * self.pool.threads())
 
     def submit(self, fn, *args) -> _Task:
         import asyncio
@@ -139,8 +144,22 @@ class DaskExecutor:
             return None
         self.note = f"{len(seeing)} of {total} workers read {path} themselves"
         self.pool.shared_file = (fd, path, ident)
+        self.pool.reading = True
         self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
+
+    def shared_paths(self, path: str, ident: tuple[int, int]) -> bool:
+        """Whether the workers read input files themselves, asked once, with the first file
+        (`path`, as this host sees it: `ident`); each later file is checked where it is read
+        (octoray.engine.file_ranges), and a worker that sees another file gets the bytes."""
+        seeing = self._sync(self.pool.who_sees(path, ident))
+        total = len(self.pool.slots)
+        if not seeing:
+            self.note = f"no worker sees {path} as this host does: the files' data is sent to the workers"
+            return False
+        self.note = f"{len(seeing)} of {total} workers read the input files themselves"
+        self.pool.reading = True
+        return True
 
     def _consumed(self, fd: int, chunks, end: int):
         yield from chunks

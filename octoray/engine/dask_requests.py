@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from octoray.engine.dask_executor import NO_WORKERS_TIMEOUT, POLL, RESUBMISSIONS, ClusterError
 
@@ -42,8 +43,10 @@ class WorkerPool:
         self.client = executor.client
         self.slots: dict[str, _Slot] = {}
         self.shared_file = None  # (fd, path, identity) while the workers read the input themselves
+        self.reading = False  # tasks may carry file ranges (fgzip's input, fclassify's images)
         self._asked = 0.0
         self._wake: asyncio.Condition | None = None
+        self._queue: deque = deque()  # requests waiting for a worker, oldest first
         self._plugin_installed = False
         self._update(self.client.scheduler_info()["workers"])
 
@@ -109,29 +112,40 @@ class WorkerPool:
         return best
 
     async def _take(self) -> _Slot:
-        """The least loaded worker with room for a request; waits while all are busy, and
-        fails when no worker at all is left for NO_WORKERS_TIMEOUT."""
+        """The least loaded worker with room for a request, for the requests in the order they
+        came (the ordered writer waits for the oldest first, and a stream's last, small tasks
+        must not overtake the larger ones); waits while all are busy, and fails when no
+        worker at all is left for NO_WORKERS_TIMEOUT."""
         alone_since = None
         wake = self._condition()
-        while True:
-            self.executor._check_alive()
-            slot = self._free()
-            if slot is not None:
-                slot.busy += 1
-                return slot
-            now = time.monotonic()
-            if any(s.left_out_until <= now for s in self.slots.values()):
-                alone_since = None  # workers are there, only busy
-            else:
-                alone_since = alone_since or now
-                if now - alone_since > NO_WORKERS_TIMEOUT:
-                    raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
-                await self.refresh()
-            async with wake:
-                try:
-                    await asyncio.wait_for(wake.wait(), 0.2)
-                except (asyncio.TimeoutError, TimeoutError):
-                    pass
+        me = object()
+        self._queue.append(me)
+        try:
+            while True:
+                self.executor._check_alive()
+                slot = self._free() if self._queue[0] is me else None
+                if slot is not None:
+                    slot.busy += 1
+                    self._queue.popleft()
+                    if self._queue:
+                        await self._notify()  # the next in line may find another worker free
+                    return slot
+                now = time.monotonic()
+                if any(s.left_out_until <= now for s in self.slots.values()):
+                    alone_since = None  # workers are there, only busy
+                else:
+                    alone_since = alone_since or now
+                    if now - alone_since > NO_WORKERS_TIMEOUT:
+                        raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
+                    await self.refresh()
+                async with wake:
+                    try:
+                        await asyncio.wait_for(wake.wait(), 0.2)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        pass
+        finally:
+            if me in self._queue:  # failed or cancelled while waiting (the others look again within 0.2 s)
+                self._queue.remove(me)
 
     async def run(self, task):
         """Send `task` to a worker and return its result; see the module docstring."""
@@ -162,36 +176,47 @@ class WorkerPool:
 
                 return DeflatedChunks.unwrap(reply["result"])
             error = reply["exception"]
-            if isinstance(error, FileChanged) and self.shared_file is not None:
-                self._check_file()  # raises if the file changed here too
-                slot.sees_file = False  # that worker sees another file: send it the bytes
+            if isinstance(error, FileChanged) and self.reading and slot.sees_file:
+                self._check_files(task.args)  # raises if a file changed here too
+                slot.sees_file = False  # that worker sees other files: send it the bytes
                 continue
             raise error
 
     def _arguments_for(self, slot: _Slot, args: tuple) -> tuple:
         """The task's arguments for `slot`: file ranges stay ranges where the worker reads the
         file itself, else they become bytes read here."""
-        if self.shared_file is None or slot.sees_file:
+        if not self.reading or slot.sees_file:
             return args
         from octoray.engine.file_ranges import FileChunk
-        from octoray.engine.stream import JobGroup
+        from octoray.engine.stream import map_values
 
-        fd = self.shared_file[0]
+        fd, path = self.shared_file[:2] if self.shared_file else (None, None)
 
         def here(value):
-            return value.read(fd) if isinstance(value, FileChunk) else value
+            if isinstance(value, FileChunk):
+                return value.read(fd if value.path == path else None)
+            return value
 
-        return tuple(JobGroup([tuple(here(v) for v in job) for job in a.jobs]) if isinstance(a, JobGroup)
-                     else here(a) for a in args)
+        return tuple(map_values(a, here) for a in args)
 
-    def _check_file(self) -> None:
+    def _check_files(self, args: tuple) -> None:
+        """FileChanged if a file a task names changed on this host (not only on a worker)."""
         import os
 
-        from octoray.engine.file_ranges import changed, identity
+        from octoray.engine.file_ranges import FileChunk, changed, check_unchanged, identity
+        from octoray.engine.stream import map_values
 
-        fd, path, ident = self.shared_file
-        if identity(os.fstat(fd)) != ident:
-            raise changed(path)
+        if self.shared_file is not None:
+            fd, path, ident = self.shared_file
+            if identity(os.fstat(fd)) != ident:
+                raise changed(path)
+
+        def check(value):
+            if isinstance(value, FileChunk) and (self.shared_file is None or value.path != self.shared_file[1]):
+                check_unchanged(value)
+
+        for arg in args:
+            map_values(arg, check)
 
     async def who_sees(self, path: str, ident: tuple[int, int]) -> list[str]:
         """The workers that see `path` with the identity this host sees."""

@@ -19,11 +19,19 @@ CHANGED = "changed while the workers were reading it"
 
 class FileChanged(ClusterError):
     """The file is not the one the run started on (written to, replaced, or another file):
-    the run fails (the tools print "NAME: PATH: changed ...", exit 1), never mixes."""
+    the run fails (the tools print "NAME: PATH: changed ...", exit 1), never mixes.  Raised on
+    a worker, it sends the client to look: changed there too, or only another file here."""
+
+    def __init__(self, text: str, path: str = ""):
+        super().__init__(text)
+        self.path = path
+
+    def __reduce__(self):
+        return FileChanged, (str(self), self.path)
 
 
 def changed(path: str, reason: str = CHANGED) -> FileChanged:
-    return FileChanged(f"{path}: {reason}")
+    return FileChanged(f"{path}: {reason}", path)
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:
@@ -58,8 +66,8 @@ class FileChunk:
         if own:
             try:
                 fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                raise changed(self.path, "no such file on this worker") from None
+            except OSError as error:  # not there, or not readable, where this runs
+                raise changed(self.path, f"cannot be read here ({error.strerror or error})") from None
         try:
             self._check(fd)
             data = os.pread(fd, self.length, self.offset)
@@ -82,6 +90,21 @@ class FileChunk:
 def resolve(value):
     """A job argument as the task needs it: a FileChunk becomes its bytes."""
     return value.read() if isinstance(value, FileChunk) else value
+
+
+def whole_file(path: str, ident: tuple[int, int]) -> FileChunk:
+    """All of a file (an image fclassify's workers read themselves)."""
+    return FileChunk(path, 0, ident[0], ident)
+
+
+def check_unchanged(chunk: FileChunk) -> None:
+    """FileChanged if `chunk`'s file is not, on this host, the file the run started on."""
+    try:
+        seen = identity(os.stat(chunk.path))
+    except OSError:
+        raise changed(chunk.path) from None
+    if seen != chunk.identity:
+        raise changed(chunk.path)
 
 
 def has_ranges(jobs) -> bool:

@@ -6,7 +6,9 @@ raised to the writer, and everything still in flight is cancelled.
 
 An executor whose tasks cost much to send (a Dask cluster) says how many jobs one task
 carries (``jobs_per_task``); consecutive jobs then travel and run together, and the writer
-still sees one result per job, in order.  The results are the same either way.
+still sees one result per job, in order.  The last jobs of the stream travel one per task
+(a few are read ahead to know where the end is): the cards then finish together instead of
+some idling while others end a whole group.  The results are the same either way.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class JobGroup:
         return _rebuilt_group, ([tuple(carry(a) for a in job) for job in self.jobs],)
 
 
+def map_values(value, fn):
+    """`value` with `fn` applied to each value inside it, through groups of jobs (a task's
+    group of fclassify batches holds a group of images)."""
+    if isinstance(value, JobGroup):
+        return JobGroup([tuple(map_values(v, fn) for v in job) for job in value.jobs])
+    return fn(value)
+
+
 def _rebuilt_group(jobs: list[tuple]) -> JobGroup:
     return JobGroup(jobs)
 
@@ -59,7 +69,8 @@ def ordered_map(task, jobs, executor, window: int | None = None):
     """
     per_task = executor.jobs_per_task
     if per_task > 1:
-        groups = ((JobGroup(group), task) for group in batched(jobs, per_task))
+        tail = per_task * max(1, executor.workers)  # a group's worth for each task slot
+        groups = ((JobGroup(group), task) for group in batched(jobs, per_task, tail))
         for results in _ordered(run_group, groups, executor, window):
             yield from results
     else:
@@ -89,16 +100,19 @@ def _ordered(task, jobs, executor, window: int | None):
             future.cancel()
 
 
-def batched(items, size: int):
-    """Lists of `size` consecutive items (the last may be shorter)."""
-    group: list = []
+def batched(items, size: int, tail: int = 0):
+    """Lists of `size` consecutive items, except the last `tail` items (or fewer), which come
+    one per list; `tail` items are read ahead to know which are the last."""
+    ahead: deque = deque()
     for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+        ahead.append(item)
+        if len(ahead) >= size + tail:
+            yield [ahead.popleft() for _ in range(size)]
+    if not tail and ahead:
+        yield list(ahead)
+        return
+    while ahead:
+        yield [ahead.popleft()]
 
 
 def _chain(first, second, rest):

@@ -123,10 +123,15 @@ def pynq_missing_reason() -> str | None:
 
 
 class CardThread:
-    """One thread with its own event loop; every PYNQ call for a card runs on it."""
+    """One thread with its own event loop; every PYNQ call for a card runs on it.
+
+    Callers queue their calls without waiting for one another: a call queued while the card
+    works on another starts the moment that one ends (no thread has to wake up first)."""
 
     def __init__(self, name: str):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._queueing = threading.Lock()  # a call is queued before `stop`'s end marker, or refused
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -154,11 +159,12 @@ class CardThread:
     def run(self, fn, *args):
         if threading.current_thread() is self._thread:
             return fn(*args)
-        if not self._thread.is_alive():
-            raise RuntimeError("the card's thread has stopped")
         event = threading.Event()
         done: list = [event]
-        self._jobs.put((fn, args, done))
+        with self._queueing:
+            if self._stopped or not self._thread.is_alive():
+                raise RuntimeError("the card's thread has stopped")
+            self._jobs.put((fn, args, done))
         event.wait()
         ok, value = done[1]
         if ok:
@@ -166,9 +172,13 @@ class CardThread:
         raise value
 
     def stop(self) -> None:
-        if self._thread.is_alive():
+        """End the thread after the calls already queued."""
+        with self._queueing:
+            if self._stopped:
+                return
+            self._stopped = True
             self._jobs.put(None)
-            self._thread.join(timeout=30)
+        self._thread.join(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +297,15 @@ class FpgaAccelerator:
         def job():
             return getattr(self._driver_for(function), method)(*args)
 
-        with self._lock:
+        thread = self._thread  # no lock held across the call: the next one queues behind it
+        if thread is None:
+            raise RuntimeError(f"{self.name} is closed")
+        try:
+            return thread.run(job)
+        except RuntimeError:
             if self._thread is None:
-                raise RuntimeError(f"{self.name} is closed")
-            return self._thread.run(job)
+                raise RuntimeError(f"{self.name} is closed") from None
+            raise
 
     def _fallback_for(self, function: str, needs_cpu: bool = False):
         """None where the card serves `function`, else the fallback accelerator; without one,
