@@ -74,6 +74,21 @@ def _fold(bn, candidates: np.ndarray, scale: float, weights: np.ndarray,
     return thresholds, weights
 
 
+def _training_command(recipe: dict, device: str | None) -> str:
+    """The train command that reproduces the recipe: every recipe key as its flag (files named
+    as they are in training/), so the shipped file says how it was made, distillation included."""
+    flags = []
+    for key, value in recipe.items():
+        if value is None or (key.startswith("kd_") and not recipe.get("teacher")):
+            continue
+        if key in ("teacher", "init_from"):
+            value = f"training/{value}"
+        flags.append(f"--{key.replace('_', '-')} {value}")
+    if device == "cuda":
+        flags.append("--device cuda")
+    return "python -m octoray.models.train --data cifar10-train.tar.gz " + " ".join(flags)
+
+
 def export(model) -> tuple[dict, dict]:
     """A trained CNV (octoray.models.cnv) folded: packed +-1 weights and integer thresholds."""
     model.eval()
@@ -182,11 +197,7 @@ def main(argv=None) -> int:
         "tie_break": "lowest class index among equal fc3 popcounts",
         "trained_epochs": state["epoch"],
         "recipe": recipe,
-        "training_command": (f"python -m octoray.models.train --data cifar10-train.tar.gz "
-                             f"--epochs {recipe['epochs']} --lr {recipe['lr']} --batch-size {recipe['batch_size']} "
-                             f"--seed {recipe['seed']} --split-seed {recipe['split_seed']} "
-                             f"--val-per-class {recipe['val_per_class']}"
-                             + (" --device cuda" if state["history"][-1].get("device") == "cuda" else "")),
+        "training_command": _training_command(recipe, state["history"][-1].get("device")),
         "validation": {"images": int(len(val_idx)), "split_seed": recipe["split_seed"],
                        "float_accuracy": round(float_acc, 4)},
         "exported": datetime.date.today().isoformat(),

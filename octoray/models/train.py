@@ -61,8 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fit the schedule into this run's time: after its first epoch, --epochs shrinks "
                         "to what ends within MINUTES (for a lent GPU, whose speed is not known beforehand)")
     p.add_argument("--save-portable", type=Path, metavar="FILE",
-                   help="write the run's last checkpoint as a small portable file (fp16 weights, no "
-                        "optimizer state) and exit: training can move to another machine with it")
+                   help="write the run's last checkpoint as a small portable file (fp16 weights, Adam's "
+                        "second moment, the random state) and exit: training can move to another machine with it")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="with --save-portable: last (the default: what resuming needs) or best (the epoch "
+                        "with the highest validation accuracy, weights only: what a shipped model folds from)")
     p.add_argument("--resume-from", type=Path, metavar="FILE",
                    help="continue, on a machine without its checkpoint, the run a --save-portable file holds")
     p.add_argument("--init-from", type=Path, metavar="FILE",
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
-        save_portable(last, args.save_portable)
+        save_portable(out / f"{args.checkpoint}.pt", args.save_portable)
         print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
         return 0
     x_train, y_train, x_val, y_val = _load_split(args, device)
