@@ -145,7 +145,7 @@ def level_rows(corpus: Path) -> list[str]:
     for level in (1, 2, 3):
         gzip_size = len(subprocess.run(["gzip", f"-{level}", "-c", str(corpus)], capture_output=True,
                                        check=True).stdout)
-        size, speed = measure(lambda piece, d, last: kernel(piece, None, level, last), False)
+        size, speed = measure(lambda piece, _d, last: kernel(piece, level, last), False)
         library, library_level = GZIP_LEVELS[level]
         rows.append(f"| -{level} | fgzip: {library} {library_level}, independent | {size:,} "
                     f"| {size / gzip_size:.4f} | {speed:,.0f} |")

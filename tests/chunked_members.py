@@ -15,7 +15,16 @@ def deflated_chunks(data: bytes, chunk_size: int, level: int = 6, cuts: list[int
         cuts = list(range(chunk_size, len(data), chunk_size))
     edges = [0, *cuts, len(data)]
     pieces = [data[a:b] for a, b in zip(edges, edges[1:])]
-    return [bytes(deflate_chunk(piece, None, level, i == len(pieces) - 1)) for i, piece in enumerate(pieces)]
+    return [bytes(deflate_chunk(piece, level, i == len(pieces) - 1)) for i, piece in enumerate(pieces)]
+
+
+def primed_chunk(piece: bytes, window: bytes | None, level: int, last: bool) -> bytes:
+    """A chunk deflated with the data before it as its window (as gzip -1 joins blocks, and as
+    fgzip's chunks are not): raw deflate, complete if `last`, else ended byte-aligned."""
+    import zlib
+
+    compressor = zlib.compressobj(min(level, 9), zlib.DEFLATED, -15, 9, **({"zdict": window} if window else {}))
+    return compressor.compress(piece) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
 def chunked_member(data: bytes, chunk_size: int = 1 << 16, *, level: int = 6, index: bool = True,

@@ -114,7 +114,7 @@ def test_emulated_cnv_classes_equal_the_cpu_kernel_on_the_shipped_model():
 # --- gzip driver -------------------------------------------------------------------------------
 
 def test_gzip_driver_buffers_follow_the_manifest(card):
-    card.deflate(b"x" * 1000, None, 6, False)
+    card.deflate(b"x" * 1000, 6, False)
     b = card._driver.buffers
     assert b["in"].shape == (8 << 20,) and b["in"].dtype == np.uint8
     assert b["out"].shape == ((16 << 20) + (64 << 10),) and b["out"].dtype == np.uint8
@@ -126,16 +126,16 @@ def test_gzip_driver_buffers_follow_the_manifest(card):
 def test_chunks_join_into_one_deflate_stream_and_the_last_one_ends_it(card):
     rng = np.random.default_rng(4)
     chunks = [text_like(300_000, seed=1), rng.bytes(200_000), b"", bytes(100_000), b"tail\n"]
-    parts = [card.deflate(c, None, 6, False) for c in chunks[:-1]] + [card.deflate(chunks[-1], None, 6, True)]
+    parts = [card.deflate(c, 6, False) for c in chunks[:-1]] + [card.deflate(chunks[-1], 6, True)]
     assert parts[2] == b""  # an empty chunk adds nothing
     assert all(not p.endswith(FINAL_EMPTY_BLOCK) for p in parts[:-1]) and parts[-1].endswith(FINAL_EMPTY_BLOCK)
     assert inflate(b"".join(parts)) == b"".join(chunks)
-    assert inflate(card.deflate(b"", None, 6, True)) == b""
+    assert inflate(card.deflate(b"", 6, True)) == b""
 
 
 def test_a_chunk_above_the_kernels_limit_runs_in_pieces(card, emulator):
     data = text_like(9 << 20, seed=2)
-    assert inflate(card.deflate(data, None, 1, True)) == data
+    assert inflate(card.deflate(data, 1, True)) == data
     assert emulator.stats["runs:xilGzipCompBlock_1"] == 2
 
 
@@ -143,7 +143,7 @@ def test_gzip_members_from_the_card_pass_gzip_t(card, tmp_path, gzip_bin):
     from octoray.formats.gzip import crc32
 
     data = text_like(700_000, seed=3)
-    body = card.deflate(data[:400_000], None, 6, False) + card.deflate(data[400_000:], None, 6, True)
+    body = card.deflate(data[:400_000], 6, False) + card.deflate(data[400_000:], 6, True)
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
     trailer = crc32(data).to_bytes(4, "little") + len(data).to_bytes(4, "little")  # the host's CRC
     path = tmp_path / "x.gz"
@@ -166,7 +166,7 @@ def hbm_card(emulator):
 
 
 def test_hbm_driver_buffers_follow_the_manifest(hbm_card):
-    hbm_card.deflate(b"x" * 1000, None, 6, False)
+    hbm_card.deflate(b"x" * 1000, 6, False)
     driver = hbm_card._driver
     assert isinstance(driver, drivers.Lz77HuffmanDriver) and driver.block == MiB and driver.max_input == 8 * MiB
     b = driver.buffers
@@ -181,7 +181,7 @@ def test_hbm_driver_buffers_follow_the_manifest(hbm_card):
 
 def test_hbm_blocks_join_in_order_with_a_last_partial_block(hbm_card, emulator):
     data = text_like(3 * MiB + 12345, seed=6)
-    body = hbm_card.deflate(data, None, 6, False)
+    body = hbm_card.deflate(data, 6, False)
     driver = hbm_card._driver
     assert driver.stats == {"runs": 1, "card_blocks": 4, "stored_blocks": 0}
     lz77, huffman = (emulator.Device.devices[0].loaded.kernels[k] for k in ("xilLz77Compress_1", "xilHuffmanKernel_1"))
@@ -198,7 +198,7 @@ def test_hbm_blocks_that_do_not_shrink_are_stored_by_the_host(hbm_card):
     rng = np.random.default_rng(7)
     noise = rng.bytes(MiB)
     data = text_like(MiB, seed=7) + noise + text_like(MiB, seed=8) + text_like(MiB, seed=9) + rng.bytes(100)
-    body = hbm_card.deflate(data, None, 6, True)
+    body = hbm_card.deflate(data, 6, True)
     assert inflate(body) == data
     stats = hbm_card._driver.stats
     # the noise block (larger than its slot on the card), the block after it (its start may be
@@ -216,14 +216,14 @@ def test_stored_blocks_are_non_final_and_at_most_65535_bytes():
 
 
 def test_hbm_empty_input_runs_nothing(hbm_card, emulator):
-    assert hbm_card.deflate(b"", None, 6, False) == b""
-    assert hbm_card.deflate(b"", None, 6, True) == FINAL_EMPTY_BLOCK
+    assert hbm_card.deflate(b"", 6, False) == b""
+    assert hbm_card.deflate(b"", 6, True) == FINAL_EMPTY_BLOCK
     assert emulator.stats["runs:xilLz77Compress_1"] == emulator.stats["runs:xilHuffmanKernel_1"] == 0
 
 
 def test_hbm_input_over_8_mib_runs_in_pieces(hbm_card, emulator):
     data = text_like(17 * MiB + 5, seed=10)
-    assert inflate(hbm_card.deflate(data, None, 1, True)) == data
+    assert inflate(hbm_card.deflate(data, 1, True)) == data
     assert emulator.stats["runs:xilLz77Compress_1"] == emulator.stats["runs:xilHuffmanKernel_1"] == 3
     assert hbm_card._driver.stats == {"runs": 3, "card_blocks": 17, "stored_blocks": 1}  # the 5-byte tail
 
@@ -235,7 +235,7 @@ def test_hbm_gzip_member_passes_gzip_t_with_the_hosts_crc(hbm_card, tmp_path, gz
 
     rng = np.random.default_rng(11)
     data = text_like(2 * MiB + 777, seed=12) + rng.bytes(MiB + 3) + text_like(300_000, seed=13)
-    body = hbm_card.deflate(data[:MiB + 5], None, 6, False) + hbm_card.deflate(data[MiB + 5:], None, 6, True)
+    body = hbm_card.deflate(data[:MiB + 5], 6, False) + hbm_card.deflate(data[MiB + 5:], 6, True)
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
     member = header + body + crc32(data).to_bytes(4, "little") + len(data).to_bytes(4, "little")
     (tmp_path / "x.gz").write_bytes(member)
@@ -251,7 +251,7 @@ def test_the_gzip_driver_is_chosen_by_the_manifests_interface(emulator):
     for overlays, driver in ((None, drivers.GzipDriver), (HBM, drivers.Lz77HuffmanDriver)):
         acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", overlays=overlays)
         try:
-            acc.deflate(b"abc", None, 6, True)
+            acc.deflate(b"abc", 6, True)
             assert type(acc._driver) is driver
         finally:
             acc.close()
@@ -277,7 +277,7 @@ def test_auto_prefers_gzip_u50_and_takes_gzip_hbm_u50_when_only_it_is_there(xclb
     try:
         assert acc.name == f"fpga:0 {chosen} (cnv: cpu)"
         data = text_like(1_500_000, seed=14)
-        assert inflate(acc.deflate(data, None, 6, True)) == data
+        assert inflate(acc.deflate(data, 6, True)) == data
     finally:
         acc.close()
 
@@ -290,7 +290,7 @@ def test_the_card_is_chosen_by_index_not_by_name():
     assert len({c.name for c in cards}) == 1  # same shell name: only the index tells them apart
     acc = FpgaAccelerator(2, pynq_module=emulator, kind="fpga-emulator")
     try:
-        acc.deflate(b"abc", None, 6, True)
+        acc.deflate(b"abc", 6, True)
         assert acc.device is cards[2] and acc.name.startswith("fpga-emulator:2 ")
         assert [c.loaded is not None for c in cards] == [False, False, True]
     finally:
@@ -326,7 +326,7 @@ def test_the_device_index_comes_from_octoray_device(monkeypatch):
 
 def test_the_overlay_is_opened_once_and_everything_is_freed_at_close(emulator):
     acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator")
-    workers = [threading.Thread(target=lambda: [acc.deflate(b"data" * 5000, None, 6, False) for _ in range(10)])
+    workers = [threading.Thread(target=lambda: [acc.deflate(b"data" * 5000, 6, False) for _ in range(10)])
                for _ in range(4)]
     for w in workers:
         w.start()
@@ -341,7 +341,7 @@ def test_the_overlay_is_opened_once_and_everything_is_freed_at_close(emulator):
     assert emulator.stats["overlays_freed"] == 2
     assert emulator.stats["buffers_freed"] == emulator.stats["buffers_allocated"] == 6
     with pytest.raises(RuntimeError, match="closed"):
-        acc.deflate(b"x", None, 6, True)
+        acc.deflate(b"x", 6, True)
 
 
 def test_pynq_calls_run_on_a_thread_with_an_event_loop(emulator):
@@ -354,7 +354,7 @@ def test_pynq_calls_run_on_a_thread_with_an_event_loop(emulator):
             errors.append(str(error))
         # the accelerator opens its card on its own thread, from any thread
         acc = FpgaAccelerator(1, pynq_module=emulator, kind="fpga-emulator")
-        acc.deflate(b"abc", None, 6, True)
+        acc.deflate(b"abc", 6, True)
         acc.close()
 
     thread = threading.Thread(target=bare_thread, name="dask-worker-thread")
@@ -371,7 +371,7 @@ def test_fpga_emulator_kind_runs_the_drivers_on_emulated_cards(monkeypatch):
     acc = open_accelerator("fpga-emulator", 1)
     try:
         assert acc.name == "fpga-emulator:1 gzip_u50+cnv_w1a1_u50" and acc.fallback_reason is None
-        assert inflate(acc.deflate(b"hello" * 100, None, 6, True)) == b"hello" * 100
+        assert inflate(acc.deflate(b"hello" * 100, 6, True)) == b"hello" * 100
     finally:
         acc.close()
     with pytest.raises(AcceleratorError, match=r"no card 2 \(2 found\)"):
@@ -416,7 +416,7 @@ def test_auto_with_a_card_and_one_xclbin_uses_the_card_for_it_and_the_cpu_for_th
     try:
         assert acc.name == "fpga:1 gzip_u50 (cnv: cpu)"
         assert "no cnv_w1a1_u50.xclbin" in acc.fallback_reason
-        assert inflate(acc.deflate(b"abc" * 1000, None, 6, True)) == b"abc" * 1000
+        assert inflate(acc.deflate(b"abc" * 1000, 6, True)) == b"abc" * 1000
         assert emulator.stats["runs:xilGzipCompBlock_1"] == 1
         assert acc._fallback_for("cnv") is acc.fallback
     finally:

@@ -10,6 +10,8 @@ from hypothesis import given, settings, strategies as st
 from octoray.formats import gzip as gz
 from octoray.kernels.cpu import GZIP_LEVELS, deflate_chunk
 
+from chunked_members import primed_chunk
+
 
 def assemble(data: bytes, cuts: list[int], level: int, carry_dictionary: bool, end_with_final: bool = True,
              name=None, mtime=0) -> bytes:
@@ -21,8 +23,8 @@ def assemble(data: bytes, cuts: list[int], level: int, carry_dictionary: bool, e
     for i, (start, end) in enumerate(pieces):
         piece = data[start:end]
         last = end_with_final and i == len(pieces) - 1
-        out.append(assembler.add(gz.DeflatedChunk(deflate_chunk(piece, previous, level, last),
-                                                  gz.crc32(piece), len(piece), last)))
+        deflated = primed_chunk(piece, previous, level, last) if carry_dictionary else deflate_chunk(piece, level, last)
+        out.append(assembler.add(gz.DeflatedChunk(deflated, gz.crc32(piece), len(piece), last)))
         if carry_dictionary:
             previous = data[max(0, end - gz.DICTIONARY_SIZE):end]
     out.append(assembler.finish())

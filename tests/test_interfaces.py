@@ -52,12 +52,12 @@ def test_a_card_runs_the_variants_it_cannot_do_on_its_fallback_or_says_so(level,
     with_fallback = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", fallback=CpuAccelerator())
     alone = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator")
     try:
-        out = with_fallback.deflate(data, None, level, True, strategy)
-        assert out == CpuAccelerator().deflate(data, None, level, True, strategy)
+        out = with_fallback.deflate(data, level, True, strategy)
+        assert out == CpuAccelerator().deflate(data, level, True, strategy)
         assert zlib.decompress(out, -15) == data
         with pytest.raises(FpgaUnavailable, match="cannot do this variant"):
-            alone.deflate(data, None, level, True, strategy)
-        assert zlib.decompress(alone.deflate(data, None, 6, True), -15) == data  # its own kind it does
+            alone.deflate(data, level, True, strategy)
+        assert zlib.decompress(alone.deflate(data, 6, True), -15) == data  # its own kind it does
     finally:
         with_fallback.close()
         alone.close()

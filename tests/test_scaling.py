@@ -92,9 +92,9 @@ def test_an_emulated_card_takes_as_long_as_its_rate_says_without_holding_a_cpu(m
     cards = [FpgaAccelerator(i, pynq_module=emulator, kind="fpga-emulator") for i in range(2)]
     try:
         data = text_like(4_000_000, seed=5)
-        cards[0].deflate(data[:100_000], None, 6, False)  # load the overlay first
+        cards[0].deflate(data[:100_000], 6, False)  # load the overlay first
         start, cpu = time.monotonic(), time.process_time()
-        body = cards[0].deflate(data, None, 6, True)
+        body = cards[0].deflate(data, 6, True)
         alone, alone_cpu = time.monotonic() - start, time.process_time() - cpu
         assert alone >= 0.2  # 4 MB at 20 MB/s
         assert alone_cpu < alone / 2  # the rest of the time the card waited, not computed
@@ -102,9 +102,9 @@ def test_an_emulated_card_takes_as_long_as_its_rate_says_without_holding_a_cpu(m
 
         assert zlib.decompressobj(-15).decompress(body) == data  # and the result is real
 
-        cards[1].deflate(data[:100_000], None, 6, False)
+        cards[1].deflate(data[:100_000], 6, False)
         start = time.monotonic()
-        threads = [threading.Thread(target=card.deflate, args=(data, None, 6, True)) for card in cards]
+        threads = [threading.Thread(target=card.deflate, args=(data, 6, True)) for card in cards]
         for thread in threads:
             thread.start()
         for thread in threads:

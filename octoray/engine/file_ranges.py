@@ -50,13 +50,6 @@ class FileChunk:
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, part: slice) -> FileChunk:
-        """A sub-range (the next chunk's dictionary is `chunk[-32768:]`)."""
-        start, stop, step = part.indices(self.length)
-        if step != 1:
-            raise ValueError("a file range is contiguous")
-        return FileChunk(self.path, self.offset + start, max(0, stop - start), self.identity)
-
     def __reduce__(self):
         return FileChunk, (self.path, self.offset, self.length, self.identity)
 

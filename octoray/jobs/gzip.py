@@ -135,7 +135,7 @@ def compress_stream(fd_in: int, write, executor, *, level: int = 6, block_size: 
     def jobs():
         for chunk, last in chunks:
             wrapper.track(chunk)
-            yield (chunk, None, level, last, strategy)
+            yield (chunk, level, last, strategy)
 
     head, sizes = None, []
     for deflated in ordered_map(deflate_chunk, jobs(), executor):

@@ -15,15 +15,15 @@ GZIP_LEVELS = {
 STRATEGIES = {"huffman": 2, "rle": 3}  # zlib's Z_HUFFMAN_ONLY and Z_RLE (pigz -H, -U)
 
 
-def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
-    """Raw deflate of one chunk: complete if `last`, else byte-aligned without the final-block
-    bit, ready for the next chunk.  `dictionary` primes the compressor where the library
-    can take one (ISA-L, zlib); libdeflate compresses each chunk on its own."""
+def deflate_chunk(data, level: int, last: bool, strategy: str | None = None) -> bytes:
+    """Raw deflate of one chunk on its own (no window from the chunk before, so that chunks
+    decode in parallel): complete if `last`, else byte-aligned without the final-block bit,
+    ready for the next chunk."""
     if strategy is not None:
-        return _zlib_flushed(data, dictionary, min(level, 9), last, STRATEGIES[strategy])
+        return _zlib_flushed(data, min(level, 9), last, STRATEGIES[strategy])
     library, library_level = GZIP_LEVELS[level]
     if library == "isal":
-        return _isal_flushed(data, dictionary, library_level, last)
+        return _isal_flushed(data, library_level, last)
     import deflate
 
     complete = deflate.deflate_compress(data, library_level)
@@ -34,19 +34,17 @@ def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool, strate
     return unfinish(complete)
 
 
-def _isal_flushed(data, dictionary: bytes | None, level: int, last: bool) -> bytes:
+def _isal_flushed(data, level: int, last: bool) -> bytes:
     from isal import isal_zlib
 
-    options = {"zdict": dictionary} if dictionary else {}
-    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, 9, 0, **options)
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, 9, 0)
     return compressor.compress(data) + compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH)
 
 
-def _zlib_flushed(data, dictionary: bytes | None, level: int, last: bool, strategy: int) -> bytes:
+def _zlib_flushed(data, level: int, last: bool, strategy: int) -> bytes:
     import zlib
 
-    options = {"zdict": dictionary} if dictionary else {}
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy, **options)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
@@ -71,8 +69,8 @@ class CpuAccelerator:
             self._cnv = cnv_cpu.PackedModel(CnvModel.load())
         return cnv_cpu.fc3_popcounts(self._cnv, images)
 
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
-        return deflate_chunk(data, dictionary, level, last, strategy)
+    def deflate(self, data, level: int, last: bool, strategy: str | None = None) -> bytes:
+        return deflate_chunk(data, level, last, strategy)
 
     def close(self) -> None:
         pass

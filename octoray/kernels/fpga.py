@@ -318,14 +318,14 @@ class FpgaAccelerator:
             raise FpgaUnavailable(f"{self.name}: {why}")
         return self.fallback
 
-    def deflate(self, data, dictionary: bytes | None, level: int, last: bool, strategy: str | None = None) -> bytes:
-        """The kernel's blocks (it takes neither a dictionary nor a level: -1..-9 all run its
+    def deflate(self, data, level: int, last: bool, strategy: str | None = None) -> bytes:
+        """The kernel's blocks (it takes no level: -1..-9 all run its
         one setting), plus the final empty block after a stream's last chunk.  pigz's -11 and
         its strategies (-H, -U) are variants the kernel cannot do: they run on the fallback."""
         variant = strategy is not None or level not in range(10)
         other = self._fallback_for("gzip", needs_cpu=variant)
         if other is not None:
-            return other.deflate(data, dictionary, level, last, strategy)
+            return other.deflate(data, level, last, strategy)
         body = self._call("gzip", "deflate", data) if len(data) else b""
         return body + FINAL_EMPTY_BLOCK if last else body
 

@@ -16,10 +16,9 @@ class Accelerator(Protocol):
     fallback_reason: str | None
     """Why some work runs on the CPU instead of the card (None: nothing falls back)."""
 
-    def deflate(self, data: Any, dictionary: bytes | None, level: int, last: bool,
-                strategy: str | None = None) -> bytes:
-        """Raw deflate of `data`: level 0-9 or 11 (pigz's strongest), strategy None, "huffman"
-        or "rle", primed with `dictionary` where the kernel can use one.  The last chunk ends
+    def deflate(self, data: Any, level: int, last: bool, strategy: str | None = None) -> bytes:
+        """Raw deflate of `data` on its own: level 0-9 or 11 (pigz's strongest), strategy None,
+        "huffman" or "rle".  The last chunk ends
         the deflate stream; any other ends byte-aligned without the final-block bit, so the
         next chunk's data can follow it.  A variant the kernel cannot do runs on its fallback
         or raises AcceleratorError-derived FpgaUnavailable saying so."""

@@ -10,11 +10,10 @@ from octoray.formats.gzip import DeflatedChunk, crc32
 from octoray.kernels import local_accelerator
 
 
-def deflate_chunk(data, dictionary: bytes | None, level: int, last: bool = False,
-                  strategy: str | None = None) -> DeflatedChunk:
+def deflate_chunk(data, level: int, last: bool = False, strategy: str | None = None) -> DeflatedChunk:
     """Deflate one chunk on this process's accelerator; the chunk's CRC-32 is computed here,
     for every kernel and variant, where the data already is."""
-    compressed = local_accelerator().deflate(data, dictionary, level, last, strategy)
+    compressed = local_accelerator().deflate(data, level, last, strategy)
     return DeflatedChunk(compressed, crc32(data), len(data), last)
 
 
