@@ -136,3 +136,91 @@ def test_a_group_sends_its_chunks_out_of_band():
     assert len(stream) < 1_000 and len(buffers) == 1
     out = pickle.loads(stream, buffers=[b.raw() for b in buffers])
     assert bytes(out.jobs[0][0]) == bytes(chunk)
+
+
+# --- the embedded engine's thread pool (octoray.engine.threadpool) ---
+
+def test_pool_runs_every_task_on_its_threads_and_returns_each_value():
+    from octoray.engine.threadpool import ThreadPool
+
+    pool = ThreadPool(3, "t")
+    try:
+        tasks = [pool.submit(lambda x: (x * x, threading.current_thread().name), i) for i in range(50)]
+        results = [task.result() for task in tasks]
+    finally:
+        pool.shutdown()
+    assert [value for value, _ in results] == [i * i for i in range(50)]
+    assert {name for _, name in results} <= {"t-0", "t-1", "t-2"}
+    assert not any(t.name.startswith("t-") for t in threading.enumerate())  # shutdown ended them
+
+
+def test_pool_raises_a_task_error_from_result_and_keeps_working():
+    from octoray.engine.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    try:
+        failing = pool.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result()
+        assert pool.submit(lambda: "next").result() == "next"
+    finally:
+        pool.shutdown()
+
+
+def test_pool_cancel_and_shutdown_skip_tasks_not_started():
+    from octoray.engine.threadpool import ThreadPool
+
+    started, gate, ran = threading.Event(), threading.Event(), []
+    pool = ThreadPool(1)
+    blocker = pool.submit(lambda: started.set() or gate.wait())
+    waiting = [pool.submit(ran.append, i) for i in range(5)]
+    assert started.wait(10)
+    assert waiting[0].cancel() and not blocker.cancel()
+    threading.Timer(0.2, gate.set).start()
+    pool.shutdown()  # cancels the other four, lets the running one finish
+    assert blocker.result() is True and ran == []
+    for task in waiting:
+        with pytest.raises(RuntimeError, match="cancelled"):
+            task.result()
+
+
+def test_pool_initializer_failure_reaches_every_task():
+    from octoray.engine.threadpool import ThreadPool
+
+    def broken():
+        raise OSError("no card")
+
+    pool = ThreadPool(2, initializer=broken)
+    try:
+        for task in [pool.submit(int, "1") for _ in range(4)]:
+            with pytest.raises(OSError, match="no card"):
+                task.result()
+    finally:
+        pool.shutdown()
+
+
+def test_fgzip_compresses_and_decodes_without_importing_concurrent_futures(tmp_path):
+    """The embedded engine's threads come from octoray.engine.threadpool: fgzip's start-up
+    does not import concurrent.futures (and logging with it), and both directions use the pool."""
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.write_bytes(random.Random(1).randbytes(200_000) * 20)
+    probe = """
+import json, sys
+from octoray.engine import threadpool
+submitted, submit = [0], threadpool.ThreadPool.submit
+def counted(pool, *args):
+    submitted[0] += 1
+    return submit(pool, *args)
+threadpool.ThreadPool.submit = counted
+from octoray.cli.fgzip import main
+statuses = [main(["-p", "2", "-b", "64", "-k", sys.argv[1]]), main(["-p", "2", "-t", sys.argv[1] + ".gz"])]
+print(json.dumps([statuses, submitted[0], [m for m in ("concurrent.futures", "logging") if m in sys.modules]]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe, str(data)], capture_output=True, text=True, check=True)
+    statuses, submitted, imported = json.loads(out.stdout)
+    assert statuses == [0, 0] and imported == []
+    assert submitted > 2 * 60  # 4 MB in 64 KiB chunks, compressed and then decoded on the pool

@@ -47,12 +47,11 @@ class LocalExecutor:
         if self.workers == 1:
             return _Done(fn, args)
         if self._pool is None:  # a stream longer than one task: tune for it
-            from concurrent.futures import ThreadPoolExecutor
-
             from octoray.engine.allocator import keep_freed_memory
+            from octoray.engine.threadpool import ThreadPool
 
             keep_freed_memory()
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="octoray")
+            self._pool = ThreadPool(self.workers, "octoray")
         return self._pool.submit(fn, *args)
 
     @staticmethod
@@ -67,7 +66,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
 
     def __enter__(self):
         return self

@@ -52,15 +52,13 @@ class LaneExecutor(LocalExecutor):
             return super().submit(fn, *args)
         self.tasks_done += 1
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             from octoray.engine.allocator import keep_freed_memory
+            from octoray.engine.threadpool import ThreadPool
             from octoray.kernels import pin_thread
 
             keep_freed_memory()
             order = itertools.cycle(self.lanes)
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="octoray-lane",
-                                            initializer=lambda: pin_thread(next(order)))
+            self._pool = ThreadPool(self.workers, "octoray-lane", initializer=lambda: pin_thread(next(order)))
         return self._pool.submit(_counted, fn, args)
 
     def describe(self) -> list[dict]:

@@ -1,0 +1,102 @@
+"""A small thread pool for the embedded engine: submit, result, cancel, shutdown.
+
+concurrent.futures would do, but importing it imports logging, traceback and re: about a
+tenth of a second's worth of start-up per GB that fgzip decodes on two cores (README,
+Performance).  The engine needs only what is here: a queue of tasks, threads that run them,
+and a lock per task that its result waits on.
+"""
+
+from __future__ import annotations
+
+import _thread
+import queue
+import threading
+
+_PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+
+class Task:
+    """One submitted call; `result()` waits for it and returns its value or raises its error."""
+
+    __slots__ = ("fn", "args", "state", "value", "error", "_finished")
+
+    def __init__(self, fn, args: tuple):
+        self.fn, self.args = fn, args
+        self.state, self.value, self.error = _PENDING, None, None
+        self._finished = _thread.allocate_lock()
+        self._finished.acquire()
+
+    def _run(self) -> None:
+        if self.state == _PENDING:
+            self.state = _RUNNING
+            try:
+                self.value = self.fn(*self.args)
+            except BaseException as error:  # noqa: BLE001 - raised again by result(), in the caller
+                self.error = error
+            self.state = _DONE
+        self.fn = self.args = None
+        self._finished.release()
+
+    def result(self):
+        with self._finished:
+            pass
+        if self.state == _CANCELLED:
+            raise RuntimeError("the task was cancelled")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def cancel(self) -> bool:
+        """Keep a task that has not started from running; False once it has."""
+        if self.state != _PENDING:
+            return False
+        self.state = _CANCELLED
+        return True
+
+
+class ThreadPool:
+    """`threads` threads taking tasks in the order they were submitted; `initializer` runs
+    first on each thread (lanes pin a thread to its card there)."""
+
+    def __init__(self, threads: int, name: str = "octoray", initializer=None):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, args=(initializer,), name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self, initializer) -> None:
+        failed = None
+        if initializer is not None:
+            try:
+                initializer()
+            except BaseException as error:  # noqa: BLE001 - every task this thread takes reports it
+                failed = error
+        while (task := self._tasks.get()) is not None:
+            if failed is not None and task.state == _PENDING:
+                task.fn, task.args = _raise, (failed,)
+            task._run()
+
+    def submit(self, fn, *args) -> Task:
+        task = Task(fn, args)
+        self._tasks.put(task)
+        return task
+
+    def shutdown(self) -> None:
+        """Cancel the tasks not started, let the running ones finish, and end the threads."""
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task.cancel()
+                task._run()  # releases whoever waits on it
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _raise(error: BaseException):
+    raise error
