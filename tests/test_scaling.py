@@ -156,13 +156,23 @@ def test_workers_without_octoray_device_share_the_cards_and_never_fight_for_one(
 
 # --- workers that read the input file themselves ------------------------------------------------
 
+def two_card_cluster(tmp_path, env: dict) -> Cluster:
+    """A scheduler and two workers, one emulated card each (card0, card1)."""
+    c = Cluster(tmp_path, env=env)
+    try:
+        c.add_worker("card0", 0, accelerator="fpga-emulator")
+        c.add_worker("card1", 1, accelerator="fpga-emulator")
+        c.wait_for_workers(2)
+    except BaseException:
+        c.stop()
+        raise
+    return c
+
+
 @pytest.fixture
 def card_cluster(tmp_path):
-    """Two workers, one emulated card each, slow enough (12 MB/s) to act on mid-run."""
-    c = Cluster(tmp_path, env=cards_env(2, OCTORAY_EMULATED_GZIP_MBPS="12"))
-    c.add_worker("card0", 0, accelerator="fpga-emulator")
-    c.add_worker("card1", 1, accelerator="fpga-emulator")
-    c.wait_for_workers(2)
+    """Two cards slow enough (12 MB/s) to act on mid-run."""
+    c = two_card_cluster(tmp_path, cards_env(2, OCTORAY_EMULATED_GZIP_MBPS="12"))
     yield c
     c.stop()
 
@@ -259,11 +269,8 @@ def test_fclassify_workers_read_the_image_files_themselves_with_the_same_output(
     env = cards_env(2)
     embedded = fclassify_run("--batch", "8", images, env=env)
     assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 60
-    c = Cluster(tmp_path, env=env)
+    c = two_card_cluster(tmp_path, env)
     try:
-        c.add_worker("card0", 0, accelerator="fpga-emulator")
-        c.add_worker("card1", 1, accelerator="fpga-emulator")
-        c.wait_for_workers(2)
         shared = fclassify_run("-v", "--batch", "8", "--scheduler", c.address, images, env=env)
         assert shared.returncode == 0, shared.stderr
         assert shared.stdout == embedded.stdout
@@ -288,11 +295,8 @@ def test_fclassify_survives_a_worker_killed_while_workers_read_the_images(tmp_pa
     env = cards_env(2, OCTORAY_EMULATED_CNV_IPS="200")  # two cards: about 1.5 s
     embedded = fclassify_run("--batch", "16", images, env=cards_env(2))
     assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 600
-    c = Cluster(tmp_path, env=env)
+    c = two_card_cluster(tmp_path, env)
     try:
-        c.add_worker("card0", 0, accelerator="fpga-emulator")
-        c.add_worker("card1", 1, accelerator="fpga-emulator")
-        c.wait_for_workers(2)
         proc = subprocess.Popen([*tool("fclassify"), "-v", "--batch", "16", "--scheduler", c.address, str(images)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         timer = threading.Timer(0.8, lambda: c.workers["card1"].send_signal(signal.SIGKILL))

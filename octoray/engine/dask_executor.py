@@ -137,14 +137,9 @@ class DaskExecutor:
             self.note = "the input is not a regular file: its data is sent to the workers"
             return None
         path, start, ident = source
-        seeing = self._sync(self.pool.who_sees(path, ident))
-        total = len(self.pool.slots)
-        if not seeing:
-            self.note = f"no worker sees {path} as this host does: its data is sent to the workers"
+        if not self._workers_read(path, ident, path, "its data"):
             return None
-        self.note = f"{len(seeing)} of {total} workers read {path} themselves"
         self.pool.shared_file = (fd, path, ident)
-        self.pool.reading = True
         self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
@@ -152,12 +147,16 @@ class DaskExecutor:
         """Whether the workers read input files themselves, asked once, with the first file
         (`path`, as this host sees it: `ident`); each later file is checked where it is read
         (octoray.engine.file_ranges), and a worker that sees another file gets the bytes."""
+        return self._workers_read(path, ident, "the input files", "the files' data")
+
+    def _workers_read(self, path: str, ident: tuple[int, int], what: str, data: str) -> bool:
+        """Ask the workers whether they see `path` as this host does; if any does, tasks carry
+        file ranges from now on.  The answer goes to `note`, for -v."""
         seeing = self._sync(self.pool.who_sees(path, ident))
-        total = len(self.pool.slots)
         if not seeing:
-            self.note = f"no worker sees {path} as this host does: the files' data is sent to the workers"
+            self.note = f"no worker sees {path} as this host does: {data} is sent to the workers"
             return False
-        self.note = f"{len(seeing)} of {total} workers read the input files themselves"
+        self.note = f"{len(seeing)} of {len(self.pool.slots)} workers read {what} themselves"
         self.pool.reading = True
         return True
 
