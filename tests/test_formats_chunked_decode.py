@@ -313,3 +313,12 @@ def test_inflate_fd_reads_a_chunked_member_from_a_descriptor(executor, tmp_path)
     (tmp_path / "b.gz").write_bytes(gz.header() + b"\x03\x00" + gz.trailer(0, 0))
     with open(tmp_path / "b.gz", "rb") as f, pytest.raises(ValueError):
         inflate_fd(f.fileno(), out.append, executor)
+
+
+def test_reserved_codes_in_the_last_chunk_get_gzips_verdict(executor):
+    """A damaged last chunk (fixed Huffman) that uses a length code RFC 1951 reserves: libdeflate
+    reads it as length 258 and ends the stream early, gzip says `format violated`, as must we."""
+    head, _ = gzip_chunks.header(chunk_size=601)
+    member = head + bytes.fromhex("9b3071c2281ca32890b0305665c89200cb2898cf57020000")
+    assert sequential(member)[1] is FORMAT_VIOLATED
+    agrees_with_sequential(member, executor)

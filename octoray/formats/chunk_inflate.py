@@ -27,7 +27,10 @@ is a block boundary, with one more exception: a final block that began inside th
 decodes the probe's bits as data.  fgzip writes a final block only in the last chunk, so the
 exception needs a marker found by chance inside the last chunk; the reader settles it with
 the next chunk (which then cannot verify as a chunk of its own) or, before the last chunk,
-with ISA-L.  Such a chunk is not `proved` on its own.
+with ISA-L.  Such a chunk is not `proved` on its own.  libdeflate also reads two codes that
+RFC 1951 reserves (fixed-Huffman lengths 286 and 287, which only damage makes) where gzip
+stops with `format violated`: the last chunk, where such a reading can end the stream early
+and turn gzip's verdict into another, is decoded again with ISA-L (one chunk per member).
 
 A chunk that started at a true boundary decodes exactly as in a sequential decode (a
 reference before its start fails: the inflater's window is empty), so its proved end is the
@@ -86,7 +89,9 @@ def inflate_chunk(data, chunk_size: int, variable: bool = False) -> InflatedChun
     if decoded is None:
         return None
     output, crc, used, final = decoded
-    return InflatedChunk(output, crc, used, final, final)
+    if final:  # the stream's end, read strictly as gzip reads it: see the module's docstring
+        return inflate_chunk_isal(data, chunk_size, variable)
+    return InflatedChunk(output, crc, used, final, False)
 
 
 def inflate_chunk_isal(data, chunk_size: int, variable: bool = False) -> InflatedChunk | None:
