@@ -80,7 +80,7 @@ class BackgroundWriter:
 
     The thread starts once more than `SMALL` bytes are waiting: a small output (most files a
     script compresses) is written at `close` without starting one, and fgzip's start-up
-    does not import threading for it.  The queue is bounded (memory stays flat); a write
+    starts no thread for it.  The queue is bounded (memory stays flat); a write
     error is raised by the next `write` or by `close`.
     """
 
@@ -94,15 +94,21 @@ class BackgroundWriter:
         self._error: BaseException | None = None
 
     def _start(self) -> None:
-        import queue
-        import threading
+        import _queue
 
-        self._queue = queue.Queue(self.depth)
-        self._thread = threading.Thread(target=self._run, name="octoray-writer", daemon=True)
-        self._thread.start()
+        from octoray.threads import start_thread
+
+        self._queue, self._free = _queue.SimpleQueue(), _queue.SimpleQueue()  # pieces, free slots
+        for _ in range(self.depth):
+            self._free.put(True)
+        self._thread = start_thread(self._run)
         for piece in self._held:
-            self._queue.put(piece)
+            self._put(piece)
         self._held = []
+
+    def _put(self, piece) -> None:
+        self._free.get()  # waits while `depth` pieces are queued
+        self._queue.put(piece)
 
     def _run(self) -> None:
         while True:
@@ -114,6 +120,7 @@ class BackgroundWriter:
                     write_all(self.fd, data)
                 except BaseException as error:  # reported to the producer
                     self._error = error
+            self._free.put(True)
 
     def write(self, data) -> None:
         if self._error is not None:
@@ -121,7 +128,7 @@ class BackgroundWriter:
         if not data:
             return
         if self._thread is not None:
-            self._queue.put(data)
+            self._put(data)
             return
         self._held.append(bytes(data))
         self._held_bytes += len(data)
@@ -134,6 +141,6 @@ class BackgroundWriter:
             self._held = []
             return
         self._queue.put(None)
-        self._thread.join()
+        self._thread.acquire()
         if self._error is not None:
             raise self._error

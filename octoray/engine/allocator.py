@@ -24,10 +24,8 @@ def keep_freed_memory() -> None:
         return
     _tuned = True
     try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ImportError, OSError, AttributeError):
+        from octoray.engine._malloc import mallopt
+    except ImportError:  # a checkout whose extensions are not built: the default allocator
         return
     for option, value in ((M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD),
                           (M_MMAP_THRESHOLD, MMAP_THRESHOLD)):

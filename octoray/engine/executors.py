@@ -51,7 +51,7 @@ class LocalExecutor:
             from octoray.engine.threadpool import ThreadPool
 
             keep_freed_memory()
-            self._pool = ThreadPool(self.workers, "octoray")
+            self._pool = ThreadPool(self.workers)
         return self._pool.submit(fn, *args)
 
     @staticmethod

@@ -58,7 +58,7 @@ class LaneExecutor(LocalExecutor):
 
             keep_freed_memory()
             order = itertools.cycle(self.lanes)
-            self._pool = ThreadPool(self.workers, "octoray-lane", initializer=lambda: pin_thread(next(order)))
+            self._pool = ThreadPool(self.workers, initializer=lambda: pin_thread(next(order)))
         return self._pool.submit(_counted, fn, args)
 
     def describe(self) -> list[dict]:

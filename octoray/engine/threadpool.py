@@ -1,16 +1,17 @@
 """A small thread pool for the embedded engine: submit, result, cancel, shutdown.
 
-concurrent.futures would do, but importing it imports logging, traceback and re: about a
-tenth of a second's worth of start-up per GB that fgzip decodes on two cores (README,
-Performance).  The engine needs only what is here: a queue of tasks, threads that run them,
-and a lock per task that its result waits on.
+concurrent.futures would do, but importing it imports logging, traceback and re, and even
+threading and queue cost fgzip's start-up milliseconds (octoray.threads.start_thread).  The
+engine needs only what is here: a queue of tasks, threads that run them, and a lock per task
+that its result waits on.
 """
 
 from __future__ import annotations
 
+import _queue
 import _thread
-import queue
-import threading
+
+from octoray.threads import start_thread
 
 _PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
 
@@ -58,12 +59,9 @@ class ThreadPool:
     """`threads` threads taking tasks in the order they were submitted; `initializer` runs
     first on each thread (lanes pin a thread to its card there)."""
 
-    def __init__(self, threads: int, name: str = "octoray", initializer=None):
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, args=(initializer,), name=f"{name}-{i}", daemon=True)
-                         for i in range(max(1, threads))]
-        for thread in self._threads:
-            thread.start()
+    def __init__(self, threads: int, initializer=None):
+        self._tasks = _queue.SimpleQueue()
+        self._threads = [start_thread(self._work, initializer) for _ in range(max(1, threads))]
 
     def _work(self, initializer) -> None:
         failed = None
@@ -87,15 +85,15 @@ class ThreadPool:
         while True:
             try:
                 task = self._tasks.get_nowait()
-            except queue.Empty:
+            except _queue.Empty:
                 break
             if task is not None:
                 task.cancel()
                 task._run()  # releases whoever waits on it
         for _ in self._threads:
             self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
+        for finished in self._threads:
+            finished.acquire()
 
 
 def _raise(error: BaseException):
