@@ -45,8 +45,7 @@ class WorkerPool:
         self.shared_file = None  # (fd, path, identity) while the workers read the input themselves
         self.reading = False  # tasks may carry file ranges (fgzip's input, fclassify's images)
         self._asked = 0.0
-        self._wake: asyncio.Condition | None = None
-        self._queue: deque = deque()  # requests waiting for a worker, oldest first
+        self._queue: deque = deque()  # futures of the requests waiting for a worker, oldest first
         self._plugin_installed = False
         self._update(self.client.scheduler_info()["workers"])
 
@@ -77,7 +76,7 @@ class WorkerPool:
             self.executor.lost = True
             raise ClusterError(f"lost the cluster at {self.executor.address}: {error}") from None
         self._update(info.get("workers", {}))
-        await self._notify()
+        self._hand_out()
 
     async def wait_for_workers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -92,16 +91,6 @@ class WorkerPool:
                                    f"`dask worker {address} --preload octoray.worker`)")
             await asyncio.sleep(0.2)
 
-    async def _notify(self) -> None:
-        wake = self._condition()
-        async with wake:
-            wake.notify_all()
-
-    def _condition(self) -> asyncio.Condition:
-        if self._wake is None:  # made on the client's event loop, where it is used
-            self._wake = asyncio.Condition()
-        return self._wake
-
     def _free(self) -> _Slot | None:
         now, best = time.monotonic(), None
         for slot in self.slots.values():
@@ -111,25 +100,38 @@ class WorkerPool:
                 best = slot
         return best
 
+    def _hand_out(self) -> None:
+        """Give free workers to the requests waiting, oldest first.  Only those woken: a
+        freed slot used to wake every waiting request to look, which cost the client about
+        a millisecond of CPU per task (README, Cluster: the client's CPU per GB)."""
+        while self._queue:
+            slot = self._free()
+            if slot is None:
+                return
+            waiter = self._queue.popleft()
+            if not waiter.done():  # a request cancelled while it waited has no use for one
+                slot.busy += 1
+                waiter.set_result(slot)
+
     async def _take(self) -> _Slot:
         """The least loaded worker with room for a request, for the requests in the order they
         came (the ordered writer waits for the oldest first, and a stream's last, small tasks
         must not overtake the larger ones); waits while all are busy, and fails when no
         worker at all is left for NO_WORKERS_TIMEOUT."""
         alone_since = None
-        wake = self._condition()
-        me = object()
-        self._queue.append(me)
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        self._hand_out()
         try:
             while True:
                 self.executor._check_alive()
-                slot = self._free() if self._queue[0] is me else None
-                if slot is not None:
-                    slot.busy += 1
-                    self._queue.popleft()
-                    if self._queue:
-                        await self._notify()  # the next in line may find another worker free
-                    return slot
+                if not waiter.done():
+                    try:  # a slot freed, or a look at the cluster every 0.2 s
+                        await asyncio.wait_for(asyncio.shield(waiter), 0.2)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        pass
+                if waiter.done():
+                    return waiter.result()
                 now = time.monotonic()
                 if any(s.left_out_until <= now for s in self.slots.values()):
                     alone_since = None  # workers are there, only busy
@@ -138,14 +140,13 @@ class WorkerPool:
                     if now - alone_since > NO_WORKERS_TIMEOUT:
                         raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
                     await self.refresh()
-                async with wake:
-                    try:
-                        await asyncio.wait_for(wake.wait(), 0.2)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        pass
-        finally:
-            if me in self._queue:  # failed or cancelled while waiting (the others look again within 0.2 s)
-                self._queue.remove(me)
+                self._hand_out()  # a worker left out may be back
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled or failed
+                waiter.result().busy -= 1
+                self._hand_out()
+            waiter.cancel()
+            raise
 
     async def run(self, task):
         """Send `task` to a worker and return its result; see the module docstring."""
@@ -167,7 +168,7 @@ class WorkerPool:
                 continue
             finally:
                 slot.busy -= 1
-                await self._notify()
+                self._hand_out()
             if reply is None:  # the worker runs without octoray's preload
                 await self._install_plugin(slot)
                 continue
