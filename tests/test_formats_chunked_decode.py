@@ -224,7 +224,9 @@ def test_read_ahead_stays_bounded_whatever_the_index_says(executor):
 def test_a_chunk_believed_but_not_proved_is_settled(executor, monkeypatch):
     """libdeflate's one blind spot, simulated: a chance marker inside the last chunk, and the
     cut there 'verified' with wrong output.  The decoder holds such a chunk back until the next
-    one verifies; here the next one cannot, ISA-L refuses the held one, and the output is right."""
+    one verifies; here the next one cannot, ISA-L refuses the held one, and the output is right.
+    (The reader asks for the last chunks strict, which closes the blind spot; the simulation
+    ignores that, as for a reader that did not see the end coming.)"""
     from octoray.formats import chunk_inflate
     from octoray.jobs import gunzip_parallel
 
@@ -237,7 +239,7 @@ def test_a_chunk_believed_but_not_proved_is_settled(executor, monkeypatch):
     fake_end = body.index(b"\x00\x00\xff\xff" + data[2 * size + 50_004:2 * size + 50_020]) + 4
     believed = []
 
-    def blind(region, chunk_size, variable=False):
+    def blind(region, chunk_size, variable=False, strict=False):
         result = chunk_inflate.inflate_chunk(region, chunk_size, variable)
         if result is None and len(body) - fake_end > 0 and bytes(region[-4:]) == b"\x00\x00\xff\xff" \
                 and body.find(bytes(region)) + len(region) == fake_end:
@@ -249,6 +251,39 @@ def test_a_chunk_believed_but_not_proved_is_settled(executor, monkeypatch):
     monkeypatch.setattr(gunzip_parallel, "inflate_chunk", blind)
     out, result = decode(member, executor)
     assert believed and out == data
+
+
+def test_the_last_chunks_are_decoded_strictly_on_the_workers(executor, monkeypatch):
+    """The reader sees the input's end coming and asks for the last chunks strict (ISA-L,
+    proved), so the member ends without a proof decoded on the reader's thread."""
+    from octoray.jobs import gunzip_parallel
+
+    asked, proofs = [], []
+    real_inflate, real_isal = gunzip_parallel.inflate_chunk, gunzip_parallel.inflate_chunk_isal
+
+    def recording(region, chunk_size, variable=False, strict=False):
+        result = real_inflate(region, chunk_size, variable, strict)
+        if result is not None:  # not the trailer, which the indexed reader also tries as a chunk
+            asked.append((body.find(bytes(region)), strict))  # in chunk order once sorted
+        return result
+
+    def proof(*args):
+        proofs.append(True)
+        return real_isal(*args)
+
+    monkeypatch.setattr(gunzip_parallel, "inflate_chunk", recording)
+    monkeypatch.setattr(gunzip_parallel, "inflate_chunk_isal", proof)
+    data = text_like(590_000, 4)  # 12 chunks, the last one short
+    for index in (True, False):
+        asked.clear()
+        member = chunked_member(data, 50_000, index=index)
+        body = member[gz.parse_header(member).length:]
+        out, result = decode(member, executor)
+        assert out == data and not result.sequential
+        flags = [strict for _, strict in sorted(asked)]
+        first = flags.index(True)  # from there on: the chunks within a chunk's reach of the end
+        assert len(flags) == 12 and 0 < first <= 10 and all(flags[first:])
+    assert not proofs
 
 
 def test_empty_input_and_limits(executor):

@@ -73,7 +73,7 @@ class InflatedChunk:
         return InflatedChunk, (self.data, self.crc, self.used, self.final, self.proved)
 
 
-def inflate_chunk(data, chunk_size: int, variable: bool = False) -> InflatedChunk | None:
+def inflate_chunk(data, chunk_size: int, variable: bool = False, strict: bool = False) -> InflatedChunk | None:
     """Decode `data` as one chunk that starts at a block boundary with an empty window.
 
     Accepted: (a) the stream ends inside `data` (a final chunk) after at most `chunk_size`
@@ -81,9 +81,11 @@ def inflate_chunk(data, chunk_size: int, variable: bool = False) -> InflatedChun
     `chunk_size` bytes of output (at most that many if `variable`).  None otherwise: the cut
     was not a chunk end, or the data is damaged; the caller then tries another cut or decodes
     sequentially, which reports the damage as gzip does.  With libdeflate (fixed-size chunks)
-    a chunk of kind (b) is not `proved`: see the module's docstring.
+    a chunk of kind (b) is not `proved`: see the module's docstring.  `strict`: decode with
+    ISA-L, proved, as the reader asks for the stream's last chunks (which then need no second
+    decode on the reader's thread before the member ends).
     """
-    if _libdeflate_inflate is None or variable:
+    if _libdeflate_inflate is None or variable or strict:
         return inflate_chunk_isal(data, chunk_size, variable)
     decoded = _libdeflate_inflate(data, PROBE, chunk_size, True)
     if decoded is None:

@@ -267,8 +267,16 @@ class _MemberDecoder:
             if end <= start:
                 return
             self.regions.append((start, end))
-            yield self.data.get(start, end), size, variable
+            yield self.data.get(start, end), size, variable, self._near_the_end(end)
             start, chunk = end, chunk + 1
+
+    def _near_the_end(self, end: int) -> bool:
+        """Whether the chunk cut at `end` may be the stream's last or the one before it (the
+        input ends within a chunk's reach after it): those are decoded strictly on the workers
+        (octoray.formats.chunk_inflate), so that no chunk waits at the end for a proof on
+        this thread."""
+        self.data.ensure(end + self.limit)
+        return self.data.eof and self.data.end - end <= self.limit
 
     def _next_end(self, start: int, chunk: int) -> int:
         """Where chunk number `chunk`, starting at `start`, is believed to end: the index's
