@@ -30,7 +30,7 @@ def budget() -> int:
 
 def start_thread(target, *args):
     """Run `target(*args)` on a new thread; returns a lock that is released when it returns
-    (acquire it to join).  Raw threads, not `threading`: importing threading and queue is
+    (join: acquire it, then release it, so that a second join returns too).  Raw threads, not `threading`: importing threading and queue is
     about 4 ms of fgzip's start-up, a visible share of a parallel `fgzip -d` (README,
     Performance).  Like daemon threads, they do not keep the process alive."""
     finished = _thread.allocate_lock()

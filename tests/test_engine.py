@@ -164,6 +164,15 @@ def test_pool_runs_every_task_on_its_threads_and_returns_each_value():
     assert count_reaches(before)  # shutdown ended them
 
 
+def test_pool_shuts_down_twice():
+    from octoray.engine.threadpool import ThreadPool
+
+    pool = ThreadPool(2)
+    assert pool.submit(sum, (1, 2)).result() == 3
+    pool.shutdown()
+    pool.shutdown()
+
+
 def test_pool_raises_a_task_error_from_result_and_keeps_working():
     from octoray.engine.threadpool import ThreadPool
 

@@ -88,4 +88,7 @@ def test_a_write_error_on_the_thread_is_raised_to_the_producer():
         for _ in range(100):
             writer.write(b"x" * 100_000)
         writer.close()
+    with pytest.raises(BrokenPipeError):  # closing again (the error path does) returns at once
+        writer.close()
     os.close(w)
+

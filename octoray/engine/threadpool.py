@@ -93,7 +93,8 @@ class ThreadPool:
         for _ in self._threads:
             self._tasks.put(None)
         for finished in self._threads:
-            finished.acquire()
+            finished.acquire()  # joined; released again, so that a second shutdown returns too
+            finished.release()
 
 
 def _raise(error: BaseException):
