@@ -51,8 +51,8 @@ def _bind_libdeflate():
 
         from octoray.formats import _chunks
 
-        return _chunks.inflate if _chunks.bind(library.__file__) else None
-    except (ImportError, AttributeError, OSError):
+        return _chunks.inflate if _chunks.bind(library.__file__, isal_zlib.__file__) else None
+    except (ImportError, AttributeError, OSError, TypeError):  # TypeError: an older build of _chunks
         return None
 
 
