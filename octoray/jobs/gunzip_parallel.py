@@ -185,7 +185,7 @@ class _MemberDecoder:
         self.verified = 0  # offset of the next chunk: a proved block boundary
         self.chunk = 0  # its number
         self.crc = self.size = 0
-        self.tail = b""  # the output's last 32 KiB: the window, should sequential decoding take over
+        self.tail = b""  # ends with the output's last 32 KiB: the window, should sequential decoding take over
         self.regions: deque = deque()
         self.failed_end: int | None = None  # where the chunk that failed was cut
         self.went_sequential = False
@@ -298,8 +298,8 @@ class _MemberDecoder:
             self.write(data)
             self.crc = gz.crc32_combine(self.crc, result.crc, len(data)) if self.size else result.crc
             self.size += len(data)
-            self.tail = (self.tail + data)[-gz.DICTIONARY_SIZE:] if len(data) < gz.DICTIONARY_SIZE \
-                else data[-gz.DICTIONARY_SIZE:]
+            self.tail = data if len(data) >= gz.DICTIONARY_SIZE \
+                else (self.tail[-gz.DICTIONARY_SIZE:] + data)[-gz.DICTIONARY_SIZE:]  # no copy per chunk
         self.verified += result.used
         self.chunk += 1
         self.data.release(self.verified)
@@ -338,7 +338,7 @@ class _MemberDecoder:
         """Decode the rest of the stream from the last proved boundary, as gzip would."""
         from isal import igzip_lib, isal_zlib
 
-        window = (gz.GZIP_START_WINDOW + self.tail)[-gz.DICTIONARY_SIZE:]  # gzip's zeros before the member
+        window = (gz.GZIP_START_WINDOW + self.tail[-gz.DICTIONARY_SIZE:])[-gz.DICTIONARY_SIZE:]  # gzip's zeros before the member
         inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE, zdict=window)
         position = self.verified
         while not inflater.eof:
