@@ -141,7 +141,6 @@ class BackgroundWriter:
             self._held = []
             return
         self._queue.put(None)
-        self._thread.acquire()  # joined; released again for a second close (after an error)
-        self._thread.release()
+        self._thread.join()
         if self._error is not None:
             raise self._error

@@ -92,9 +92,8 @@ class ThreadPool:
                 task._run()  # releases whoever waits on it
         for _ in self._threads:
             self._tasks.put(None)
-        for finished in self._threads:
-            finished.acquire()  # joined; released again, so that a second shutdown returns too
-            finished.release()
+        for thread in self._threads:
+            thread.join()
 
 
 def _raise(error: BaseException):
