@@ -33,6 +33,7 @@ else:  # imported as a preload, before the worker sets up its periodic callbacks
 PLUGIN_NAME = "octoray-accelerator"
 RUN_OP = "octoray_run"  # the client's request: run one task here, reply with its result
 STAT_OP = "octoray_stat"  # the client's question: which file do you see at this path?
+UNAVAILABLE = "unavailable"  # a reply's status: this worker cannot open its accelerator now
 
 
 class AcceleratorPlugin(WorkerPlugin):
@@ -49,19 +50,32 @@ class AcceleratorPlugin(WorkerPlugin):
         return self.lanes[0] if self.lanes else None
 
     def setup(self, worker) -> None:
+        """Answer requests first, then open the cards: a card held by another process (say a
+        worker still shutting down) fails here, and each request tries it again, so the
+        worker joins the run once the card is free instead of never."""
+        self.worker = worker
+        worker.handlers[RUN_OP] = self.run_request
+        worker.handlers[STAT_OP] = stat_path
+        from octoray.kernels import AcceleratorError
+
+        try:
+            self._open_lanes()
+        except AcceleratorError as error:
+            import logging
+
+            logging.getLogger("distributed.worker").warning("octoray: %s; trying again on each task", error)
+
+    def _open_lanes(self) -> None:
         from octoray.kernels import install_local_accelerator
         from octoray.kernels.lanes import close_lanes, open_lanes
 
         lanes = open_lanes()
-        threads = max(1, getattr(getattr(worker, "state", None), "nthreads", 0) or len(lanes))
+        threads = max(1, getattr(getattr(self.worker, "state", None), "nthreads", 0) or len(lanes))
         if len(lanes) > threads:  # a card no thread would drive: leave it to another process
             close_lanes(lanes[threads:])
             lanes = lanes[:threads]
         self.lanes = lanes
         install_local_accelerator(lanes)
-        self.worker = worker
-        worker.handlers[RUN_OP] = self.run_request
-        worker.handlers[STAT_OP] = stat_path
 
     async def run_request(self, payload=None):
         """One task sent straight from the client (no scheduler in between), run on one of
@@ -71,6 +85,13 @@ class AcceleratorPlugin(WorkerPlugin):
 
         from distributed.protocol import to_serialize
 
+        from octoray.kernels import AcceleratorError
+
+        if not self.lanes:
+            try:
+                self._open_lanes()
+            except AcceleratorError as error:  # the client sends the task elsewhere
+                return {"status": UNAVAILABLE, "reason": str(error)}
         fn, args = payload
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._threads(), run_task, fn, args)
@@ -195,8 +216,17 @@ def describe_worker(dask_worker) -> dict:
     """Run on each worker by `octoray status`: its lanes (accelerator, tasks), threads, tasks done."""
     from octoray.kernels import local_lanes
 
+    from octoray.kernels import AcceleratorError
+
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    lanes = plugin.lanes if plugin and plugin.lanes else local_lanes()
+    try:
+        if plugin and not plugin.lanes:
+            plugin._open_lanes()
+        lanes = plugin.lanes if plugin else local_lanes()
+    except AcceleratorError as error:
+        threads = dask_worker.state.nthreads
+        return {"name": str(dask_worker.name), "accelerator": f"unavailable: {error}", "threads": threads,
+                "tasks": 0, "preloaded": plugin is not None, "lanes": []}
     threads = dask_worker.state.nthreads
     tasks = plugin.tasks_done if plugin else 0
     rows = [{"accelerator": lane.name, "tasks": getattr(lane, "tasks_done", 0)} for lane in lanes]

@@ -40,7 +40,8 @@ class Cluster:
         time.sleep(0.3)
         self.address = json.loads(self.scheduler_file.read_text())["address"]
 
-    def add_worker(self, name: str, device: int | None, accelerator: str = "cpu", threads: int = 1) -> None:
+    def add_worker(self, name: str, device: int | None, accelerator: str = "cpu", threads: int = 1,
+                   preload: bool = True) -> None:
         """A worker bound to card `device` (None: OCTORAY_DEVICE unset, every free card)."""
         env = dict(self.env, OCTORAY_ACCELERATOR=accelerator)
         env.pop("OCTORAY_DEVICE", None)
@@ -49,7 +50,7 @@ class Cluster:
         self.workers[name] = subprocess.Popen(
             # no nanny: the process killed in the tests is the worker itself
             [*dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads), "--no-dashboard",
-             "--no-nanny", "--preload", "octoray.worker", *self.tls],
+             "--no-nanny", *(["--preload", "octoray.worker"] if preload else []), *self.tls],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 
     def wait_for_workers(self, n: int) -> None:
@@ -106,6 +107,22 @@ def test_fclassify_on_the_cluster_prints_what_it_prints_locally(cluster, tmp_pat
     assert remote.stdout == local.stdout and len(local.stdout.splitlines()) == 96
     done = cluster.status()
     assert all(n >= 3 for n in done.values()), done
+
+
+def test_workers_started_without_the_preload_get_it_from_the_client(tmp_path, gzip_bin):
+    """Both workers refuse the first requests at once; the client installs octoray's plugin
+    once, and every refused request waits for it and goes again."""
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker("plain0", None, preload=False)
+        c.add_worker("plain1", None, preload=False)
+        c.wait_for_workers(2)
+        data = text_like(6 << 20, seed=23)
+        out = fgzip("-b", "64", input=data, env=with_cluster_env(c), check=True)
+        assert run([gzip_bin, "-dc"], input=out.stdout, check=True).stdout == data
+        assert all(tasks >= 1 for tasks in c.status().values()), c.status()
+    finally:
+        c.stop()
 
 
 def test_status_lists_each_worker_and_its_accelerator(cluster):

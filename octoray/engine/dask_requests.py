@@ -10,8 +10,10 @@ so its card never idles), the least loaded first.  The scheduler is asked only w
 workers are, at most once a second.
 
 A worker lost mid-request (its connection breaks) is left out for a few seconds and the task
-goes to another one; after RESUBMISSIONS such losses the run fails.  A worker that sees the
-input file differently from this host gets that task's bytes instead of its ranges.
+goes to another one; after RESUBMISSIONS such losses the run fails.  A worker whose card
+cannot be opened yet (held by another process) answers so, and is left out for as long.  A
+worker that sees the input file differently from this host gets that task's bytes instead of
+its ranges.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ LEFT_OUT = 5.0  # seconds a worker whose connection broke is not sent anything
 class _Slot:
     """What the client knows of one worker."""
 
-    __slots__ = ("address", "name", "threads", "busy", "left_out_until", "sees_file")
+    __slots__ = ("address", "name", "threads", "busy", "left_out_until", "sees_file", "unavailable")
 
     def __init__(self, address: str):
         self.address, self.name = address, address
         self.threads, self.busy, self.left_out_until = 1, 0, 0.0
         self.sees_file: bool | None = None  # None: not asked
+        self.unavailable: str | None = None  # why its card could not be opened, last time
 
 
 class WorkerPool:
@@ -46,7 +49,7 @@ class WorkerPool:
         self.reading = False  # tasks may carry file ranges (fgzip's input, fclassify's images)
         self._asked = 0.0
         self._queue: deque = deque()  # futures of the requests waiting for a worker, oldest first
-        self._plugin_installed = False
+        self._plugin_install: asyncio.Future | None = None  # done: when the plugin was in place
         self._update(self.client.scheduler_info()["workers"])
 
     def threads(self) -> int:
@@ -138,7 +141,7 @@ class WorkerPool:
                 else:
                     alone_since = alone_since or now
                     if now - alone_since > NO_WORKERS_TIMEOUT:
-                        raise ClusterError(f"the cluster at {self.executor.address} has no workers left")
+                        raise self._no_workers_left()
                     await self.refresh()
                 self._hand_out()  # a worker left out may be back
         except BaseException:
@@ -148,15 +151,21 @@ class WorkerPool:
             waiter.cancel()
             raise
 
+    def _no_workers_left(self) -> ClusterError:
+        why = "".join(f"; {slot.name}: {slot.unavailable}" for slot in self.slots.values() if slot.unavailable)
+        return ClusterError(f"the cluster at {self.executor.address} has no workers left{why}")
+
     async def run(self, task):
         """Send `task` to a worker and return its result; see the module docstring."""
         from distributed.protocol import to_serialize
 
         from octoray.engine.file_ranges import FileChanged
+        from octoray.worker import UNAVAILABLE
 
         losses, failure = 0, None
         while True:
             slot = await self._take()
+            sent = time.monotonic()
             try:
                 payload = (task.fn, self._arguments_for(slot, task.args))
                 reply = await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
@@ -170,8 +179,12 @@ class WorkerPool:
                 slot.busy -= 1
                 self._hand_out()
             if reply is None:  # the worker runs without octoray's preload
-                await self._install_plugin(slot)
+                await self._install_plugin(slot, sent)
                 continue
+            if reply.get("status") == UNAVAILABLE:  # its card cannot be opened now: try another
+                slot.left_out_until, slot.unavailable = time.monotonic() + LEFT_OUT, reply.get("reason")
+                continue
+            slot.unavailable = None
             if reply.get("status") == "OK":
                 from octoray.worker import DeflatedChunks
 
@@ -231,13 +244,19 @@ class WorkerPool:
         await asyncio.gather(*(ask(slot) for slot in list(self.slots.values())))
         return [slot.address for slot in self.slots.values() if slot.sees_file]
 
-    async def _install_plugin(self, slot: _Slot) -> None:
+    async def _install_plugin(self, slot: _Slot, sent: float) -> None:
         """Register octoray's worker plugin with the cluster (once): workers started without
-        ``--preload octoray.worker`` then answer the requests too."""
-        if self._plugin_installed:
-            slot.left_out_until = float("inf")  # installed, and still no answer: not an octoray worker
-            return
-        from octoray.worker import AcceleratorPlugin
+        ``--preload octoray.worker`` then answer the requests too.  Every request refused
+        before the plugin was in place waits for it and tries again."""
+        if self._plugin_install is None:
+            from octoray.worker import AcceleratorPlugin
 
-        self._plugin_installed = True
-        await asyncio.get_running_loop().run_in_executor(None, self.client.register_plugin, AcceleratorPlugin())
+            async def install() -> float:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.client.register_plugin, AcceleratorPlugin())
+                return time.monotonic()
+
+            self._plugin_install = asyncio.ensure_future(install())
+        installed = await asyncio.shield(self._plugin_install)
+        if sent > installed:  # asked after the plugin was in place: not an octoray worker
+            slot.left_out_until = float("inf")
