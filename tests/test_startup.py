@@ -25,7 +25,9 @@ def test_tiny_file_imports_no_heavy_modules(tmp_path):
 
 def test_parallel_decompression_imports_no_threading_or_ctypes(tmp_path):
     """`fgzip -d -p 2` starts its threads raw and tunes malloc in C: threading, queue and
-    ctypes are milliseconds of start-up on every run (octoray.threads.start_thread)."""
+    ctypes are milliseconds of start-up on every run (octoray.threads.start_thread), and so
+    are collections and importlib.util (a deque from _collections; pynq looked up through
+    sys.meta_path)."""
     data = bytes(range(256)) * 20000  # several chunks at -b 128
     packed = subprocess.run([sys.executable, str(ROOT / "bin" / "fgzip"), "-b", "128", "-c"], input=data,
                             capture_output=True, check=True).stdout
@@ -33,7 +35,7 @@ def test_parallel_decompression_imports_no_threading_or_ctypes(tmp_path):
         "import sys; sys.argv = ['fgzip', '-d', '-p', '2'];"
         "from octoray.cli.fgzip import main; status = main(); sys.stdout.flush();"
         "import octoray.jobs.gunzip_parallel as p, octoray.engine.allocator as a;"
-        "seen = sorted(m for m in ('threading', 'queue', 'ctypes', 'concurrent.futures') if m in sys.modules);"
+        "seen = sorted(m for m in ('threading', 'queue', 'ctypes', 'concurrent.futures', 'collections', 'importlib.util') if m in sys.modules);"
         "sys.stderr.write(repr((seen, a._tuned))); sys.exit(status)"
     )
     result = subprocess.run([sys.executable, "-c", probe], input=packed, capture_output=True, cwd=ROOT, timeout=60)

@@ -30,7 +30,6 @@ and input can lie.
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
 
 from octoray.formats import gzip as gz
 from octoray.formats._chunks import find_marker  # noqa: F401 - part of this module's API
@@ -47,13 +46,28 @@ MAX_SLOTS = (MAX_XLEN - 4 - _FIXED.size) // 4
 by scanning."""
 
 
-class ChunkLayout(namedtuple("ChunkLayout", "chunk_size variable sizes", defaults=(False, ()))):
+class ChunkLayout:
     """What a member's subfield announces: the chunk size, whether chunks hold at most that
     much (VARIABLE), and the recorded compressed sizes of the first chunks (no zeros).  A
-    named tuple, not a dataclass: fgzip -d imports this module, and dataclasses cost
-    milliseconds of start-up."""
+    plain class: fgzip -d imports this module, and a dataclass or a named tuple (collections)
+    costs its start-up milliseconds."""
 
-    __slots__ = ()
+    __slots__ = ("chunk_size", "variable", "sizes")
+
+    def __init__(self, chunk_size: int, variable: bool = False, sizes: tuple = ()):
+        self.chunk_size, self.variable, self.sizes = chunk_size, variable, sizes
+
+    def _fields(self) -> tuple:
+        return self.chunk_size, self.variable, self.sizes
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ChunkLayout) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"ChunkLayout(chunk_size={self.chunk_size}, variable={self.variable}, sizes={self.sizes})"
 
 
 def index_slots(input_size: int | None, chunk_size: int) -> int:
