@@ -47,6 +47,39 @@ def test_header_faults_in_a_listing(tmp_path):
     assert_same(tmp_path, ["-l", "enc.gz", "late.gz", "hcrc.gz", "ok.gz"], damaged)
 
 
+PLAIN = b"plain text, not gzip\n"
+
+
+@pytest.mark.parametrize("name", ["method", "enc", "flags", "hcrc", "plain", "cut", "late"])
+@pytest.mark.parametrize("mode", ["-dc", "-t", "-l"])
+def test_a_first_header_refused_on_stdin_ends_the_run(tmp_path, name, mode):
+    """gzip exits at once when stdin's first header is refused (later operands are not read),
+    where a refused file only skips that file; damage after the header is not such a case."""
+    src = tmp_path / "src"
+    src.mkdir()
+    damaged(src)
+    data = PLAIN if name == "plain" else (src / f"{name}.gz").read_bytes()
+    assert_same(tmp_path, [mode, "-", "ok.gz"], damaged, input=data, stdout="same" if mode != "-dc" else None)
+
+
+@pytest.mark.parametrize("data", [b"", b"x", PLAIN, GOOD + PLAIN])
+@pytest.mark.parametrize("mode", [["-df"], ["-dfv"], ["-tf"], ["-lf"], ["-d"]])
+def test_forced_decompression_of_stdin_copies_what_is_not_gzip(tmp_path, data, mode):
+    """stdin's output is stdout, so gzip -df < FILE copies data that is not gzip as -cdf does;
+    under -lf an input too short for the magic is "not in gzip format", not cut off."""
+    assert_same(tmp_path, mode, damaged, input=data)
+
+
+@pytest.mark.parametrize("mode", ["-l", "-lf", "-lv"])
+def test_listing_follows_a_symbolic_link_as_gzip_does(tmp_path, mode):
+    def setup(where):
+        damaged(where)
+        (where / "link.gz").symlink_to("ok.gz")
+        (where / "short").symlink_to("one.gz")
+
+    assert_same(tmp_path, [mode, "link.gz", "short"], setup)
+
+
 def test_sigpipe_is_silent():
     blob = gz_bytes(bytes(30_000_000))
     proc = subprocess.run(f"{' '.join(tool('fgzip'))} -dc | head -c 10", shell=True, input=blob,

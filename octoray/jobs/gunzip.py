@@ -68,12 +68,14 @@ class _Input:
         return copied
 
 
-def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header=None,
+def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: bool = False, on_header=None,
                       executor=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
     """Decompress every member from `fd_in` to `write`; return the totals and what gzip would
     say after the data: None, a Notice (trailing data), or a later member's HeaderFault.
 
     With `passthrough` (gzip -cdf), data that is not gzip is copied to `write` unchanged.
+    `forced` (gzip -lf; implied by `passthrough`): gzip's -f with output to stdout reads the
+    magic leniently, so an input shorter than it is "not in gzip format", not cut off.
     `on_header` is called once the first header is read (gzip -v names the file then).
     `executor`, a callable, opens the executor that decodes members of independent chunks
     (octoray.formats.gzip_chunks) in parallel; it is called only when one is met.
@@ -82,7 +84,8 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header
     source = _Input(fd_in)
     totals = Totals()
     try:
-        outcome = _decompress_members(source, write, totals, passthrough, on_header, executor)
+        outcome = _decompress_members(source, write, totals, passthrough, forced or passthrough, on_header,
+                                      executor)
         totals.bytes_in = source.consumed + len(source.buffer)
         return totals, outcome
     except faults.Fault as failure:
@@ -90,13 +93,13 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, on_header
         raise
 
 
-def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool,
+def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool, forced: bool,
                         on_header, executor) -> faults.Notice | faults.HeaderFault | None:
     while True:
         if not source.fill(1):
             if totals.members == 0:
                 if not passthrough:
-                    raise faults.UnexpectedEnd
+                    raise faults.NotCompressed if forced else faults.UnexpectedEnd
                 if on_header is not None:
                     on_header()  # gzip -cdfv names even an empty file
                 totals.copied = True
@@ -114,7 +117,7 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
                 if last:
                     return outcome
                 continue
-        header = _next_header(source, totals, passthrough)
+        header = _next_header(source, totals, passthrough, forced)
         if header is None:
             if passthrough:
                 if totals.members == 0 and on_header is not None:
@@ -137,7 +140,7 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             _inflate_member(source, write, totals)
 
 
-def _next_header(source: _Input, totals: Totals, passthrough: bool):
+def _next_header(source: _Input, totals: Totals, passthrough: bool, forced: bool):
     """The next member's header; None where the data is not gzip (after a member, or under
     -cdf); a later member's HeaderFault.  The first member's faults are raised."""
     while True:
@@ -156,7 +159,7 @@ def _next_header(source: _Input, totals: Totals, passthrough: bool):
             if passthrough:
                 return None
             if totals.members == 0:
-                if not source.fill(2):  # one byte: gzip hits the end reading the magic
+                if not source.fill(2) and not forced:  # one byte: gzip hits the end reading the magic
                     raise faults.UnexpectedEnd from None
                 raise
             if not source.fill(2):  # gzip reads a lone stray byte as a cut-off magic

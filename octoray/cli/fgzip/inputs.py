@@ -15,7 +15,7 @@ def open_input(path: str, run: Run, walk) -> tuple[int, os.stat_result] | None:
     """The open descriptor and its status, or None after gzip's message; a directory under
     -r is handed to `walk`."""
     options = run.options
-    follow = options.force or options.stdout
+    follow = options.force or options.stdout or options.list  # gzip -l and -t write to stdout, as -c does
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)

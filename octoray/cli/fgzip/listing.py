@@ -89,7 +89,7 @@ def list_stream(fd: int, name: str, mtime: int, run: Run, label: str = "stdin") 
 
     lister = run.lister
     try:
-        totals, outcome = decompress_stream(fd, discard)
+        totals, outcome = decompress_stream(fd, discard, forced=run.options.force)  # -l writes to stdout, for gzip
     except faults.Fault as failure:
         _update_header_bytes(lister, failure.totals)
         run.fault(label, failure)

@@ -45,11 +45,12 @@ def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mo
                            rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
 
 
-def _decompression(fd_in: int, write, run: Run, on_header=None):
+def _decompression(fd_in: int, write, run: Run, on_header=None, stdin: bool = False):
     from octoray.jobs.gunzip import decompress_stream
 
     options = run.options
-    passthrough = options.force and options.stdout and not options.list  # gzip -cdf (and -tf)
+    # gzip -cdf (and -tf, and -df reading stdin, whose output is stdout): not gzip is copied
+    passthrough = options.force and (options.stdout or stdin) and not options.list
     return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header,
                              executor=lambda: _executor(run))
 
@@ -111,9 +112,10 @@ def _decompress_to_stdout_or_test(fd: int, label: str, run: Run) -> None:
     prefix = None if label == "stdin" else (lambda: _verbose_prefix(run, label))
     try:
         if options.test:
-            totals, outcome = _decompression(fd, output.discard, run, prefix)
+            totals, outcome = _decompression(fd, output.discard, run, prefix, label == "stdin")
         else:
-            totals, outcome = output.to_stdout(lambda write, _seekable: _decompression(fd, write, run, prefix))
+            totals, outcome = output.to_stdout(
+                lambda write, _seekable: _decompression(fd, write, run, prefix, label == "stdin"))
     except faults.Fault as failure:
         run.fault(label, failure)
         return

@@ -48,6 +48,10 @@ WORDING = {
 }
 
 ENDS_RUN = (faults.UnexpectedEnd, faults.CorruptData, faults.MoreEntriesUnchanged)
+# What gzip's get_method refuses in the first header: read from stdin, gzip exits at once
+# (later operands are not read), where for a file it goes on with the next one.
+STDIN_ENDS_RUN = (faults.NotCompressed, faults.UnknownMethod, faults.Encrypted, faults.ReservedFlags,
+                  faults.HeaderChecksum, faults.ZipNotValid, faults.ZipMethod, faults.ZipEncrypted)
 """Faults on which gzip gives up the whole run (abort_gzip), -t and -l included."""
 
 
@@ -104,13 +108,15 @@ class Run:
 
     def fault(self, label: str, failure: faults.Fault) -> None:
         """Report a fault that ends this file; raise Abort where gzip gives up the whole run:
-        a cut-off or malformed stream, or a bad check value outside -t and -l."""
+        a cut-off or malformed stream, a bad check value outside -t and -l, or a first header
+        it refuses on stdin."""
         self.early_notices(label, failure.totals)
         options = self.options
         checking = options.test or options.list
         self.error(fault_text(label, failure, to_file=not (checking or options.stdout or label == "stdin")))
         if isinstance(failure, ENDS_RUN) or (
-                isinstance(failure, (faults.CrcMismatch, faults.LengthMismatch)) and not checking):
+                isinstance(failure, (faults.CrcMismatch, faults.LengthMismatch)) and not checking) or (
+                label == "stdin" and isinstance(failure, STDIN_ENDS_RUN)):
             raise Abort
 
     def early_notices(self, label: str, totals) -> None:
