@@ -176,3 +176,16 @@ def test_name_and_time_stored_like_gzip(tmp_path):
     theirs = run(["gzip", "-c", "a"], cwd=tmp_path, check=True).stdout
     assert ours[3:8] == theirs[3:8] and ours[10:12] == theirs[10:12] == b"a\0"
     assert fgzip("-cn", "a", cwd=tmp_path, check=True).stdout[3:8] == b"\0" * 5
+
+
+@pytest.mark.parametrize("args", [["-a", "-c"], ["-a", "-q", "-c"], ["-q", "-a", "-c"], ["-a", "-q", "-v", "-c"],
+                                  ["-a", "-v", "-q", "-c"], ["--ascii", "-dc"]])
+def test_the_ascii_warning_follows_the_last_word_on_quiet(tmp_path, args):
+    """gzip warns about -a after reading every option: -q anywhere hushes it, unless a -v
+    comes after the -q."""
+    def setup(where):
+        put(where, "a.txt", b"text\n" * 50)
+        put(where, "a.gz", gz_bytes(b"text\n" * 50))
+
+    operand = "a.gz" if "-dc" in args else "a.txt"
+    assert_same(tmp_path, [*args, operand], setup, stdout="gunzip" if "-c" in args else "same", ratios=False)

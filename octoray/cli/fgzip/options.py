@@ -212,7 +212,8 @@ def _apply(key: str, value: str | None, options: Options, checks: list) -> None:
             checks.append(lambda: _raise(Fatal(f"--cluster takes 'local', not '{value}'")))
         options.cluster = value
     elif key == "ascii":
-        checks.insert(0, lambda: message(f"{PROGRAM}: option --ascii ignored on this system"))
+        # gzip warns after reading every option: a -q anywhere (not undone by a later -v) hushes it
+        checks.insert(0, lambda: options.quiet or message(f"{PROGRAM}: option --ascii ignored on this system"))
     elif key == "lzw":
         raise UsageError("-Z not supported in this version")
     # "bits": gzip accepts and ignores its hidden LZW option; "zopfli": pigz's -F -I -J -O tune
