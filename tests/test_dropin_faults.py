@@ -98,6 +98,17 @@ def test_full_disk_on_stdout(mode):
     assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
 
 
+def test_a_listing_on_a_full_disk_says_so_with_status_1(tmp_path):
+    """The listing is printed through Python's buffered stdout: its failed flush at the end
+    still gives status 1 and one line (gzip names the listed file's output name there)."""
+    put(tmp_path, "ok.gz", GOOD)
+    with open("/dev/full", "wb") as full:
+        ours = subprocess.run([*tool("fgzip"), "-l", "ok.gz"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
+                              timeout=60)
+    assert ours.returncode == 1
+    assert ours.stderr == b"fgzip: stdout: No space left on device\n"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXCPU])
 def test_signal_removes_partial_output(tmp_path, signum):
     """Signalled while its temporary output exists, fgzip removes it and dies of the signal."""

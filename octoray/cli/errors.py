@@ -99,6 +99,18 @@ def failure_text(program: str, failure: BaseException, unnamed: str | None = "st
     return describe(program, failure)
 
 
+def finish(status: int):
+    """End a launcher's process with `status` once stdout and stderr are written, skipping the
+    interpreter's teardown (freeing every module's objects: about 5 ms of each fgzip run).  A
+    flush that fails is left to the ordinary exit, which reports it as it always did."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(status)
+    os._exit(status)
+
+
 def leave(status: int) -> int:
     """Return `status`, or, where Dask was loaded, end the process now: its event-loop thread
     and exit handlers can still print as the interpreter ends, and every output is complete."""
