@@ -48,11 +48,11 @@ WORDING = {
 }
 
 ENDS_RUN = (faults.UnexpectedEnd, faults.CorruptData, faults.MoreEntriesUnchanged)
+"""Faults on which gzip gives up the whole run (abort_gzip), -t and -l included."""
 # What gzip's get_method refuses in the first header: read from stdin, gzip exits at once
 # (later operands are not read), where for a file it goes on with the next one.
 STDIN_ENDS_RUN = (faults.NotCompressed, faults.UnknownMethod, faults.Encrypted, faults.ReservedFlags,
                   faults.HeaderChecksum, faults.ZipNotValid, faults.ZipMethod, faults.ZipEncrypted)
-"""Faults on which gzip gives up the whole run (abort_gzip), -t and -l included."""
 
 
 def fault_text(label: str, fault, to_file: bool = False) -> str:
