@@ -9,7 +9,7 @@ import time
 import pytest
 
 from octoray.engine.executors import LocalExecutor
-from octoray.engine.stream import default_window, ordered_map
+from octoray.engine.stream import batched, default_window, ordered_map
 
 
 def slow_square(x):
@@ -88,15 +88,21 @@ class GroupingExecutor(LocalExecutor):
 
 @pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 23, 24, 25, 100])
 def test_jobs_grouped_per_task_come_back_one_result_per_job_in_order(count):
-    """Groups of 8, except the stream's last jobs (a group's worth per worker), which go one
-    per task so that the workers finish together."""
+    """Groups of 8, then the stream's last jobs (a group's worth per worker) in shrinking
+    groups that end one job per task, so that the workers finish together."""
     with GroupingExecutor(2, jobs_per_task=8) as executor:
         out = list(ordered_map(slow_square, ((i,) for i in range(count)), executor))
     assert out == [i * i for i in range(count)]
+    sizes = executor.sizes
+    assert sum(sizes) == count and all(1 <= n <= 8 for n in sizes)
+    assert sizes == sorted(sizes, reverse=True)
     tail = 8 * 2
+    assert sizes[:max(0, count - tail) // 8] == [8] * (max(0, count - tail) // 8)
+    assert sizes[-min(count, 4):] == [1] * min(count, 4)
     groups = max(0, count - tail) // 8
-    assert executor.sizes == [8] * groups + [1] * (count - 8 * groups)
-    assert executor.sizes.count(1) >= min(count, tail)
+    assert len(sizes) <= groups + (count - 8 * groups)  # never more tasks than one per tail job
+    if count == 100:
+        assert len(sizes) < groups + (count - 8 * groups)  # fewer, here
 
 
 def head(data, n):
@@ -243,3 +249,25 @@ print(json.dumps([statuses, submitted[0], [m for m in ("concurrent.futures", "lo
     statuses, submitted, imported = json.loads(out.stdout)
     assert statuses == [0, 0] and imported == []
     assert submitted > 2 * 60  # 4 MB in 64 KiB chunks, compressed and then decoded on the pool
+
+
+def test_requests_grow_with_a_file_the_workers_read_while_every_slot_keeps_four():
+    """Where the workers read the file, a request carries 8 jobs, more for a file large enough
+    that every request slot still gets 4 requests, and never more than 32."""
+    from octoray.engine.dask_executor import file_jobs_per_task
+
+    assert file_jobs_per_task(10, 4) == 8  # a small file: the floor
+    assert file_jobs_per_task(4 * 4 * 20, 4) == 20  # 4 slots x 4 requests x 20 jobs
+    assert file_jobs_per_task(2048, 4) == 32  # 2 GB at 1 MiB jobs on two workers: the ceiling
+    assert file_jobs_per_task(512, 16) == 8  # eight cards on 512 MB stay at the floor
+    assert file_jobs_per_task(10**6, 0) == 32
+
+
+def test_a_long_tail_shrinks_to_single_jobs_in_few_tasks():
+    """32 jobs a task on 4 request slots reads 128 jobs ahead: they used to go as 128 tasks
+    of one job (each costing the client a request); now the groups shrink to single jobs."""
+    sizes = [len(group) for group in batched(range(1000), 32, 128)]
+    assert sum(sizes) == 1000 and sizes == sorted(sizes, reverse=True) and max(sizes) == 32
+    assert sizes[-4:] == [1, 1, 1, 1]
+    tail_tasks = [n for n in sizes if n < 32]
+    assert sum(tail_tasks) >= 100 and len(tail_tasks) < 60

@@ -26,8 +26,16 @@ RESUBMISSIONS = 4
 # data, and finer tasks keep several cards evenly busy (the stream's last jobs go one by one).
 JOBS_PER_TASK = 4
 # Where the workers read the file themselves a request carries no data, only its cost: fewer,
-# larger ones (the client's CPU per GB is then mostly requests and results).
+# larger ones (the client's CPU per GB is then mostly requests and results), growing with the
+# file up to MAX_FILE_JOBS_PER_TASK while every request slot still gets FILE_TASKS_PER_SLOT tasks.
 FILE_JOBS_PER_TASK = 8
+MAX_FILE_JOBS_PER_TASK = 32
+FILE_TASKS_PER_SLOT = 4
+
+
+def file_jobs_per_task(jobs: int, slots: int) -> int:
+    """Jobs per request for a file of `jobs` jobs read by the workers over `slots` request slots."""
+    return min(MAX_FILE_JOBS_PER_TASK, max(FILE_JOBS_PER_TASK, jobs // (FILE_TASKS_PER_SLOT * max(1, slots))))
 
 
 class ClusterError(RuntimeError):
@@ -140,7 +148,9 @@ class DaskExecutor:
         if not self._workers_read(path, ident, path, "its data"):
             return None
         self.pool.shared_file = (fd, path, ident)
-        self.jobs_per_task = max(1, int(self._jobs_asked or FILE_JOBS_PER_TASK))
+        jobs = -(-(ident[0] - start) // block_size)
+        asked = self._jobs_asked
+        self.jobs_per_task = max(1, int(asked)) if asked else file_jobs_per_task(jobs, self.workers)
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
     def shared_paths(self, path: str, ident: tuple[int, int]) -> bool:

@@ -6,9 +6,9 @@ raised to the writer, and everything still in flight is cancelled.
 
 An executor whose tasks cost much to send (a Dask cluster) says how many jobs one task
 carries (``jobs_per_task``); consecutive jobs then travel and run together, and the writer
-still sees one result per job, in order.  The last jobs of the stream travel one per task
-(a few are read ahead to know where the end is): the cards then finish together instead of
-some idling while others end a whole group.  The results are the same either way.
+still sees one result per job, in order.  The last jobs of the stream travel in shrinking
+groups, ending one per task (a few are read ahead to know where the end is): the cards then
+finish together instead of some idling while others end a whole group.  The results are the same either way.
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ def _ordered(task, jobs, executor, window: int | None):
 
 
 def batched(items, size: int, tail: int = 0):
-    """Lists of `size` consecutive items, except the last `tail` items (or fewer), which come
-    one per list; `tail` items are read ahead to know which are the last."""
+    """Lists of `size` consecutive items, except the last `tail` items (or fewer), read ahead
+    to know which are the last: those come in shrinking lists (a quarter of what is left per
+    `tail // size` slots, at most `size`), down to one item each, so that the workers finish
+    together without a task per item for the whole tail."""
     ahead: deque = deque()
     for item in items:
         ahead.append(item)
@@ -111,8 +113,10 @@ def batched(items, size: int, tail: int = 0):
     if not tail and ahead:
         yield list(ahead)
         return
+    share = 4 * max(1, tail // size)
     while ahead:
-        yield [ahead.popleft()]
+        count = max(1, min(size, len(ahead) // share))
+        yield [ahead.popleft() for _ in range(count)]
 
 
 def _chain(first, second, rest):
