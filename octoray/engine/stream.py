@@ -8,7 +8,8 @@ An executor whose tasks cost much to send (a Dask cluster) says how many jobs on
 carries (``jobs_per_task``); consecutive jobs then travel and run together, and the writer
 still sees one result per job, in order.  The last jobs of the stream travel in shrinking
 groups, ending one per task (a few are read ahead to know where the end is): the cards then
-finish together instead of some idling while others end a whole group.  The results are the same either way.
+finish together instead of some idling while others end a whole group.  The results are the
+same either way.
 """
 
 from __future__ import annotations
