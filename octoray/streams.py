@@ -45,10 +45,24 @@ def _empty_buffer(size: int) -> memoryview:
 
 def read_full_bytes(fd: int, size: int) -> bytes:
     """read_full as bytes, for readers that slice and join what they read: no zero-filled
-    buffer, and no copy when one read brings it all (a file, a full pipe)."""
+    buffer, and no copy when one read brings it all (a file, a full pipe); the rest of a
+    short read goes into the same bytes object (octoray/_streams.c) where that is built."""
+    global _read_rest
     data = os.read(fd, size)
     if not data or len(data) == size:
         return data
+    if _read_rest is None:
+        try:
+            from octoray._streams import read_rest as _read_rest
+        except ImportError:  # a checkout whose extensions are not built
+            _read_rest = _joined_rest
+    return _read_rest(fd, data, size)
+
+
+_read_rest = None  # octoray._streams.read_rest once a short read needs it
+
+
+def _joined_rest(fd: int, data: bytes, size: int) -> bytes:
     parts, got = [data], len(data)
     while got < size:
         part = os.read(fd, size - got)
@@ -66,6 +80,13 @@ def read_chunks(fd: int, size: int):
         following = read_full(fd, size) if len(chunk) == size else memoryview(b"")
         yield chunk, not following
         chunk = following
+
+
+def in_place(write):
+    """`write` for a caller that only waits between pieces: a BackgroundWriter's write_here
+    (see there), any other callable as it is."""
+    writer = getattr(write, "__self__", None)
+    return writer.write_here if isinstance(writer, BackgroundWriter) else write
 
 
 def write_all(fd: int, data) -> None:
@@ -134,6 +155,30 @@ class BackgroundWriter:
         self._held_bytes += len(data)
         if self._held_bytes > self.SMALL:
             self._start()
+
+    def write_here(self, data) -> None:
+        """Write on the caller's thread, after everything queued: for a caller that only waits
+        between pieces (an ordered collector of results), where the thread would add a
+        handoff per piece and overlap nothing."""
+        if self._error is not None:
+            raise self._error
+        if not data:
+            return
+        if self._held:
+            write_all(self.fd, b"".join(self._held))
+            self._held, self._held_bytes = [], 0
+        elif self._thread is not None:
+            self._drain()
+        write_all(self.fd, data)
+
+    def _drain(self) -> None:
+        """Wait until the thread has written every queued piece (it frees a slot after each)."""
+        for _ in range(self.depth):
+            self._free.get()
+        for _ in range(self.depth):
+            self._free.put(True)
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         if self._thread is None:

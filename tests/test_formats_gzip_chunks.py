@@ -148,6 +148,25 @@ def test_each_chunk_verifies_on_its_own(inflate_chunk, data, chunk_size, level):
         assert result.used == len(chunk) and result.final == (i == len(chunks) - 1)
 
 
+@both_verifiers
+@settings(max_examples=60, deadline=None)
+@given(data=data_of_any_kind, chunk_size=st.integers(1, 4000), cuts=st.lists(st.integers(0, 10_000), max_size=4))
+def test_a_chunk_given_in_pieces_verifies_as_the_whole(inflate_chunk, data, chunk_size, cuts):
+    """The reader hands a chunk lying across its blocks over as a list of views, unjoined."""
+    for chunk in deflated_chunks(data, chunk_size, 6)[:3]:
+        bounds = sorted({0, len(chunk), *(c % (len(chunk) + 1) for c in cuts)})
+        pieces = [memoryview(chunk)[a:b] for a, b in zip(bounds, bounds[1:])] or [b""]
+        assert outcome(inflate_chunk(pieces, chunk_size)) == outcome(inflate_chunk(chunk, chunk_size)) is not None
+        damaged = bytearray(chunk)
+        damaged[len(chunk) // 2] ^= 0x55
+        pieces = [damaged[:len(chunk) // 3], memoryview(damaged)[len(chunk) // 3:]]
+        assert outcome(inflate_chunk(pieces, chunk_size)) == outcome(inflate_chunk(bytes(damaged), chunk_size))
+
+
+def outcome(result):
+    return None if result is None else (result.data, result.crc, result.used, result.final, result.proved)
+
+
 def streams_with_many_blocks(seed: int, size: int) -> bytes:
     """A raw deflate stream from zlib with every kind of block and flush, cut up at random."""
     rng = random.Random(seed)

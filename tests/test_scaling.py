@@ -78,6 +78,29 @@ def test_the_embedded_default_keeps_every_card_busy_with_the_same_output(tmp_pat
     assert run([gzip_bin, "-dc"], input=cli.stdout, check=True).stdout == data.read_bytes()
 
 
+DECODING_PROBE = """
+import json, os
+import octoray.kernels as kernels
+from octoray.engine.cluster import open_executor
+from octoray.engine.executors import available_cpus
+with open_executor(accelerators=False) as executor:
+    print(json.dumps([type(executor).__name__, executor.workers == available_cpus(), kernels._lanes is None]))
+"""
+
+
+def test_decoding_runs_on_the_cpus_threads_and_opens_no_card(tmp_path, gzip_bin):
+    """No card decodes gzip: fgzip -d's embedded engine is the CPU's thread pool (-p threads,
+    not two per card), and it opens no card to find that out."""
+    env = cards_env(3, PYTHONPATH=str(ROOT))
+    probe = subprocess.run([sys.executable, "-c", DECODING_PROBE], capture_output=True, env=env, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == ["LocalExecutor", True, True]
+    data = text_like(3 << 20, seed=8)
+    member = fgzip("-c", input=data, env=cards_env(3), check=True).stdout
+    for argv in (["-dc"], ["-dc", "-p", "3"]):
+        assert fgzip(*argv, input=member, env=cards_env(3), check=True).stdout == data
+
+
 # --- the emulated cards' throughput model -------------------------------------------------------
 
 def test_an_emulated_card_takes_as_long_as_its_rate_says_without_holding_a_cpu(monkeypatch):

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from octoray.streams import BackgroundWriter, read_chunks, read_full_bytes
+from octoray import streams
+from octoray.streams import BackgroundWriter, in_place, read_chunks, read_full_bytes
 
 
 def feed_in_dribbles(w: int, payload: bytes, piece: int) -> threading.Thread:
@@ -35,8 +36,11 @@ def test_chunks_are_full_sized_whatever_the_pipe_delivers(total):
     assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True] * bool(chunks)
 
 
+@pytest.mark.parametrize("built", [True, False], ids=["read_rest", "joined"])
 @pytest.mark.parametrize("total", [0, 5, 65_536, 200_000])
-def test_full_reads_as_bytes_wait_for_the_size_or_the_end(total):
+def test_full_reads_as_bytes_wait_for_the_size_or_the_end(total, built, monkeypatch):
+    if not built:  # a checkout whose extensions are not built joins the pieces instead
+        monkeypatch.setattr(streams, "_read_rest", streams._joined_rest)
     r, w = os.pipe()
     payload = os.urandom(total)
     feeder = feed_in_dribbles(w, payload, 3_001)
@@ -92,3 +96,56 @@ def test_a_write_error_on_the_thread_is_raised_to_the_producer():
         writer.close()
     os.close(w)
 
+
+
+def test_a_short_read_continues_into_one_object_of_the_full_size():
+    from octoray._streams import read_rest
+
+    r, w = os.pipe()
+    os.write(w, b"tail")
+    os.close(w)
+    assert read_rest(r, b"head-", 100) == b"head-tail"  # the input ended first
+    os.close(r)
+    with pytest.raises(OSError):
+        read_rest(-1, b"x", 10)
+
+
+def test_writes_in_place_come_after_everything_queued():
+    """An ordered collector writes on its own thread (write_here) after pieces that went
+    through the writer's thread or were held back as small: the output keeps their order."""
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain():
+        for piece in iter(lambda: os.read(r, 1 << 16), b""):
+            got.extend(piece)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    held = BackgroundWriter(w)
+    held.write(b"small ")  # held back: no thread yet
+    here = in_place(held.write)
+    here(b"direct ")
+    threaded = BackgroundWriter(w)
+    pieces = [bytes([65 + i]) * 40_000 for i in range(12)]
+    for piece in pieces:
+        threaded.write(piece)
+    assert threaded._thread is not None
+    in_place(threaded.write)(b" last")
+    threaded.close()
+    held.close()
+    os.close(w)
+    reader.join()
+    os.close(r)
+    assert bytes(got) == b"small direct " + b"".join(pieces) + b" last"
+    plain = [].append
+    assert in_place(plain) is plain  # any other callable is used as it is
+
+
+def test_a_write_in_place_raises_its_own_error():
+    r, w = os.pipe()
+    os.close(r)
+    writer = BackgroundWriter(w)
+    with pytest.raises(BrokenPipeError):
+        writer.write_here(b"x")
+    os.close(w)

@@ -47,11 +47,13 @@ def _config_mentions(key: str) -> bool:
 
 def open_executor(threads: int | None = None, scheduler: str | None = None,
                   scheduler_file: str | None = None, cluster: str | None = None,
-                  workers_timeout: float | None = None):
+                  workers_timeout: float | None = None, accelerators: bool = True):
     """The executor to run on: see the module docstring for the order of discovery.
 
     A cluster must have a worker within `workers_timeout` seconds (the Dask executor's
-    default when None; 0 to look once, as `octoray status` does)."""
+    default when None; 0 to look once, as `octoray status` does).  Without `accelerators`
+    (work no card does, such as decoding gzip) the embedded default is the CPU's thread
+    pool: `threads` threads, however many cards the host has, and none is looked for."""
     waiting = {} if workers_timeout is None else {"workers_timeout": workers_timeout}
     if scheduler or scheduler_file:
         from octoray.engine.dask_executor import connect
@@ -66,4 +68,8 @@ def open_executor(threads: int | None = None, scheduler: str | None = None,
         from octoray.engine.dask_executor import connect
 
         return connect(address, **waiting)
+    if not accelerators:
+        from octoray.engine.executors import LocalExecutor
+
+        return LocalExecutor(threads)
     return LaneExecutor(threads)

@@ -16,6 +16,9 @@
  *
  * inflate(data, probe, chunk_size, exact) -> (output, crc32, used, final) | None: decode
  *   data + probe as one raw deflate stream into at most chunk_size bytes (GIL released).
+ *   `data` is a buffer or a list of buffers (a chunk lying across two of the reader's
+ *   blocks): they are copied into one input with the probe either way, so the reader need
+ *   not join them first.
  *   final: the stream ended inside `data` (used <= len(data)).  Otherwise it must have taken
  *   exactly data + probe, with chunk_size bytes of output if `exact`.  None for anything else;
  *   octoray.formats.chunk_inflate explains why this proves a chunk's end.
@@ -23,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,19 +123,60 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* The pieces of `data` (one buffer, or a list of buffers) as views in a new array; NULL with
+ * an exception set otherwise. */
+static Py_buffer *take_pieces(PyObject *data, int *count, Py_ssize_t *length) {
+    Py_ssize_t n = PyList_Check(data) ? PyList_GET_SIZE(data) : 1;
+    if (n < 1 || n > INT_MAX / (Py_ssize_t)sizeof(Py_buffer)) {
+        PyErr_SetString(PyExc_ValueError, "data: a buffer or a non-empty list of buffers");
+        return NULL;
+    }
+    Py_buffer *views = PyMem_Malloc((size_t)n * sizeof(Py_buffer));
+    if (!views) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    *length = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *piece = PyList_Check(data) ? PyList_GET_ITEM(data, i) : data;
+        if (PyObject_GetBuffer(piece, &views[i], PyBUF_SIMPLE) < 0) {
+            while (i-- > 0)
+                PyBuffer_Release(&views[i]);
+            PyMem_Free(views);
+            return NULL;
+        }
+        *length += views[i].len;
+    }
+    *count = (int)n;
+    return views;
+}
+
+static void release_pieces(Py_buffer *views, int count) {
+    for (int i = 0; i < count; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+}
+
 static PyObject *inflate(PyObject *self, PyObject *args) {
-    Py_buffer data, probe;
-    Py_ssize_t chunk_size;
+    PyObject *data;
+    Py_buffer probe;
+    Py_ssize_t chunk_size, length;
     int exact;
     (void)self;
     if (!decompress_ex) {
         PyErr_SetString(PyExc_RuntimeError, "libdeflate is not bound");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*y*np", &data, &probe, &chunk_size, &exact))
+    if (!PyArg_ParseTuple(args, "Oy*np", &data, &probe, &chunk_size, &exact))
         return NULL;
+    int count = 0;
+    Py_buffer *pieces = take_pieces(data, &count, &length);
+    if (!pieces) {
+        PyBuffer_Release(&probe);
+        return NULL;
+    }
     PyObject *result = NULL, *out = PyBytes_FromStringAndSize(NULL, chunk_size);
-    size_t total = (size_t)data.len + (size_t)probe.len;
+    size_t total = (size_t)length + (size_t)probe.len;
     uint8_t *input = out ? malloc(total ? total : 1) : NULL;
     void *decompressor = input ? alloc_decompressor() : NULL;
     if (!decompressor) {
@@ -143,13 +188,17 @@ static PyObject *inflate(PyObject *self, PyObject *args) {
     int status;
     uint32_t crc = 0;
     Py_BEGIN_ALLOW_THREADS
-    memcpy(input, data.buf, (size_t)data.len);
-    memcpy(input + data.len, probe.buf, (size_t)probe.len);
+    uint8_t *at = input;
+    for (int i = 0; i < count; i++) {
+        memcpy(at, pieces[i].buf, (size_t)pieces[i].len);
+        at += pieces[i].len;
+    }
+    memcpy(at, probe.buf, (size_t)probe.len);
     status = decompress_ex(decompressor, input, total, PyBytes_AS_STRING(out), (size_t)chunk_size, &used, &produced);
     if (status == 0)
         crc = crc32_of_output(PyBytes_AS_STRING(out), produced);
     Py_END_ALLOW_THREADS
-    int final = status == 0 && used <= (size_t)data.len;
+    int final = status == 0 && used <= (size_t)length;
     int boundary = status == 0 && used == total && (!exact || produced == (size_t)chunk_size);
     if (!final && !boundary) {
         result = Py_NewRef(Py_None);
@@ -157,14 +206,14 @@ static PyObject *inflate(PyObject *self, PyObject *args) {
     }
     if (produced != (size_t)chunk_size && _PyBytes_Resize(&out, (Py_ssize_t)produced) < 0)
         goto done;
-    result = Py_BuildValue("(OknO)", out, (unsigned long)crc, final ? (Py_ssize_t)used : data.len,
+    result = Py_BuildValue("(OknO)", out, (unsigned long)crc, final ? (Py_ssize_t)used : length,
                            final ? Py_True : Py_False);
 done:
     if (decompressor)
         free_decompressor(decompressor);
     free(input);
     Py_XDECREF(out);
-    PyBuffer_Release(&data);
+    release_pieces(pieces, count);
     PyBuffer_Release(&probe);
     return result;
 }

@@ -74,7 +74,8 @@ class InflatedChunk:
 
 
 def inflate_chunk(data, chunk_size: int, variable: bool = False, strict: bool = False) -> InflatedChunk | None:
-    """Decode `data` as one chunk that starts at a block boundary with an empty window.
+    """Decode `data` (a buffer, or a list of buffers that follow each other) as one chunk
+    that starts at a block boundary with an empty window.
 
     Accepted: (a) the stream ends inside `data` (a final chunk) after at most `chunk_size`
     bytes of output; or (b) `data` ends at a block boundary, shown by the probe, after exactly
@@ -98,6 +99,8 @@ def inflate_chunk(data, chunk_size: int, variable: bool = False, strict: bool = 
 
 def inflate_chunk_isal(data, chunk_size: int, variable: bool = False) -> InflatedChunk | None:
     """inflate_chunk with ISA-L's streaming inflater: the chunk, then the probe; `proved`."""
+    if isinstance(data, list):
+        data = b"".join(data)
     inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
     try:
         out = inflater.decompress(data, chunk_size + 1)

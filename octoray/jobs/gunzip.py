@@ -190,12 +190,13 @@ def _parallel_layout(head: bytes, header: gz.MemberHeader, executor):
 def _inflate_chunked(source: _Input, layout, write, totals: Totals, executor) -> None:
     """Inflate a member of independent chunks on the executor's workers, in order."""
     from octoray.jobs.gunzip_parallel import inflate_member
+    from octoray.streams import in_place
 
     def pieces():
         while source.fill(1):
             yield source.take(len(source.buffer))
 
-    inflated = inflate_member(layout, pieces(), write, executor)
+    inflated = inflate_member(layout, pieces(), in_place(write), executor)  # this thread only collects
     source.give_back(inflated.unused)
     _count_member(totals, inflated.crc, inflated.size)
 

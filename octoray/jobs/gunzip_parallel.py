@@ -28,7 +28,9 @@ MAX_CHUNK_SIZE = 16 << 20
 """Larger announced chunks are decoded sequentially: the window holds several chunks' output."""
 IN_FLIGHT = 64 << 20  # output the window may hold, where chunks are large
 MERGE_TRIES = 4  # candidate ends tried for a chunk that failed, before decoding sequentially
-BLOCK = 1 << 20  # input is kept in blocks of at least this much (small pipe reads are joined)
+BLOCK = 1 << 20
+"""Input is kept in blocks of about this much: pieces under half of it are joined (a pipe's
+small reads), larger ones kept as they come (the first, which the header was cut from)."""
 MAX_OUTPUT_PIECE = 1 << 20
 
 
@@ -98,9 +100,9 @@ class _Compressed:
         self.eof = False
 
     def more(self) -> bool:
-        """Read at least BLOCK more bytes (fewer at the end); False at the end of input."""
+        """Read at least half a BLOCK more (less at the end); False at the end of input."""
         parts, got = [], 0
-        while got < BLOCK and not self.eof:
+        while got < BLOCK // 2 and not self.eof:
             piece = next(self._pieces, b"")
             if not piece:
                 self.eof = True
@@ -120,8 +122,9 @@ class _Compressed:
                 return False
         return True
 
-    def get(self, start: int, end: int):
-        """Bytes [start, end), which must be held."""
+    def get(self, start: int, end: int, joined: bool = True):
+        """Bytes [start, end), which must be held: one buffer, or where they lie across blocks
+        and not `joined`, a list of views (octoray.formats.chunk_inflate takes either)."""
         pieces = []
         for offset, block in self.blocks:
             if offset + len(block) <= start:
@@ -132,7 +135,7 @@ class _Compressed:
             if lo == 0 and hi == len(block) and not pieces and offset + hi >= end:
                 return block
             pieces.append(memoryview(block)[lo:hi])
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces) if joined else pieces
 
     def release(self, before: int) -> None:
         while self.blocks and self.blocks[0][0] + len(self.blocks[0][1]) <= before:
@@ -262,20 +265,24 @@ class _MemberDecoder:
     def _jobs(self):
         start, chunk = self.verified, self.chunk
         size, variable = self.layout.chunk_size, self.layout.variable
+        first = chunk + max(1, getattr(self.executor, "workers", 1))
+        joined = not getattr(self.executor, "in_process", True)  # pieces travel to other processes joined
         while True:
             end = self._next_end(start, chunk)
             if end <= start:
                 return
             self.regions.append((start, end))
-            yield self.data.get(start, end), size, variable, self._near_the_end(end)
+            yield self.data.get(start, end, joined), size, variable, self._near_the_end(end, chunk < first)
             start, chunk = end, chunk + 1
 
-    def _near_the_end(self, end: int) -> bool:
+    def _near_the_end(self, end: int, starting: bool) -> bool:
         """Whether the chunk cut at `end` may be the stream's last or the one before it (the
         input ends within a chunk's reach after it): those are decoded strictly on the workers
         (octoray.formats.chunk_inflate), so that no chunk waits at the end for a proof on
-        this thread."""
-        self.data.ensure(end + self.limit)
+        this thread.  While `starting` (a job for each worker) this reads no input to know:
+        the workers start at once, and a stream that short has its end proved here instead."""
+        if not starting:
+            self.data.ensure(end + self.limit)
         return self.data.eof and self.data.end - end <= self.limit
 
     def _next_end(self, start: int, chunk: int) -> int:

@@ -23,8 +23,10 @@ def _executor(run: Run):
         from octoray.engine.cluster import open_executor
 
         options = run.options
+        decoding = options.decompress or options.test or options.list  # host work: no card decodes
         run.executor = open_executor(threads=options.processes, scheduler=options.scheduler,
-                                     scheduler_file=options.scheduler_file, cluster=options.cluster)
+                                     scheduler_file=options.scheduler_file, cluster=options.cluster,
+                                     accelerators=not decoding)
     return run.executor
 
 
