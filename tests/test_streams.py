@@ -62,17 +62,22 @@ def test_a_small_output_is_written_at_close_without_a_thread():
     os.close(r)
 
 
-def test_a_large_output_arrives_whole_and_in_order():
-    r, w = os.pipe()
-    pieces = [os.urandom(50_000) for _ in range(20)]
-    got = bytearray()
-
+def drained(r: int, got: bytearray) -> threading.Thread:
+    """A started thread that reads `r` to its end into `got`."""
     def drain():
         for piece in iter(lambda: os.read(r, 1 << 16), b""):
             got.extend(piece)
 
     reader = threading.Thread(target=drain)
     reader.start()
+    return reader
+
+
+def test_a_large_output_arrives_whole_and_in_order():
+    r, w = os.pipe()
+    pieces = [os.urandom(50_000) for _ in range(20)]
+    got = bytearray()
+    reader = drained(r, got)
     writer = BackgroundWriter(w)
     for piece in pieces:
         writer.write(piece)
@@ -115,13 +120,7 @@ def test_writes_in_place_come_after_everything_queued():
     through the writer's thread or were held back as small: the output keeps their order."""
     r, w = os.pipe()
     got = bytearray()
-
-    def drain():
-        for piece in iter(lambda: os.read(r, 1 << 16), b""):
-            got.extend(piece)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
+    reader = drained(r, got)
     held = BackgroundWriter(w)
     held.write(b"small ")  # held back: no thread yet
     here = in_place(held.write)
