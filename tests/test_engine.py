@@ -105,6 +105,41 @@ def test_jobs_grouped_per_task_come_back_one_result_per_job_in_order(count):
         assert len(sizes) < groups + (count - 8 * groups)  # fewer, here
 
 
+def identity(value):
+    return value
+
+
+def test_a_long_streams_groups_grow_while_every_slot_keeps_four_and_memory_stays_bounded():
+    """Where a group costs the client a request (fgzip's stream on Dask), groups start at the
+    usual size, so that a short stream still reaches every worker, and grow as the stream
+    proves long, up to the executor's largest; a larger group counts for more against the
+    window, so the input in flight stays within twice the usual (and a group per slot)."""
+    read = [0]
+
+    def jobs():
+        for i in range(2000):
+            read[0] += 1
+            yield (i,)
+
+    out, most = [], 0
+    with GroupingExecutor(2, jobs_per_task=4) as executor:
+        executor.largest_jobs_per_task = 16
+        for value in ordered_map(identity, jobs(), executor):
+            out.append(value)
+            most = max(most, read[0] - len(out))  # jobs read but not yet written
+    sizes = executor.sizes
+    window, slots = default_window(2), 2
+    largest = min(16, 2 * window * 4 // (slots + 2))  # 14: twice the usual input in flight
+    assert out == list(range(2000)) and sum(sizes) == 2000
+    assert sizes[:8] == [4] * 8 and max(sizes) == largest and sizes.count(largest) > 80
+    growing = sizes[:sizes.index(largest) + 1]
+    assert growing == sorted(growing)
+    assert sizes[-4:] == [1, 1, 1, 1]  # the tail still ends one job per task
+    assert most <= 2 * window * 4 + largest + 4 * slots  # the window, the group being read, the tail
+    plain = [len(group) for group in batched(range(100), 4, 8)]
+    assert max(plain) == 4  # no growth unless asked
+
+
 def head(data, n):
     return bytes(data)[:n]
 

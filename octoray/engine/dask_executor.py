@@ -31,6 +31,10 @@ JOBS_PER_TASK = 4
 FILE_JOBS_PER_TASK = 8
 MAX_FILE_JOBS_PER_TASK = 32
 FILE_TASKS_PER_SLOT = 4
+# A stream whose data travels through the client (fgzip reading a pipe) starts at
+# JOBS_PER_TASK and grows up to this as it proves long (octoray.engine.stream.batched): Dask's
+# event loop spends about 2 ms of the client's Python on a request, whatever its size.
+MAX_STREAM_JOBS_PER_TASK = 16
 
 
 def file_jobs_per_task(jobs: int, slots: int) -> int:
@@ -108,6 +112,7 @@ class DaskExecutor:
         self.pool = WorkerPool(self)
         self._jobs_asked = os.environ.get("OCTORAY_JOBS_PER_TASK")
         self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
+        self.largest_jobs_per_task = self.jobs_per_task  # no growth but for fgzip's streams
         self.note = None  # how the data reached the workers, for -v
 
     @property
@@ -140,6 +145,7 @@ class DaskExecutor:
         from octoray.engine.file_ranges import file_chunks, file_source
 
         self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
+        self.largest_jobs_per_task = self.jobs_per_task if self._jobs_asked else MAX_STREAM_JOBS_PER_TASK
         source = file_source(fd)
         if source is None:
             self.note = "the input is not a regular file: its data is sent to the workers"
@@ -151,6 +157,7 @@ class DaskExecutor:
         jobs = -(-(ident[0] - start) // block_size)
         asked = self._jobs_asked
         self.jobs_per_task = max(1, int(asked)) if asked else file_jobs_per_task(jobs, self.workers)
+        self.largest_jobs_per_task = self.jobs_per_task  # sized for the whole file already
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
     def shared_paths(self, path: str, ident: tuple[int, int]) -> bool:

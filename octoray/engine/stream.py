@@ -66,19 +66,28 @@ def ordered_map(task, jobs, executor, window: int | None = None):
     """Yield ``task(*job)`` for each job, in order, with at most `window` tasks in flight.
 
     An executor that runs in this process (``executor.in_process``) does a lone job itself:
-    a small input then needs no thread, and no cluster round trip.
+    a small input then needs no thread, and no cluster round trip.  A grouping executor may
+    let a long stream's groups grow (``largest_jobs_per_task``, see `batched`); a larger
+    group counts as that many groups of the usual size against `window`, but the window
+    always holds a group for each task slot and two more.
     """
     per_task = executor.jobs_per_task
     if per_task > 1:
-        tail = per_task * max(1, executor.workers)  # a group's worth for each task slot
-        groups = ((JobGroup(group), task) for group in batched(jobs, per_task, tail))
-        for results in _ordered(run_group, groups, executor, window):
+        slots = max(1, executor.workers)
+        tail = per_task * slots  # a group's worth for each task slot
+        window = window or default_window(slots)
+        least = slots + 2
+        largest = min(max(per_task, getattr(executor, "largest_jobs_per_task", per_task)),
+                      max(per_task, 2 * window * per_task // least))  # at most twice the usual input in flight
+        groups = ((JobGroup(group), task) for group in batched(jobs, per_task, tail, largest, slots))
+        weight = (lambda group, _task: -(-len(group.jobs) // per_task)) if largest > per_task else None
+        for results in _ordered(run_group, groups, executor, window, weight, least if weight else 0):
             yield from results
     else:
         yield from _ordered(task, jobs, executor, window)
 
 
-def _ordered(task, jobs, executor, window: int | None):
+def _ordered(task, jobs, executor, window: int | None, weight=None, least: int = 0):
     jobs = iter(jobs)
     first = next(jobs, None)
     if first is None:
@@ -88,29 +97,47 @@ def _ordered(task, jobs, executor, window: int | None):
         yield task(*first)
         return
     window = window or default_window(executor.workers)
-    pending: deque = deque()
+    pending: deque = deque()  # (future, its weight)
+    held = 0
     try:
         for job in _chain(first, second, jobs):
-            pending.append(executor.submit(task, *job))
-            while len(pending) >= window:
-                yield executor.result(pending.popleft())
+            cost = weight(*job) if weight else 1
+            pending.append((executor.submit(task, *job), cost))
+            held += cost
+            while held >= window and len(pending) > least:
+                future, cost = pending.popleft()
+                held -= cost
+                yield executor.result(future)
         while pending:
-            yield executor.result(pending.popleft())
+            yield executor.result(pending.popleft()[0])
     finally:
-        for future in pending:
+        for future, _ in pending:
             future.cancel()
 
 
-def batched(items, size: int, tail: int = 0):
+TASKS_PER_SLOT = 4
+"""A growing stream's groups stay small enough that every task slot gets this many of the
+input read so far."""
+
+
+def batched(items, size: int, tail: int = 0, largest: int = 0, slots: int = 1):
     """Lists of `size` consecutive items, except the last `tail` items (or fewer), read ahead
     to know which are the last: those come in shrinking lists (a quarter of what is left per
     `tail // size` slots, at most `size`), down to one item each, so that the workers finish
-    together without a task per item for the whole tail."""
+    together without a task per item for the whole tail.  With `largest` above `size` the
+    lists grow as the stream proves long, up to `largest`, while every one of `slots` task
+    slots still gets TASKS_PER_SLOT lists of what has been read: fewer, larger tasks where
+    each costs the client (a Dask request), and a short stream's first tasks still reach
+    every worker."""
     ahead: deque = deque()
+    step, read = size, 0
     for item in items:
         ahead.append(item)
-        if len(ahead) >= size + tail:
-            yield [ahead.popleft() for _ in range(size)]
+        read += 1
+        if len(ahead) >= step + tail:
+            yield [ahead.popleft() for _ in range(step)]
+            if largest > size:
+                step = min(largest, max(size, read // (TASKS_PER_SLOT * max(1, slots))))
     if not tail and ahead:
         yield list(ahead)
         return
