@@ -141,6 +141,22 @@ def randomised_float_model(seed: int, negative_tensor_norm: bool) -> CNV:
     return model.eval()
 
 
+@pytest.mark.parametrize("ste", ["hardtanh", "approxsign"])
+def test_sign_is_plus_one_at_zero_and_passes_gradients_inside_the_unit_window(ste):
+    from octoray.models.cnv import binary_sign
+
+    edges = torch.tensor([0.0, -0.0, 1.0, -1.0, 0.99999994, -0.99999994, 1.0000001, -1.0000001, 0.5, -3.0])
+    x = torch.cat([edges, torch.randn(4000) * 1.5]).requires_grad_()
+    grad = torch.randn_like(x)
+    binary_sign(x, ste).backward(grad)
+    value = x.detach()
+    assert torch.equal(binary_sign(value, ste), torch.where(value >= 0, 1.0, -1.0))
+    window = (value.abs() <= 1).float()
+    expected = window if ste == "hardtanh" else (2 - 2 * value.abs()).clamp(min=0)
+    assert torch.equal(x.grad, grad * expected)
+    assert x.grad[:8].ne(0).tolist() == [True, True, ste == "hardtanh", ste == "hardtanh", True, True, False, False]
+
+
 @pytest.mark.parametrize("seed, negative", [(1, False), (2, True), (3, False)])
 def test_export_gives_the_float_models_predictions(seed, negative):
     model = randomised_float_model(seed, negative)
