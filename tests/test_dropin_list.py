@@ -45,6 +45,8 @@ def files(where):
     ["-lq", "a.gz", "c.gz", "b.gz"],
     ["-l", "a.gz", "t.gz", "b.gz"],  # truncated: gzip stops there
     ["-l", "n.gz", "a.gz"],
+    ["-l", "a.gz", "n.gz"],  # a file that is not gzip zeroes header_bytes: totals' ratio differs from a's
+    ["-lv", "a.gz", "n.gz", "b.gz"],
     ["-l", "nosuch", "a.gz"],  # nosuch.gz is named
     ["-lN", "renamed.gz"],  # header name
     ["-lvN", "renamed.gz"],  # header time

@@ -91,7 +91,9 @@ def list_stream(fd: int, name: str, mtime: int, run: Run, label: str = "stdin") 
     try:
         totals, outcome = decompress_stream(fd, discard, forced=run.options.force)  # -l writes to stdout, for gzip
     except faults.Fault as failure:
-        _update_header_bytes(lister, failure.totals)
+        # gzip zeroes header_bytes before it reads a file's magic: a file that is not gzip
+        # leaves 0 behind, which the next totals row shows (-183.3 % for a.gz then junk)
+        lister.header_bytes = header_bytes(failure.totals) or 0
         run.fault(label, failure)
         if failure.totals is not None and failure.totals.first_header is not None:
             lister.totals(run)
