@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import zipfile
 
@@ -71,7 +72,25 @@ def test_rsyncable_output_resynchronises():
     assert one[-500_000:-8] == two[-500_000:-8]
 
 
-@pytest.mark.parametrize("args", [["-b", "8"], ["-p", "0"], ["-dK", "x.zip"]])
+@pytest.mark.parametrize("args", [["-b", "8"], ["-p", "0"], ["-dK", "x.zip"], ["-b", "524289"], ["-b", "99999999"]])
 def test_bad_pigz_parameters_are_errors(args):
     result = fgzip(*args, input=b"")
     assert result.returncode == 1 and result.stderr.startswith(b"fgzip: ") and b"Traceback" not in result.stderr
+    assert b"internal error" not in result.stderr
+
+
+def test_the_largest_block_pigz_takes_works(pigz_bin):
+    assert run([pigz_bin, "-b", "524288", "-c"], input=b"abc").returncode == 0
+    assert run([pigz_bin, "-b", "524289", "-c"], input=b"abc").returncode != 0
+    assert gzip.decompress(fgzip("-b", "524288", "-c", input=DATA, check=True).stdout) == DATA
+    assert fgzip("-b", "524289", "-c", input=b"abc").stderr == b"fgzip: block size too large: 524289\n"
+
+
+@pytest.mark.parametrize("args, made", [(["-S", ".x", "-z"], "a.zz"), (["-z", "-S", ".x"], "a.x"),
+                                        (["-S", ".x", "-K"], "a.zip"), (["-K", "-S", ".x"], "a.x")])
+def test_the_last_of_suffix_zlib_and_zip_names_the_output_as_in_pigz(tmp_path, pigz_bin, args, made):
+    for tool in ([pigz_bin], None):
+        put(tmp_path, "a", DATA)
+        (run([*tool, *args, "a"], cwd=tmp_path, check=True) if tool else fgzip(*args, "a", cwd=tmp_path, check=True))
+        assert sorted(p.name for p in tmp_path.iterdir()) == [made]
+        (tmp_path / made).unlink()

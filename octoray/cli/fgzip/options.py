@@ -175,7 +175,9 @@ _FLAGS = {"stdout": "stdout", "force": "force", "keep": "keep", "independent": "
           "rsyncable": "rsyncable", "synchronous": "synchronous"}
 _SETTINGS = {"no-name": {"name_flag": False, "time_flag": False}, "name": {"name_flag": True, "time_flag": True},
              "no-time": {"time_flag": False}, "time": {"time_flag": True},
-             "fast": {"level": 1}, "best": {"level": 9}, "zlib": {"form": "zlib"}, "zip": {"form": "zip"},
+             "fast": {"level": 1}, "best": {"level": 9},
+             # -z and -K set their suffix as pigz does: the last of -S, -z and -K names the output
+             "zlib": {"form": "zlib", "suffix_set": False}, "zip": {"form": "zip", "suffix_set": False},
              "huffman": {"strategy": "huffman"}, "rle": {"strategy": "rle"},
              "quiet": {"quiet": True, "verbose": 0}}
 
@@ -224,10 +226,15 @@ def _raise(failure: Exception):
     raise failure
 
 
+MAX_BLOCK_KIB = 512 * 1024  # pigz 2.6 refuses more than 512 MiB a block
+
+
 def _set_block_size(options: Options, value: str) -> None:
     kib = _positive_int(value, f"invalid block size: {value}")
     if kib < 32:
         raise Fatal("block size too small (must be >= 32K)")
+    if kib > MAX_BLOCK_KIB:
+        raise Fatal(f"block size too large: {value}")
     options.block_size = kib * 1024
 
 
