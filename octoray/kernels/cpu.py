@@ -23,15 +23,23 @@ def deflate_chunk(data, level: int, last: bool, strategy: str | None = None) -> 
         return _zlib_flushed(data, min(level, 9), last, STRATEGIES[strategy])
     library, library_level = GZIP_LEVELS[level]
     if library == "isal":
-        return _isal_flushed(data, library_level, last)
-    import deflate
+        out = _isal_flushed(data, library_level, last)
+    else:
+        import deflate
 
-    complete = deflate.deflate_compress(data, library_level)
-    if last:
-        return complete
-    from octoray.formats.deflate_join import unfinish
+        out = deflate.deflate_compress(data, library_level)
+        if not last:
+            from octoray.formats.deflate_join import unfinish
 
-    return unfinish(complete)
+            out = unfinish(out)
+    if level and len(data) <= SMALL_INPUT:  # microseconds, and a tiny file's output is gzip's size
+        out = min(out, _zlib_flushed(data, min(level, 9), last, 0), key=len)
+    return out
+
+
+# Up to about this many bytes zlib's output is the shortest: libdeflate stores inputs of up to
+# ~55 bytes (3 bytes more than a fixed-code block) and ISA-L's level 1 spends a few more
+SMALL_INPUT = 256
 
 
 def _isal_flushed(data, level: int, last: bool) -> bytes:
