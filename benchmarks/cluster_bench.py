@@ -12,80 +12,17 @@ processes on 127.0.0.1 and stops them at the end.  Input is `cat`ed through a pi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gzip_bench import SILESIA, build_corpus, fgzip_command, timed  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class LoopbackCluster:
-    def __init__(self, where: Path):
-        self.where, self.file = where, where / "scheduler.json"
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), OCTORAY_ACCELERATOR="cpu")
-        self.procs = [self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                                  "127.0.0.1:0", "--scheduler-file", str(self.file), "--no-show")]
-        while not self.file.exists():
-            time.sleep(0.1)
-        time.sleep(0.3)
-        self.address = json.loads(self.file.read_text())["address"]
-
-    def _start(self, *argv: str) -> subprocess.Popen:
-        log = open(self.where / f"{argv[0]}-{len(getattr(self, 'procs', []))}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "dask", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                env=self.env)
-
-    def add_worker(self, name: str) -> None:
-        self.procs.append(self._start("worker", self.address, "--name", name, "--nthreads", "1",
-                                      "--no-dashboard", "--preload", "octoray.worker"))
-        deadline = time.time() + 60
-        while name not in self.workers():
-            if time.time() > deadline:
-                raise RuntimeError(f"worker {name} did not join")
-            time.sleep(0.3)
-
-    def workers(self) -> str:
-        octoray = Path(sys.executable).parent / "octoray"
-        argv = [str(octoray)] if octoray.exists() else [sys.executable, str(ROOT / "bin" / "octoray")]
-        return subprocess.run([*argv, "status", "--scheduler", self.address], capture_output=True,
-                              text=True).stdout
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU so far of the scheduler and of each worker (nanny and worker)."""
-        import psutil  # distributed depends on it
-
-        def tree(pid: int) -> float:
-            proc = psutil.Process(pid)
-            total = 0.0
-            for each in [proc, *proc.children(recursive=True)]:
-                try:
-                    times = each.cpu_times()
-                    total += times.user + times.system
-                except psutil.NoSuchProcess:
-                    pass
-            return total
-
-        names = ["scheduler"] + [f"worker {i}" for i in range(len(self.procs) - 1)]
-        return {name: tree(proc.pid) for name, proc in zip(names, self.procs)}
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+from loopback import ROOT, LoopbackCluster  # noqa: E402
 
 
 def cpu_row(cluster: LoopbackCluster, shell: str, source: str, fg: str) -> str:
@@ -125,12 +62,13 @@ def main(argv=None) -> int:
         size = corpus.stat().st_size * args.repeat
         source = "cat " + " ".join([shlex.quote(str(corpus))] * args.repeat)
         fg = f"{fgzip_command()} -{args.level}" + (f" -b {args.block_kib}" if args.block_kib else "")
-        (workdir / "one").mkdir()
-        (workdir / "two").mkdir()
-        one, two = LoopbackCluster(workdir / "one"), LoopbackCluster(workdir / "two")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OCTORAY_ACCELERATOR="cpu")
+        one, two = LoopbackCluster(workdir / "one", env), LoopbackCluster(workdir / "two", env)
         one.add_worker("w0")
         two.add_worker("w0")
         two.add_worker("w1")
+        one.wait_for(lambda table: "w0" in table)
+        two.wait_for(lambda table: "w0" in table and "w1" in table)
         shells = {
             "embedded default (2 threads)": f"{source} | {fg} > /dev/null",
             "Dask, 1 worker process": f"{source} | {fg} --scheduler {one.address} > /dev/null",
@@ -149,7 +87,7 @@ def main(argv=None) -> int:
         for name, seconds in medians.items():
             print(f"| {name} | {size / seconds / 1e6:,.0f} | {base / seconds:.2f}x |")
         print("\ntasks done per worker (2-worker cluster):")
-        print(two.workers())
+        print(two.status())
         print("CPU seconds of one more run on the 2-worker cluster (where the time goes):")
         print(cpu_row(two, shells["Dask, 2 worker processes"], source, fg))
     finally:

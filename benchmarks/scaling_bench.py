@@ -40,14 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fclassify_bench import DEFAULT_ARCHIVE, extract  # noqa: E402
 from gzip_bench import SILESIA, build_corpus  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def tool_argv(name: str) -> list[str]:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    return [found] if found else [sys.executable, str(ROOT / "bin" / name)]
+from loopback import ROOT, LoopbackCluster, tool_argv  # noqa: E402
 
 
 def card_env(cards: int, args, **extra) -> dict:
@@ -59,60 +52,13 @@ def card_env(cards: int, args, **extra) -> dict:
     return env
 
 
-class LoopbackCluster:
-    """A scheduler and `cards` workers, worker i driving emulated card i, on 127.0.0.1."""
-
-    def __init__(self, where: Path, cards: int, args):
-        where.mkdir(parents=True, exist_ok=True)
-        self.where, self.file = where, where / "scheduler.json"
-        self.env = card_env(cards, args, OCTORAY_LOCK_DIR=str(where / "locks"))
-        self.procs = [self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                                  "127.0.0.1:0", "--scheduler-file", str(self.file), "--no-show")]
-        while not self.file.exists():
-            time.sleep(0.1)
-        time.sleep(0.3)
-        self.address = json.loads(self.file.read_text())["address"]
-        for i in range(cards):
-            self.procs.append(self._start("worker", self.address, "--name", f"card{i}", "--nthreads", "1",
-                                          "--no-dashboard", "--preload", "octoray.worker", device=i))
-        deadline = time.time() + 120
-        while self.status().count("fpga-emulator:") < cards:
-            if time.time() > deadline:
-                raise RuntimeError(f"the workers did not join: {self.status()}")
-            time.sleep(0.5)
-
-    def _start(self, *argv: str, device: int | None = None) -> subprocess.Popen:
-        env = self.env if device is None else dict(self.env, OCTORAY_DEVICE=str(device))
-        log = open(self.where / f"{argv[0]}-{len(getattr(self, 'procs', []))}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "dask", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
-
-    def status(self) -> str:
-        return subprocess.run([*tool_argv("octoray"), "status", "--scheduler", self.address],
-                              capture_output=True, text=True, env=self.env).stdout
-
-    def cpu_seconds(self) -> float:
-        import psutil  # distributed depends on it
-
-        total = 0.0
-        for proc in self.procs:  # the scheduler, each nanny and the worker process it started
-            try:
-                top = psutil.Process(proc.pid)
-                for each in [top, *top.children(recursive=True)]:
-                    times = each.cpu_times()
-                    total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+def card_cluster(where: Path, cards: int, args) -> LoopbackCluster:
+    """A scheduler and `cards` workers, worker i driving emulated card i."""
+    cluster = LoopbackCluster(where, card_env(cards, args, OCTORAY_LOCK_DIR=str(where / "locks")))
+    for i in range(cards):
+        cluster.add_worker(f"card{i}", OCTORAY_DEVICE=str(i))
+    cluster.wait_for(lambda table: table.count("fpga-emulator:") >= cards)
+    return cluster
 
 
 def run_once(argv: list[str], env: dict, pipe_from: Path | None = None) -> tuple[float, float]:
@@ -206,15 +152,15 @@ def main(argv=None) -> int:
         results: dict = {}
         for _ in range(0 if args.client_cpu_only else args.runs):  # rounds; in each, every N on a cluster of its own, set-ups taking turns
             for n in args.cards:
-                cluster = LoopbackCluster(workdir / f"cluster{n}", n, args) if "dask" in args.modes else None
+                cluster = card_cluster(workdir / f"cluster{n}", n, args) if "dask" in args.modes else None
                 try:
                     for name, tool, env, extra, pipe in setups(n, cluster.address if cluster else None):
                         record = results.setdefault((name, tool, n), {"wall": [], "cpu": [], "start_wall": [],
                                                                        "start_cpu": [], "host": []})
                         argv, pipe_from = command(tool, extra, pipe, False)
-                        before = cluster.cpu_seconds() if cluster and extra else 0.0
+                        before = sum(cluster.cpu_seconds().values()) if cluster and extra else 0.0
                         wall, cpu = run_once(argv, env, pipe_from)
-                        host = cpu + ((cluster.cpu_seconds() - before) if cluster and extra else 0.0)
+                        host = cpu + ((sum(cluster.cpu_seconds().values()) - before) if cluster and extra else 0.0)
                         argv, pipe_from = command(tool, extra, pipe, True)
                         start_wall, start_cpu = run_once(argv, env, pipe_from)
                         for key, value in (("wall", wall), ("cpu", cpu), ("start_wall", start_wall),
@@ -293,7 +239,7 @@ def client_cpu(args, workdir: Path, data: Path, tiny: Path) -> dict:
         for _ in range(4):
             with open(data, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-    cluster = LoopbackCluster(workdir / "client-cpu", 2, fast)
+    cluster = card_cluster(workdir / "client-cpu", 2, fast)
     try:
         env, on = card_env(2, fast), ["--scheduler", cluster.address]
         fgzip = [*tool_argv("fgzip"), *on]

@@ -7,8 +7,6 @@ returned (with the totals) where gzip warns or keeps what it wrote.
 
 from __future__ import annotations
 
-import struct
-
 from octoray.formats import faults
 from octoray.formats import gzip as gz
 from octoray.jobs.gzip import Totals
