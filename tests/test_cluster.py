@@ -306,6 +306,16 @@ def test_file_compression_on_a_lost_cluster_leaves_no_partial_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
 
 
+def test_with_v_the_lost_cluster_is_reported_on_a_line_of_its_own(tmp_path):
+    """-v writes "NAME:\t" before the work starts; gzip begins a new line for an error then."""
+    (tmp_path / "precious").write_bytes(b"data" * 1000)
+    result = fgzip("-v", "--scheduler-file", tmp_path / "nope.json", "precious", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == f"precious:\t\nfgzip: cannot reach the cluster at {tmp_path / 'nope.json'}: " \
+                            f"no such scheduler file\n".encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
+
+
 def test_a_missing_scheduler_file_fails_at_once(tmp_path):
     start = time.time()
     result = fgzip("--scheduler-file", tmp_path / "nope.json", input=b"x")

@@ -13,7 +13,7 @@ from octoray.cli.fgzip.inputs import open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
 from octoray.cli.fgzip.options import ACTIONS, HELP, LEVEL, LICENSE, OPTIONS, VERSION, Options, apply_environment, \
     apply_options
-from octoray.cli.fgzip.report import ERROR, OK, PROGRAM, Abort, Fatal, Run, display_ratio, message, usage_error
+from octoray.cli.fgzip.report import ERROR, OK, PROGRAM, Abort, Fatal, Run, display_ratio, message, on_a_new_line, usage_error
 from octoray.cli.getopt import UsageError, parse
 from octoray.formats import faults
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         message(text if text.startswith("\n") else f"{PROGRAM}: {text}")
         status = ERROR
     except Exception as failure:  # the engine's faults, system errors, and bugs: never a traceback
-        message(failure_text(PROGRAM, failure))
+        message(on_a_new_line(failure_text(PROGRAM, failure)))
         status = ERROR
     finally:
         if run.executor is not None:

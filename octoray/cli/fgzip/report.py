@@ -73,11 +73,21 @@ class Abort(Exception):
 
 
 def message(text: str, end: str = "\n") -> None:
+    global _line_open
     try:
         sys.stderr.write(text + end)
         sys.stderr.flush()
     except OSError:
         pass
+    _line_open = not (text + end).endswith("\n") and bool(text + end)
+
+
+_line_open = False  # the last message left its line open: -v's "NAME:\t" waiting for its ratio
+
+
+def on_a_new_line(text: str) -> str:
+    """`text` for a message that may come while -v's "NAME:\t" waits, as gzip starts a new line."""
+    return "\n" + text if _line_open else text
 
 
 def usage_error(failure: Exception) -> int:
