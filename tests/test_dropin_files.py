@@ -4,6 +4,7 @@ Each case runs GNU gzip and fgzip in two identical directories and compares the 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -180,6 +181,41 @@ def test_name_and_time_stored_like_gzip(tmp_path):
     theirs = run(["gzip", "-c", "a"], cwd=tmp_path, check=True).stdout
     assert ours[3:8] == theirs[3:8] and ours[10:12] == theirs[10:12] == b"a\0"
     assert fgzip("-cn", "a", cwd=tmp_path, check=True).stdout[3:8] == b"\0" * 5
+
+
+@pytest.mark.parametrize("mtime", [0, -1, 2**32, 2**32 - 1])
+@pytest.mark.parametrize("args", [["-k"], ["-c"], ["-q", "-k"], ["-kv"], ["-cv"], ["-n", "-k"]])
+def test_a_time_gzip_cannot_store_is_a_warning_and_zero(tmp_path, mtime, args):
+    """gzip stores 0 and warns (status 2, -q hushes the words only) for a time before
+    1970-01-01 00:00:01 or after 2106, unless -n; a time that fits is stored silently."""
+    def setup(where):
+        put(where, "a", DATA, mtime=mtime)
+
+    to_stdout = args[0].startswith("-c")
+    ours, theirs = assert_same(tmp_path, [*args, "a"], setup, stdout="gunzip" if to_stdout else "same",
+                               ratios=False)
+    if to_stdout:
+        assert ours.stdout[4:8] == theirs.stdout[4:8] == (mtime if 0 < mtime < 2**32 else 0).to_bytes(4, "little")
+
+
+def test_zlib_and_zip_have_no_gzip_time_to_warn_about(tmp_path):
+    put(tmp_path, "a", DATA, mtime=-1)
+    for form in ("-z", "-K"):
+        result = fgzip(form, "-c", "a", cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("args", [[], ["-v"], ["-q"]])
+def test_a_time_gzip_cannot_store_on_standard_input(tmp_path, args):
+    put(tmp_path, "a", DATA, mtime=-5)
+    with open(tmp_path / "a", "rb") as source:
+        theirs = run(["gzip", *args], stdin=source, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})
+    with open(tmp_path / "a", "rb") as source:
+        ours = fgzip(*args, stdin=source)
+    ratio = re.compile(rb"\d+\.\d%")
+    assert ours.returncode == theirs.returncode == 2
+    assert ratio.sub(b"R", ours.stderr.replace(b"fgzip", b"gzip")) == ratio.sub(b"R", theirs.stderr)
+    assert ours.stdout[4:8] == b"\0" * 4
 
 
 @pytest.mark.parametrize("args", [["-a", "-c"], ["-a", "-q", "-c"], ["-q", "-a", "-c"], ["-a", "-q", "-v", "-c"],

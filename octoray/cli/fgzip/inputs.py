@@ -60,6 +60,11 @@ def refusal_reason(path: str, st: os.stat_result, options) -> str | None:
 
 
 def stdin_mtime(fd: int) -> int:
-    """The time gzip stores for standard input: the file's, or 0 for a pipe."""
-    st = os.fstat(fd)
-    return int(st.st_mtime) if stat.S_ISREG(st.st_mode) else 0
+    """The time gzip lists for standard input: the file's, or 0 for a pipe."""
+    return file_time(os.fstat(fd)) or 0
+
+
+def file_time(st: os.stat_result) -> int | None:
+    """An input's modification time in whole seconds (rounded down, as gzip's time_t is), or
+    None for a pipe or a device, whose time gzip never stores."""
+    return st.st_mtime_ns // 1_000_000_000 if stat.S_ISREG(st.st_mode) else None

@@ -9,7 +9,7 @@ import sys
 
 from octoray.cli.errors import failure_text, leave
 from octoray.cli.fgzip import names, output
-from octoray.cli.fgzip.inputs import open_input, stdin_mtime
+from octoray.cli.fgzip.inputs import file_time, open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
 from octoray.cli.fgzip.options import ACTIONS, HELP, LEVEL, LICENSE, OPTIONS, VERSION, Options, apply_environment, \
     apply_options
@@ -30,12 +30,12 @@ def _executor(run: Run):
     return run.executor
 
 
-def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mode: int = 0o644,
-                 seekable: bool = False):
+def _compression(fd_in: int, write, run: Run, label: str, name: bytes | None, mtime: int | None,
+                 mode: int = 0o644, seekable: bool = False):
     from octoray.jobs.gzip import Wrapper, compress_stream
 
     options = run.options
-    mtime = mtime if options.save_time() else 0
+    mtime = _header_time(run, label, mtime)
     if options.form == "zip":
         name = os.fsencode(options.alias) if name is None and options.alias else name
     elif not options.save_name():
@@ -45,6 +45,18 @@ def _compression(fd_in: int, write, run: Run, name: bytes | None, mtime: int, mo
     return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
                            strategy=options.strategy,
                            rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
+
+
+def _header_time(run: Run, label: str, mtime: int | None) -> int:
+    """The MTIME to store: 0 under -n and for a pipe or a device; gzip warns (status 2) when a
+    file's time does not fit its 32 bits or is 0, which the format reserves for "none"."""
+    if mtime is None or not run.options.save_time():
+        return 0
+    if 0 < mtime <= 0xFFFFFFFF:
+        return mtime
+    if run.options.form == "gzip":
+        run.warning(f"{PROGRAM}: {label}: warning: file timestamp out of range for gzip format")
+    return 0
 
 
 def _decompression(fd_in: int, write, run: Run, on_header=None, stdin: bool = False):
@@ -91,7 +103,7 @@ def process_stdin(run: Run) -> None:
     if options.list:
         list_stream(fd, "stdout", stdin_mtime(fd), run)
     elif compressing:
-        totals = _compress_to_stdout(fd, run, None, stdin_mtime(fd))
+        totals = _compress_to_stdout(fd, run, "stdin", None, file_time(os.fstat(fd)))
         if totals is not None and options.verbose:
             message(_compressed_ratio(totals))
             _cluster_note(run)
@@ -99,11 +111,12 @@ def process_stdin(run: Run) -> None:
         _decompress_to_stdout_or_test(fd, "stdin", run)
 
 
-def _compress_to_stdout(fd: int, run: Run, name: bytes | None, mtime: int, mode: int = 0o644):
+def _compress_to_stdout(fd: int, run: Run, label: str, name: bytes | None, mtime: int | None, mode: int = 0o644):
     from octoray.formats.gzip import ZipTooLarge
 
     try:
-        return output.to_stdout(lambda write, seekable: _compression(fd, write, run, name, mtime, mode, seekable))
+        return output.to_stdout(lambda write, seekable: _compression(fd, write, run, label, name, mtime, mode,
+                                                                     seekable))
     except ZipTooLarge as failure:
         raise Fatal(str(failure)) from None
 
@@ -163,17 +176,17 @@ def _compress_file(path: str, run: Run) -> None:
                 message(f"{PROGRAM}: {path} already has {suffix} suffix -- unchanged")
             return
         name = os.fsencode(os.path.basename(path))
-        mtime, mode = int(st.st_mtime), stat.S_IMODE(st.st_mode)
+        mtime, mode = file_time(st), stat.S_IMODE(st.st_mode)
         if options.stdout:
             _verbose_prefix(run, path)
-            done = _compress_to_stdout(fd, run, name, mtime, mode)
+            done = _compress_to_stdout(fd, run, path, name, mtime, mode)
             out_path = "stdout"
         else:
             out_path = names.shorten_for_suffix(path, names.compress_suffix(options), run)
             if out_path is None:
                 return
             done = output.to_file(run, path, out_path, st,
-                                  lambda write, seekable: _compression(fd, write, run, name, mtime, mode,
+                                  lambda write, seekable: _compression(fd, write, run, path, name, mtime, mode,
                                                                        seekable),
                                   before=lambda: _verbose_prefix(run, path))
         if done is not None and options.verbose:
