@@ -87,3 +87,23 @@ def test_list_of_fgzip_output(tmp_path):
     assert gzip_chunks.parse_layout((tmp_path / "fgzip" / "big.gz").read_bytes()).chunk_size == 64 << 10
     assert theirs.stderr == b"gzip: big.gz: extra field of %d bytes ignored\n" % len(extra)
     assert ours.stderr == b""
+
+
+def with_extra(data: bytes, extra: bytes) -> bytes:
+    """A gzip member whose header carries `extra` as its extra field (FEXTRA)."""
+    plain = gz_bytes(data, None, FIXED_TIME)
+    return plain[:3] + bytes([plain[3] | 4]) + plain[4:10] + len(extra).to_bytes(2, "little") + extra + plain[10:]
+
+
+@pytest.mark.parametrize("args", [["-tv", "x.gz"], ["-dcv", "x.gz"], ["-lv", "x.gz"], ["-dv", "x.gz"], ["-t", "x.gz"],
+                                  ["-tv", "xx.gz"], ["-lv", "xx.gz"], ["-tv", "px.gz"], ["-lv", "x.gz", "a.gz"]])
+def test_verbose_notes_an_extra_field_it_ignores_as_gzip_does(tmp_path, args):
+    """gzip -v says `extra field of N bytes ignored` for each member with one: the first
+    before the file's name, a later one after it (fgzip's own subfield it reads silently)."""
+    def setup(where):
+        files(where)
+        member = with_extra(A, b"AB\x02\x00xy")
+        put(where, "x.gz", member)
+        put(where, "xx.gz", member + with_extra(B, b"CD\x00\x00"))
+        put(where, "px.gz", gz_bytes(B, b"b", FIXED_TIME) + member)
+    assert_same(tmp_path, args, setup, stdout="same")

@@ -67,14 +67,15 @@ class _Input:
 
 
 def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: bool = False, on_header=None,
-                      executor=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
+                      on_extra=None, executor=None) -> tuple[Totals, faults.Notice | faults.HeaderFault | None]:
     """Decompress every member from `fd_in` to `write`; return the totals and what gzip would
     say after the data: None, a Notice (trailing data), or a later member's HeaderFault.
 
     With `passthrough` (gzip -cdf), data that is not gzip is copied to `write` unchanged.
     `forced` (gzip -lf; implied by `passthrough`): gzip's -f with output to stdout reads the
     magic leniently, so an input shorter than it is "not in gzip format", not cut off.
-    `on_header` is called once the first header is read (gzip -v names the file then).
+    `on_header` is called once the first header is read (gzip -v names the file then), and
+    `on_extra(length)` for each member whose extra field is not octoray's (gzip -v notes it).
     `executor`, a callable, opens the executor that decodes members of independent chunks
     (octoray.formats.gzip_chunks) in parallel; it is called only when one is met.
     Raises a faults.Fault, its ``totals`` set, for input gzip rejects.
@@ -83,7 +84,7 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: b
     totals = Totals()
     try:
         outcome = _decompress_members(source, write, totals, passthrough, forced or passthrough, on_header,
-                                      executor)
+                                      on_extra, executor)
         totals.bytes_in = source.consumed + len(source.buffer)
         return totals, outcome
     except faults.Fault as failure:
@@ -92,7 +93,7 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: b
 
 
 def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool, forced: bool,
-                        on_header, executor) -> faults.Notice | faults.HeaderFault | None:
+                        on_header, on_extra, executor) -> faults.Notice | faults.HeaderFault | None:
     while True:
         if not source.fill(1):
             if totals.members == 0:
@@ -126,11 +127,13 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             return faults.TrailingGarbage()
         if isinstance(header, faults.HeaderFault):
             return header  # a fault in a later member's header
+        head = source.take(header.length)
+        if on_extra is not None and header.flags & gz.FLAG_EXTRA:
+            _note_extra(head, on_extra)
         if totals.first_header is None:
             totals.first_header = header
             if on_header is not None:
                 on_header()
-        head = source.take(header.length)
         layout = _parallel_layout(head, header, executor)
         if layout is not None:
             _inflate_chunked(source, layout, write, totals, executor())
@@ -170,6 +173,14 @@ def _next_header(source: _Input, totals: Totals, passthrough: bool, forced: bool
         if totals.members == 0:
             raise fault
         return fault
+
+
+def _note_extra(head: bytes, on_extra) -> None:
+    """gzip -v says it ignores a member's extra field; octoray's own (the chunk layout) it reads."""
+    from octoray.formats.gzip_chunks import parse_layout
+
+    if parse_layout(head) is None:
+        on_extra(int.from_bytes(head[10:12], "little"))
 
 
 def _parallel_layout(head: bytes, header: gz.MemberHeader, executor):

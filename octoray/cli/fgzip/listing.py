@@ -8,7 +8,7 @@ import sys
 
 from octoray.cli.fgzip.names import header_basename
 from octoray.cli.fgzip.output import discard
-from octoray.cli.fgzip.report import Run, display_ratio
+from octoray.cli.fgzip.report import Run, display_ratio, extra_note
 from octoray.formats import faults
 
 
@@ -89,7 +89,8 @@ def list_stream(fd: int, name: str, mtime: int, run: Run, label: str = "stdin") 
 
     lister = run.lister
     try:
-        totals, outcome = decompress_stream(fd, discard, forced=run.options.force)  # -l writes to stdout, for gzip
+        totals, outcome = decompress_stream(fd, discard, forced=run.options.force,  # -l writes to stdout, for gzip
+                                            on_extra=extra_note(run, label))
     except faults.Fault as failure:
         # gzip zeroes header_bytes before it reads a file's magic: a file that is not gzip
         # leaves 0 behind, which the next totals row shows (-183.3 % for a.gz then junk)

@@ -13,7 +13,8 @@ from octoray.cli.fgzip.inputs import file_time, open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
 from octoray.cli.fgzip.options import ACTIONS, HELP, LEVEL, LICENSE, OPTIONS, VERSION, Options, apply_environment, \
     apply_options
-from octoray.cli.fgzip.report import ERROR, OK, PROGRAM, Abort, Fatal, Run, display_ratio, message, on_a_new_line, usage_error
+from octoray.cli.fgzip.report import ERROR, OK, PROGRAM, Abort, Fatal, Run, display_ratio, extra_note, message, \
+    on_a_new_line, usage_error
 from octoray.cli.getopt import UsageError, parse
 from octoray.formats import faults
 
@@ -59,14 +60,14 @@ def _header_time(run: Run, label: str, mtime: int | None) -> int:
     return 0
 
 
-def _decompression(fd_in: int, write, run: Run, on_header=None, stdin: bool = False):
+def _decompression(fd_in: int, write, run: Run, label: str, on_header=None, stdin: bool = False):
     from octoray.jobs.gunzip import decompress_stream
 
     options = run.options
     # gzip -cdf (and -tf, and -df reading stdin, whose output is stdout): not gzip is copied
     passthrough = options.force and (options.stdout or stdin) and not options.list
     return decompress_stream(fd_in, write, passthrough=passthrough, on_header=on_header,
-                             executor=lambda: _executor(run))
+                             on_extra=extra_note(run, label), executor=lambda: _executor(run))
 
 
 def _cluster_note(run: Run) -> None:
@@ -127,10 +128,10 @@ def _decompress_to_stdout_or_test(fd: int, label: str, run: Run) -> None:
     prefix = None if label == "stdin" else (lambda: _verbose_prefix(run, label))
     try:
         if options.test:
-            totals, outcome = _decompression(fd, output.discard, run, prefix, label == "stdin")
+            totals, outcome = _decompression(fd, output.discard, run, label, prefix, label == "stdin")
         else:
             totals, outcome = output.to_stdout(
-                lambda write, _seekable: _decompression(fd, write, run, prefix, label == "stdin"))
+                lambda write, _seekable: _decompression(fd, write, run, label, prefix, label == "stdin"))
     except faults.Fault as failure:
         run.fault(label, failure)
         return
@@ -236,7 +237,7 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: 
     out_path = names.truncate_name(os.path.join(os.path.dirname(path), base), run)
     try:
         result = output.to_file(run, path, out_path, st, lambda write, _seekable: _keeping_a_zip_of_more_entries(
-            _decompression(fd, write, run, lambda: _verbose_prefix(run, path))), mtime_ns=mtime_ns)
+            _decompression(fd, write, run, path, lambda: _verbose_prefix(run, path))), mtime_ns=mtime_ns)
     except faults.Fault as failure:
         run.fault(path, failure)
         return

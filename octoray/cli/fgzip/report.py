@@ -90,6 +90,13 @@ def on_a_new_line(text: str) -> str:
     return "\n" + text if _line_open else text
 
 
+def extra_note(run: "Run", label: str):
+    """-v's note for a member's extra field that fgzip does not read, as gzip words it."""
+    if not run.options.verbose:
+        return None
+    return lambda length: message(f"{PROGRAM}: {label}: extra field of {length} bytes ignored")
+
+
 def usage_error(failure: Exception) -> int:
     message(f"{PROGRAM}: {failure}\nTry `{PROGRAM} --help' for more information.")
     return ERROR
