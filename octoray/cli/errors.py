@@ -78,10 +78,10 @@ def engine_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a cluster or an accelerator raises, without importing Dask or the
     kernels when the run never loaded them."""
     found = []
-    dask_executor = sys.modules.get("octoray.engine.dask_executor")
+    engine = sys.modules.get("octoray.engine.faults")
     kernels = sys.modules.get("octoray.kernels")
-    if dask_executor is not None:
-        found.append(dask_executor.ClusterError)
+    if engine is not None:
+        found.append(engine.ClusterError)
     if kernels is not None:
         found.append(kernels.AcceleratorError)
     return tuple(found)

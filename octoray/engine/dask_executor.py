@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 
+from octoray.engine.faults import ClusterError
+
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 2.0  # a plain TCP connect first: a refused port needs no 10 s of Dask retries
 STARTUP_WORKERS_TIMEOUT = 3.0  # a cluster with no workers at the start: an error this soon
-NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
-POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
-RESUBMISSIONS = 4
 # Engine jobs per request (4 MiB of fgzip input): a request's own cost is small beside 4 jobs'
 # data, and finer tasks keep several cards evenly busy (the stream's last jobs go one by one).
 JOBS_PER_TASK = 4
@@ -40,10 +39,6 @@ MAX_STREAM_JOBS_PER_TASK = 16
 def file_jobs_per_task(jobs: int, slots: int) -> int:
     """Jobs per request for a file of `jobs` jobs read by the workers over `slots` request slots."""
     return min(MAX_FILE_JOBS_PER_TASK, max(FILE_JOBS_PER_TASK, jobs // (FILE_TASKS_PER_SLOT * max(1, slots))))
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be reached, or was lost, or has no workers to run on."""
 
 
 def quiet_dask() -> None:
@@ -132,6 +127,8 @@ class DaskExecutor:
         return task
 
     def result(self, task: _Task):
+        from octoray.engine.dask_requests import POLL
+
         while True:
             self._check_alive()
             try:

@@ -22,7 +22,11 @@ import asyncio
 import time
 from collections import deque
 
-from octoray.engine.dask_executor import NO_WORKERS_TIMEOUT, POLL, RESUBMISSIONS, ClusterError
+from octoray.engine.faults import ClusterError
+
+NO_WORKERS_TIMEOUT = 30.0  # every worker lost mid-run: time for restarted ones to join
+POLL = 1.0  # how often a waiting client looks at its connection to the scheduler
+RESUBMISSIONS = 4
 
 PER_THREAD = 2  # requests in flight per worker thread
 LEFT_OUT = 5.0  # seconds a worker whose connection broke is not sent anything

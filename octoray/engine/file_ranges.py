@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from octoray.engine.dask_executor import ClusterError
+from octoray.engine.faults import ClusterError
 
 CHANGED = "changed while the workers were reading it"
 

@@ -24,6 +24,11 @@ class AcceleratorError(RuntimeError):
     """The requested accelerator cannot be opened."""
 
 
+class FpgaUnavailable(RuntimeError):
+    """No usable card (or overlay) for an FPGA accelerator; the message says why.  Opening
+    the FPGA turns it into an AcceleratorError, or into the CPU fallback under auto."""
+
+
 def open_accelerator(kind: str | None = None, device: int | None = None) -> Accelerator:
     kind = (kind or os.environ.get("OCTORAY_ACCELERATOR") or "auto").strip().lower()
     if kind not in ACCELERATOR_KINDS:
@@ -34,7 +39,7 @@ def open_accelerator(kind: str | None = None, device: int | None = None) -> Acce
         return CpuAccelerator()
     if kind == "auto":
         return _auto_accelerator(device)
-    from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
+    from octoray.kernels.fpga import FpgaAccelerator
 
     try:
         if kind == "fpga-emulator":
@@ -70,7 +75,7 @@ def _auto_accelerator(device: int | None) -> Accelerator:
 
         reason = pynq_missing_reason()  # cheap checks first: no import of pynq where it cannot serve
     if reason is None:
-        from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
+        from octoray.kernels.fpga import FpgaAccelerator
 
         try:
             return FpgaAccelerator(device, kind="fpga", fallback=CpuAccelerator())

@@ -35,6 +35,7 @@ import threading
 from pathlib import Path
 
 from octoray.formats.gzip import FINAL_EMPTY_BLOCK
+from octoray.kernels import FpgaUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,10 +53,6 @@ FUNCTIONS = {"gzip": GZIP_OVERLAY, "cnv": CNV_OVERLAY}  # each function's prefer
 # used (the 2020.2+ single kernel before the 2019.2 pair: fewer runs, no host-side fallbacks)
 FUNCTION_OVERLAYS = {"gzip": (GZIP_OVERLAY, GZIP_HBM_OVERLAY), "cnv": (CNV_OVERLAY,)}
 MANIFEST_FORMAT = "octoray-overlay"
-
-
-class FpgaUnavailable(RuntimeError):
-    """No usable card (or overlay) for this accelerator; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------

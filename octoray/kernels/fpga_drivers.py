@@ -7,7 +7,7 @@ them on hardware: they are tested against the PYNQ emulator (fpga_emulator.py).
 from __future__ import annotations
 
 from octoray.formats.gzip import SYNC_FLUSH_TAIL
-from octoray.kernels.fpga import FpgaUnavailable
+from octoray.kernels import FpgaUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -12,11 +12,7 @@ import zlib
 
 import numpy as np
 
-from octoray.kernels.fpga_emulator import EmulatedBuffer, EmulatorError, pace
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from octoray.kernels.fpga_emulator import EmulatedOverlay
+from octoray.kernels.fpga_emulated_memory import EmulatedBuffer, EmulatorError, pace
 
 
 class _Handle:
@@ -37,7 +33,7 @@ class _Handle:
 class _Kernel:
     arguments: tuple[str, ...] = ()
 
-    def __init__(self, overlay: EmulatedOverlay, name: str):
+    def __init__(self, overlay, name: str):  # overlay: fpga_emulator.EmulatedOverlay
         self.overlay = overlay
         self.name = name
         self.manifest = overlay.manifest

@@ -21,7 +21,7 @@ class Accelerator(Protocol):
         "huffman" or "rle".  The last chunk ends
         the deflate stream; any other ends byte-aligned without the final-block bit, so the
         next chunk's data can follow it.  A variant the kernel cannot do runs on its fallback
-        or raises AcceleratorError-derived FpgaUnavailable saying so."""
+        or raises FpgaUnavailable saying so."""
 
     def cnv_scores(self, images: Any) -> Any:
         """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) scores whose

@@ -50,7 +50,7 @@ def open_lanes(kind: str | None = None) -> list:
         return [open_accelerator("cpu")]
     if kind == "auto" and _no_fpga_here():
         return [open_accelerator("auto")]  # the CPU, named with the reason
-    from octoray.kernels.fpga import FpgaUnavailable
+    from octoray.kernels import FpgaUnavailable
 
     try:
         found = _count_cards(kind)

@@ -153,7 +153,8 @@ def _load_float(args):
     import torch
 
     from octoray.models.cnv import CNV
-    from octoray.models.train import load_portable, run_dir
+    from octoray.models.runs import run_dir
+    from octoray.models.train import load_portable
 
     model = CNV()
     if args.from_portable:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
+
 WIDTHS = (32, 64, 128, 128)  # stem, then three groups that halve the resolution
 
 
@@ -100,8 +102,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def main(argv=None) -> int:
-    from octoray.models.train import _load_split, augment, choose_device, run_dir, save_atomically
-
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         save_teacher(model, args.save, meta)
         print(f"wrote {args.save} ({args.save.stat().st_size:,} bytes)")
         return 0
-    x_train, y_train, x_val, y_val = _load_split(args, device)
+    x_train, y_train, x_val, y_val = load_split(args, device)
     steps = len(x_train) // args.batch_size
     total = args.epochs * steps
     for epoch in range(start, args.epochs):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from octoray.models.cnv import CNV
-from octoray.models.data import cache_dir, class_balanced_split, load_training_set
+from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "init_from")
@@ -148,34 +148,11 @@ def learning_rate(step: int, steps_per_epoch: int, args) -> float:
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the image padded by 4 (pixel 0), and a random horizontal flip,
-    on the images' device (the generator's)."""
-    n, device = images.shape[0], images.device
-    padded = F.pad(images, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (n,), generator=generator, device=device)
-    dy = torch.randint(0, 9, (n,), generator=generator, device=device)
-    steps = torch.arange(32, device=device)
-    rows = (dy[:, None] + steps[None, :])[:, None, :, None].expand(n, 3, 32, 40)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + steps[None, :])[:, None, None, :].expand(n, 3, 32, 32)
-    out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator, device=device) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
-
-
 @torch.no_grad()
 def evaluate(model: CNV, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> tuple[float, torch.Tensor]:
     model.eval()
     predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
     return (predictions == labels).float().mean().item(), predictions
-
-
-def save_atomically(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:
@@ -200,21 +177,6 @@ def plot_learning_curve(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"train: --device {name}: PyTorch sees no CUDA GPU")
-    return device
-
-
-def run_dir(run: str) -> Path:
-    path = cache_dir() / "train" / run
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -233,7 +195,7 @@ def main(argv=None) -> int:
         save_portable(out / f"{args.checkpoint}.pt", args.save_portable)
         print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
         return 0
-    x_train, y_train, x_val, y_val = _load_split(args, device)
+    x_train, y_train, x_val, y_val = load_split(args, device)
 
     torch.manual_seed(args.seed)
     model = CNV(ste=args.ste).to(device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
@@ -302,19 +264,6 @@ def main(argv=None) -> int:
             stop_at = _fit_schedule(args, recipe, epoch + 1, stop_at, started, time.time() - t0)
         epoch += 1
     return 0
-
-
-def _load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Training and validation images (NCHW uint8) and labels, on the device: the whole set
-    is 150 MB, so a GPU never waits for batches."""
-    images, labels, _ = load_training_set(args.data)
-    train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
-
-    def put(idx):
-        return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(device),
-                torch.from_numpy(labels[idx]).to(device))
-
-    return (*put(train_idx), *put(val_idx))
 
 
 def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,

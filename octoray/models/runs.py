@@ -1,0 +1,63 @@
+"""What the student's training (train.py) and the teacher's (teacher.py) share: the split on
+the device, the augmentation, the device chosen, and where a run keeps its checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from octoray.models.data import cache_dir, class_balanced_split, load_training_set
+
+
+def load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Training and validation images (NCHW uint8) and labels, on the device: the whole set
+    is 150 MB, so a GPU never waits for batches."""
+    images, labels, _ = load_training_set(args.data)
+    train_idx, val_idx = class_balanced_split(labels, args.val_per_class, args.split_seed)
+
+    def put(idx):
+        return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(device),
+                torch.from_numpy(labels[idx]).to(device))
+
+    return (*put(train_idx), *put(val_idx))
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the image padded by 4 (pixel 0), and a random horizontal flip,
+    on the images' device (the generator's)."""
+    n, device = images.shape[0], images.device
+    padded = F.pad(images, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator, device=device)
+    dy = torch.randint(0, 9, (n,), generator=generator, device=device)
+    steps = torch.arange(32, device=device)
+    rows = (dy[:, None] + steps[None, :])[:, None, :, None].expand(n, 3, 32, 40)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + steps[None, :])[:, None, None, :].expand(n, 3, 32, 32)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"train: --device {name}: PyTorch sees no CUDA GPU")
+    return device
+
+
+def run_dir(run: str) -> Path:
+    path = cache_dir() / "train" / run
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_atomically(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
