@@ -72,17 +72,19 @@ class Abort(Exception):
     """gzip gives up the whole run on a cut-off or malformed deflate stream (status 1)."""
 
 
+_line_open = False  # the last message left its line open: -v's "NAME:\t" waiting for its ratio
+
+
 def message(text: str, end: str = "\n") -> None:
     global _line_open
+    line = text + end
     try:
-        sys.stderr.write(text + end)
+        sys.stderr.write(line)
         sys.stderr.flush()
     except OSError:
         pass
-    _line_open = not (text + end).endswith("\n") and bool(text + end)
-
-
-_line_open = False  # the last message left its line open: -v's "NAME:\t" waiting for its ratio
+    if line:
+        _line_open = not line.endswith("\n")
 
 
 def on_a_new_line(text: str) -> str:
