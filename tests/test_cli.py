@@ -137,6 +137,12 @@ def test_help_and_version_go_to_stdout():
     assert version.stdout.startswith(b"fgzip ")
 
 
+def test_octoray_help_sums_up_each_command_on_one_line():
+    helped = run([*tool("octoray"), "--help"], env=dict(os.environ, COLUMNS="100"), check=True).stdout.decode()
+    lines = [line for line in helped.splitlines() if "status" in line]
+    assert len(lines) == 1 and "One line per worker: its accelerator, threads and tasks done." in lines[0]
+
+
 def test_refuses_to_write_compressed_data_to_a_terminal():
     import pty
 

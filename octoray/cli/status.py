@@ -29,7 +29,7 @@ def _root(
     """octoray: data-parallel jobs on a cluster of accelerators."""
 
 
-@app.command()
+@app.command(short_help="One line per worker: its accelerator, threads and tasks done.")
 def status(
     scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://, tls://)"),
     scheduler_file: str = typer.Option(None, "--scheduler-file", help="file written by `dask scheduler`"),
