@@ -141,6 +141,7 @@ def test_octoray_help_sums_up_each_command_on_one_line():
     helped = run([*tool("octoray"), "--help"], env=dict(os.environ, COLUMNS="100"), check=True).stdout.decode()
     lines = [line for line in helped.splitlines() if "status" in line]
     assert len(lines) == 1 and "One line per worker: its accelerator, threads and tasks done." in lines[0]
+    assert "nothing could run there" not in helped  # the rest is `octoray status --help`'s
 
 
 def test_refuses_to_write_compressed_data_to_a_terminal():
