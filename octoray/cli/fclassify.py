@@ -1,7 +1,7 @@
 """fclassify: classify images with the CNV-W1A1 binarized CNN (CIFAR-10 classes).
 
 The command line only: options, output formats, messages and the exit status.  Finding the
-images and running them on the engine is octoray.jobs.classify.
+images is octoray.jobs.classify_inputs, running them on the engine octoray.jobs.classify.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
     from octoray.cli.fclassify_output import Printer, Screen, shown
     from octoray.engine.cluster import open_executor
     from octoray.formats.cnv_input import CLASS_NAMES
-    from octoray.jobs import classify as job
+    from octoray.jobs.classify import classify as classified
+    from octoray.jobs.classify_inputs import items
 
     screen = Screen(progress=not quiet)
     failures = 0
@@ -124,9 +125,9 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
     try:
         with open_executor(threads=threads, scheduler=scheduler, scheduler_file=scheduler_file,
                            cluster=cluster) as executor:
-            stream = job.items(paths, files_from=files_from, null=null, input_format=input_format,
-                               batch=batch, note=note, stdin=sys.stdin.buffer)
-            for result in job.classify(stream, executor, batch):
+            stream = items(paths, files_from=files_from, null=null, input_format=input_format,
+                           batch=batch, note=note, stdin=sys.stdin.buffer)
+            for result in classified(stream, executor, batch):
                 if result.error:
                     failures += 1
                     screen.message(f"{shown(result.name)}: {result.error}")
