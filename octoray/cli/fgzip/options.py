@@ -87,7 +87,7 @@ Mandatory arguments to long options are mandatory for short options too.
 pigz options:
   -0                  store without compression;  -11: strongest (libdeflate 12)
   -p, --processes=N   use N threads on the embedded default (default: CPUs)
-  -b, --blocksize=KIB chunk size in KiB (default 1024, at least 32)
+  -b, --blocksize=KIB chunk size in KiB (default 1024, 32 to 524288)
   -i, --independent   compress chunks independently (fgzip always does)
   -m, -T, --no-time   do not store the modification time
   -M, --time          store the modification time (the default)
