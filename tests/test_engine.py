@@ -194,11 +194,18 @@ def test_pool_runs_every_task_on_its_threads_and_returns_each_value():
 
     before = _thread._count()
     pool = ThreadPool(3)
+    gate = threading.Event()
     try:
-        assert count_reaches(before + 3)
-        tasks = [pool.submit(lambda x: (x * x, _thread.get_ident()), i) for i in range(50)]
+        assert _thread._count() == before  # no thread before a task needs one
+        for _ in range(3):  # one task at a time, each done before the next: one thread serves them all
+            assert pool.submit(lambda: 1).result() == 1
+        assert count_reaches(before + 1)
+        tasks = [pool.submit(lambda x: (gate.wait(10) and x * x, _thread.get_ident()), i) for i in range(50)]
+        assert count_reaches(before + 3)  # tasks waiting: threads up to the limit, no more
+        gate.set()
         results = [task.result() for task in tasks]
     finally:
+        gate.set()
         pool.shutdown()
     assert [value for value, _ in results] == [i * i for i in range(50)]
     assert len({ident for _, ident in results} - {_thread.get_ident()}) <= 3

@@ -27,7 +27,7 @@ class Task:
         self._finished = _thread.allocate_lock()
         self._finished.acquire()
 
-    def _run(self) -> None:
+    def _run(self, before_release=None) -> None:
         if self.state == _PENDING:
             self.state = _RUNNING
             try:
@@ -36,6 +36,8 @@ class Task:
                 self.error = error
             self.state = _DONE
         self.fn = self.args = None
+        if before_release is not None:
+            before_release()
         self._finished.release()
 
     def result(self):
@@ -56,27 +58,41 @@ class Task:
 
 
 class ThreadPool:
-    """`threads` threads taking tasks in the order they were submitted; `initializer` runs
-    first on each thread (lanes pin a thread to its card there)."""
+    """Up to `threads` threads taking tasks in the order they were submitted; `initializer`
+    runs first on each thread (lanes pin a thread to its card there).  A thread starts when a
+    task finds none idle, as pigz starts its compressors: `-p 64` on a small file starts as
+    many threads as it has chunks."""
 
     def __init__(self, threads: int, initializer=None):
         self._tasks = _queue.SimpleQueue()
-        self._threads = [start_thread(self._work, initializer) for _ in range(max(1, threads))]
+        self._limit, self._initializer = max(1, threads), initializer
+        self._threads: list = []
+        self._idle = 0  # threads waiting for a task that no submitted task has claimed yet
+        self._lock = _thread.allocate_lock()
 
-    def _work(self, initializer) -> None:
+    def _work(self) -> None:
         failed = None
-        if initializer is not None:
+        if self._initializer is not None:
             try:
-                initializer()
+                self._initializer()
             except BaseException as error:  # noqa: BLE001 - every task this thread takes reports it
                 failed = error
-        while (task := self._tasks.get()) is not None:
+        while (task := self._tasks.get()) is not None:  # the first: the task that started it
             if failed is not None and task.state == _PENDING:
                 task.fn, task.args = _raise, (failed,)
-            task._run()
+            task._run(before_release=self._idle_again)  # idle before anyone waiting on it resumes
+
+    def _idle_again(self) -> None:
+        with self._lock:
+            self._idle += 1
 
     def submit(self, fn, *args) -> Task:
         task = Task(fn, args)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._limit:
+                self._threads.append(start_thread(self._work))
         self._tasks.put(task)
         return task
 
