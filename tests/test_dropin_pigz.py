@@ -72,18 +72,23 @@ def test_rsyncable_output_resynchronises():
     assert one[-500_000:-8] == two[-500_000:-8]
 
 
-@pytest.mark.parametrize("args", [["-b", "8"], ["-p", "0"], ["-dK", "x.zip"], ["-b", "524289"], ["-b", "99999999"]])
+@pytest.mark.parametrize("args", [["-b", "8"], ["-p", "0"], ["-dK", "x.zip"], ["-b", "524289"], ["-b", "99999999"],
+                                  ["-p", "1073741824"]])
 def test_bad_pigz_parameters_are_errors(args):
     result = fgzip(*args, input=b"")
     assert result.returncode == 1 and result.stderr.startswith(b"fgzip: ") and b"Traceback" not in result.stderr
     assert b"internal error" not in result.stderr
 
 
-def test_the_largest_block_pigz_takes_works(pigz_bin):
+def test_the_largest_block_and_thread_count_pigz_takes_work(pigz_bin):
     assert run([pigz_bin, "-b", "524288", "-c"], input=b"abc").returncode == 0
     assert run([pigz_bin, "-b", "524289", "-c"], input=b"abc").returncode != 0
     assert gzip.decompress(fgzip("-b", "524288", "-c", input=DATA, check=True).stdout) == DATA
     assert fgzip("-b", "524289", "-c", input=b"abc").stderr == b"fgzip: block size too large: 524289\n"
+    assert run([pigz_bin, "-p", "1073741823", "-c"], input=b"abc").returncode == 0
+    assert run([pigz_bin, "-p", "1073741824", "-c"], input=b"abc").returncode != 0
+    assert gzip.decompress(fgzip("-p", "1073741823", "-c", input=DATA, check=True).stdout) == DATA
+    assert fgzip("-p", "99999999999", "-c", input=b"abc").stderr == b"fgzip: too many processes: 99999999999\n"
 
 
 @pytest.mark.parametrize("args, made", [(["-S", ".x", "-z"], "a.zz"), (["-z", "-S", ".x"], "a.x"),

@@ -197,8 +197,7 @@ def _apply(key: str, value: str | None, options: Options, checks: list) -> None:
     elif key == "suffix":  # gzip takes any suffix but '' (checked at the end), even one with a '/'
         options.suffix, options.suffix_set = value, True
     elif key == "processes":
-        checks.append(lambda: setattr(options, "processes",
-                                      _positive_int(value, f"invalid number of processes: {value}")))
+        checks.append(lambda: _set_processes(options, value))
     elif key == "blocksize":
         checks.append(lambda: _set_block_size(options, value))
     elif key == "comment":
@@ -227,6 +226,14 @@ def _raise(failure: Exception):
 
 
 MAX_BLOCK_KIB = 512 * 1024  # pigz 2.6 refuses more than 512 MiB a block
+MAX_PROCESSES = (1 << 30) - 1  # and more threads than this
+
+
+def _set_processes(options: Options, value: str) -> None:
+    threads = _positive_int(value, f"invalid number of processes: {value}")
+    if threads > MAX_PROCESSES:
+        raise Fatal(f"too many processes: {value}")
+    options.processes = threads
 
 
 def _set_block_size(options: Options, value: str) -> None:
