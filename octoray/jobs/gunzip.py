@@ -177,10 +177,10 @@ def _next_header(source: _Input, totals: Totals, passthrough: bool, forced: bool
 
 def _note_extra(head: bytes, on_extra) -> None:
     """gzip -v says it ignores a member's extra field; octoray's own (the chunk layout) it reads."""
-    from octoray.formats.gzip_chunks import parse_layout
+    from octoray.formats.gzip_chunks import extra_field, parse_layout
 
     if parse_layout(head) is None:
-        on_extra(int.from_bytes(head[10:12], "little"))
+        on_extra(len(extra_field(head)))
 
 
 def _parallel_layout(head: bytes, header: gz.MemberHeader, executor):
