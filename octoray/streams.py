@@ -33,10 +33,19 @@ def read_full(fd: int, size: int) -> memoryview:
     return view
 
 
+LAZY_BUFFER = 1 << 24  # from this size a read buffer is anonymous memory, paid for as it fills
+
+
 def _empty_buffer(size: int) -> memoryview:
     """A writable buffer to read into: numpy's uninitialised one where numpy is loaded
     already (a Dask client, where bytearray's zero-filling is CPU spent on every byte it
-    pushes), else a bytearray (fgzip's start-up does not import numpy for this)."""
+    pushes), else a bytearray (fgzip's start-up does not import numpy for this).  A large
+    one is an anonymous mapping, whose pages the kernel provides only where a read writes:
+    `-b 524288` on a small file would otherwise hold 512 MiB of zeros."""
+    if size >= LAZY_BUFFER:
+        import mmap
+
+        return memoryview(mmap.mmap(-1, size))
     np = sys.modules.get("numpy")
     if np is not None and hasattr(np, "empty"):
         return memoryview(np.empty(size, dtype=np.uint8)).cast("B")

@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from conftest import fgzip, run, text_like
+from conftest import fgzip, run, text_like, tool
+from helpers import peak
 from helpers.dropin import put
 
 DATA = text_like(600_000, seed=11)
@@ -94,8 +95,18 @@ def test_the_largest_block_and_thread_count_pigz_takes_work(pigz_bin):
 @pytest.mark.parametrize("args, made", [(["-S", ".x", "-z"], "a.zz"), (["-z", "-S", ".x"], "a.x"),
                                         (["-S", ".x", "-K"], "a.zip"), (["-K", "-S", ".x"], "a.x")])
 def test_the_last_of_suffix_zlib_and_zip_names_the_output_as_in_pigz(tmp_path, pigz_bin, args, made):
-    for tool in ([pigz_bin], None):
+    for pigz in ([pigz_bin], None):
         put(tmp_path, "a", DATA)
-        (run([*tool, *args, "a"], cwd=tmp_path, check=True) if tool else fgzip(*args, "a", cwd=tmp_path, check=True))
+        (run([*pigz, *args, "a"], cwd=tmp_path, check=True) if pigz else fgzip(*args, "a", cwd=tmp_path, check=True))
         assert sorted(p.name for p in tmp_path.iterdir()) == [made]
         (tmp_path / made).unlink()
+
+
+def test_the_largest_block_on_a_small_input_commits_no_block_of_memory(tmp_path, pigz_bin):
+    """A 512 MiB block is read into memory the kernel provides only where the read writes:
+    pigz runs this in a few MB, and fgzip used to zero-fill the whole block first."""
+    put(tmp_path, "small", DATA[:5000])
+    status, out, err, rss = peak.measured([*tool("fgzip"), "-b", "524288", "-c", tmp_path / "small"])
+    assert status == 0 and err == b"" and gzip.decompress(out) == DATA[:5000]
+    assert rss < 128 * 2**20, f"{rss:,} bytes resident for a 5 kB input"
+    assert peak.measured([pigz_bin, "-b", "524288", "-c", tmp_path / "small"])[3] < 128 * 2**20

@@ -4,57 +4,22 @@ and stderr carries only fclassify's own words, nothing under -q."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import tarfile
-import tempfile
-import threading
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from conftest import tool
+from helpers import peak
 from octoray.formats.cnv_input import CLASS_NAMES
 
 PEAK_LIMIT = 200 * 10**6  # bytes of resident memory, whatever the input
 
 
-# The peak is measured by a small Python process that starts fclassify: a process started
-# straight from pytest would count pytest's own memory at the fork (Linux's maxrss).
-_STARTER = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[2:]); "
-            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
-            "sys.exit(status)")
-
-
 def measured(args, *, feed=None):
-    """Run fclassify; (exit code, stdout, stderr, peak RSS in bytes) of that one process.
-    `feed`: an iterable of chunks written to its stdin pipe until it stops reading."""
-    with tempfile.TemporaryDirectory() as scratch:
-        peak_file = os.path.join(scratch, "peak")
-        process = subprocess.Popen([sys.executable, "-c", _STARTER, peak_file, *tool("fclassify"), *map(str, args)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL)
-        writer = None
-        if feed is not None:
-            pipe, process.stdin = process.stdin, None  # the writer's to close, not communicate's
-
-            def write():
-                try:
-                    for chunk in feed:
-                        pipe.write(chunk)
-                    pipe.close()
-                except (BrokenPipeError, ValueError):
-                    pass
-
-            writer = threading.Thread(target=write, daemon=True)
-            writer.start()
-        out, err = process.communicate(timeout=120)
-        if writer:
-            writer.join(10)
-        with open(peak_file) as peak:
-            return process.returncode, out, err, int(peak.read()) * 1024  # KiB on Linux
+    """Run fclassify; (exit code, stdout, stderr, peak RSS in bytes) of that one process."""
+    return peak.measured([*tool("fclassify"), *args], feed=feed)
 
 
 def drawn(side: int) -> Image.Image:
