@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import text_like
-from octoray.formats import lzw
+from helpers.gzip_words import reason
+from octoray.formats import faults, lzw
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +27,16 @@ def compressed(compress_bin: str, data: bytes, *options: str) -> bytes:
 
 
 def ours(member: bytes, piece: int = 4096, to_stdout: bool = True):
-    """(output, reason or None, warnings) of fgzip's decoder on a whole .Z file."""
+    """(output, reason or None, warnings) of fgzip's decoder on a whole .Z file, in the words
+    fgzip prints for its faults."""
     assert member[:2] == lzw.MAGIC
     out, warnings = [], []
     body = member[2:]
     try:
-        lzw.decode((body[i:i + piece] for i in range(0, len(body), piece)), out.append, to_stdout=to_stdout,
-                   on_warning=warnings.append)
-    except lzw.LzwError as error:
-        return b"".join(out), error.reason, warnings
+        lzw.decode((body[i:i + piece] for i in range(0, len(body), piece)), out.append,
+                   on_warning=lambda notice: warnings.append(reason(notice)))
+    except faults.Fault as fault:
+        return b"".join(out), reason(fault, to_file=not to_stdout), warnings
     return b"".join(out), None, warnings
 
 
@@ -100,13 +102,16 @@ def test_too_many_bits_is_refused(gzip_bin, flags, reason):
 
 def test_header_alone_is_empty_and_magic_alone_is_cut_short(gzip_bin):
     assert ours(b"\x1f\x9d\x90") == (b"", None, []) == gzips(gzip_bin, b"\x1f\x9d\x90")
-    assert ours(b"\x1f\x9d")[1] == lzw.UNEXPECTED_EOF == gzips(gzip_bin, b"\x1f\x9d")[1]
+    assert ours(b"\x1f\x9d")[1] == "unexpected end of file" == gzips(gzip_bin, b"\x1f\x9d")[1]
 
 
-def test_writing_a_file_suggests_zcat():
+def test_writing_a_file_suggests_zcat(tmp_path, gzip_bin):
     member = b"\x1f\x9d\x90" + bytes([65, 0xFE, 0xFF, 0xFF])  # 'A', then a code far past the table
-    assert ours(member, to_stdout=False)[1] == lzw.CORRUPT_RECOVER
-    assert ours(member, to_stdout=True)[1] == lzw.CORRUPT
+    (tmp_path / "a.Z").write_bytes(member)
+    to_file = subprocess.run([gzip_bin, "-d", "a.Z"], cwd=tmp_path, capture_output=True).stderr.decode()
+    assert to_file.strip() == "gzip: a.Z: " + ours(member, to_stdout=False)[1]
+    assert ours(member, to_stdout=False)[1] == "corrupt input. Use zcat to recover some data."
+    assert ours(member, to_stdout=True)[1] == "corrupt input." == gzips(gzip_bin, member)[1]
 
 
 def test_output_arrives_in_bounded_pieces(compress_bin):

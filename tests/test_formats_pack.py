@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import text_like
-from octoray.formats import pack
+from helpers.gzip_words import reason
+from octoray.formats import faults, pack
 
 
 def packed(data: bytes) -> bytes:
@@ -46,11 +47,12 @@ def packed(data: bytes) -> bytes:
 
 
 def ours(member: bytes, piece: int = 7):
+    """(output, reason or None, input after the stream), a fault in the words fgzip prints."""
     out, body = [], member[2:]
     try:
         decoded = pack.decode((body[i:i + piece] for i in range(0, len(body), piece)), out.append)
-    except pack.PackError as error:
-        return b"".join(out), error.reason, None
+    except faults.Fault as fault:
+        return b"".join(out), reason(fault), None
     return b"".join(out), None, decoded.unused
 
 

@@ -1,7 +1,8 @@
 """compress(1)'s LZW format (.Z, magic 1f 9d), read as gzip 1.12 reads it.
 
 The decoding itself is C (octoray.formats._lzw, which documents the format's quirks).  Here:
-the flags byte, gzip's verdicts and wording, and a streaming decode that keeps memory flat.
+the flags byte, gzip's verdicts (as octoray.formats.faults types), and a streaming decode that
+keeps memory flat.
 gzip decodes an LZW stream to the end of its input (it is always the last "member"), warns
 about reserved flag bits and goes on, and refuses codes wider than 16 bits.  pigz differs
 (it refuses reserved bits and 9-bit streams, and some codes gzip accepts): fgzip follows gzip.
@@ -9,6 +10,7 @@ about reserved flag bits and goes on, and refuses codes wider than 16 bits.  pig
 
 from __future__ import annotations
 
+from octoray.formats import faults
 from octoray.formats._lzw import Corrupt, Decoder
 
 MAGIC = b"\x1f\x9d"
@@ -17,48 +19,34 @@ FLAG_RESERVED = 0x60
 FLAG_BLOCK_MODE = 0x80
 MAX_BITS = 16
 
-CORRUPT = "corrupt input."
-CORRUPT_RECOVER = "corrupt input. Use zcat to recover some data."
-"""gzip's words for a code past the table when the output is a file (-d without -c)."""
-UNEXPECTED_EOF = "unexpected end of file"
 
-
-class LzwError(Exception):
-    """Input gzip refuses; `reason` is gzip's message after 'gzip: FILE: '."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def flags_warning(flags: int) -> str | None:
+def flags_warning(flags: int) -> faults.UnknownLzwFlags | None:
     """gzip's warning (exit status 2, decoding goes on) for reserved bits in the flags byte."""
     reserved = flags & FLAG_RESERVED
-    return f"warning, unknown flags 0x{reserved:x}" if reserved else None
+    return faults.UnknownLzwFlags(reserved) if reserved else None
 
 
 def decoder_for(flags: int) -> Decoder:
-    """A decoder for the stream whose flags byte (the third byte) is `flags`; LzwError for
-    codes wider than gzip handles."""
+    """A decoder for the stream whose flags byte (the third byte) is `flags`;
+    faults.LzwTooManyBits for codes wider than gzip handles."""
     bits = flags & BITS_MASK
     if bits > MAX_BITS:
-        raise LzwError(f"compressed with {bits} bits, can only handle {MAX_BITS} bits")
+        raise faults.LzwTooManyBits(bits)
     return Decoder(bits, bool(flags & FLAG_BLOCK_MODE))
 
 
-def decode(pieces, write, *, to_stdout: bool = True, on_warning=None) -> int:
+def decode(pieces, write, *, on_warning=None) -> int:
     """Decode the LZW stream that `pieces` yields, starting just after the magic (with the
     flags byte), to the end of the input.  Output goes to `write` in pieces of at most
-    1 MiB; `on_warning(text)` hears about reserved flag bits before any output.  Returns the
-    number of input bytes read.  Raises LzwError with gzip's reason for damage; the output
-    before a bad code has been written, as gzip writes it.  `to_stdout` picks gzip's wording
-    (it suggests zcat only when writing a file)."""
+    1 MiB; `on_warning(notice)` hears about reserved flag bits before any output.  Returns
+    the number of input bytes read.  Raises faults.UnexpectedEnd or faults.LzwCorrupt for
+    damage; the output before a bad code has been written, as gzip writes it."""
     pieces = iter(pieces)
     first = b""
     while not first:
         first = next(pieces, None)
         if first is None:
-            raise LzwError(UNEXPECTED_EOF)
+            raise faults.UnexpectedEnd()
     flags = first[0]
     warning = flags_warning(flags)
     if warning and on_warning is not None:
@@ -71,9 +59,7 @@ def decode(pieces, write, *, to_stdout: bool = True, on_warning=None) -> int:
         try:
             decoder.decompress(piece, write)
         except Corrupt as error:
-            if str(error) == "first":
-                raise LzwError(CORRUPT) from None
-            raise LzwError(CORRUPT if to_stdout else CORRUPT_RECOVER) from None
+            raise faults.LzwCorrupt(first=str(error) == "first") from None
         consumed += len(piece)
         piece = next(pieces, None)
     return consumed

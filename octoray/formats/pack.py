@@ -13,25 +13,12 @@ Pure Python (a table look-up per code of up to 12 bits): pack files are rare and
 
 from __future__ import annotations
 
+from octoray.formats import faults
 from octoray.formats.raw_inflate import Input
 
 MAGIC = b"\x1f\x1e"
 MAX_BITS = 25
 PEEK_BITS = 12
-
-UNEXPECTED_EOF = "unexpected end of file"  # gzip's read error, which comes before unpack's own
-BAD_LENGTH = "invalid compressed data -- Huffman code bit length out of range"
-TOO_MANY = "too many leaves in Huffman tree"
-TOO_FEW = "too few leaves in Huffman tree"
-LENGTH_ERROR = "invalid compressed data--length error"
-
-
-class PackError(Exception):
-    """Input gzip refuses; `reason` is gzip's message after 'gzip: FILE: '."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Decoded:
@@ -50,17 +37,17 @@ class _Tree:
         self.length = int.from_bytes(header[:4], "big")
         self.max_len = header[4]
         if not 0 < self.max_len <= MAX_BITS:
-            raise PackError(BAD_LENGTH)
+            raise faults.HuffmanLengthRange()
         self.leaves = [0]
         room, count = 1, 0
         for bits in range(1, self.max_len + 1):  # each count checked as it is read, as gzip does
             self.leaves.append(_exactly(source, 1)[0])
             if room - (bits == self.max_len) < self.leaves[bits]:
-                raise PackError(TOO_MANY)
+                raise faults.TooManyLeaves()
             room = (room - self.leaves[bits] + 1) * 2 - 1
             count += self.leaves[bits]
         if count >= 256:
-            raise PackError(TOO_MANY)
+            raise faults.TooManyLeaves()
         self.leaves[self.max_len] += 1
         self.literals = _exactly(source, sum(self.leaves))
         self.leaves[self.max_len] += 1  # the end-of-file code
@@ -74,7 +61,7 @@ class _Tree:
             self.first[bits] = base + 1 - nodes
             nodes += self.leaves[bits]
         if nodes >> 1 != 1:
-            raise PackError(TOO_FEW)
+            raise faults.TooFewLeaves()
         self.peek = min(self.max_len, PEEK_BITS)
         self.table = self._table()
 
@@ -99,13 +86,14 @@ class _Tree:
 def _exactly(source: Input, n: int) -> bytes:
     data = source.read(n)
     if len(data) < n:
-        raise PackError(UNEXPECTED_EOF)
+        raise faults.UnexpectedEnd()
     return data
 
 
 def decode(pieces, write, chunk: int = 1 << 16) -> Decoded:
     """Decode the pack stream that `pieces` yields, starting just after the magic, to `write`.
-    PackError with gzip's reason where gzip refuses it; what came before a fault is written."""
+    Raises a faults.Fault where gzip refuses it (an end of input where gzip's read fails, which
+    comes before unpack's own checks, is faults.UnexpectedEnd); what came before is written."""
     source = Input(iter(pieces))
     tree = _Tree(source)
     out = bytearray()
@@ -119,7 +107,7 @@ def decode(pieces, write, chunk: int = 1 << 16) -> Decoded:
                 data, pos = source.next_piece(), 0
                 if not data:
                     write(bytes(out))
-                    raise PackError(UNEXPECTED_EOF)
+                    raise faults.UnexpectedEnd()
             acc = (acc << 8 | data[pos]) & 0xFFFFFFFFFFFF
             pos += 1
             nbits += 8
@@ -136,7 +124,7 @@ def decode(pieces, write, chunk: int = 1 << 16) -> Decoded:
                         data, pos = source.next_piece(), 0
                         if not data:
                             write(bytes(out))
-                            raise PackError(UNEXPECTED_EOF)
+                            raise faults.UnexpectedEnd()
                     acc = (acc << 8 | data[pos]) & 0xFFFFFFFFFFFF
                     pos += 1
                     nbits += 8
@@ -155,5 +143,5 @@ def decode(pieces, write, chunk: int = 1 << 16) -> Decoded:
         write(bytes(out))
     source.unread(data[pos:])
     if tree.length != size & 0xFFFFFFFF:
-        raise PackError(LENGTH_ERROR)
+        raise faults.PackLengthMismatch()
     return Decoded(size, source.held)

@@ -1,22 +1,12 @@
 """Streaming raw inflate over pieces of input, for the containers other than gzip members
 (zlib streams, zip entries): output in bounded pieces, a running check value, and the input
-left after the deflate stream.  Faults carry gzip's words, as fgzip prints them."""
+left after the deflate stream.  Damage is raised as octoray.formats.faults types."""
 
 from __future__ import annotations
 
-UNEXPECTED_EOF = "unexpected end of file"
-FORMAT_VIOLATED = "invalid compressed data--format violated"
-CRC_ERROR = "invalid compressed data--crc error"
-LENGTH_ERROR = "invalid compressed data--length error"
+from octoray.formats import faults
+
 MAX_OUTPUT_PIECE = 1 << 20
-
-
-class Corrupt(Exception):
-    """Input refused; `reason` is gzip's message after 'gzip: FILE: '."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Input:
@@ -64,7 +54,7 @@ class Input:
 def inflate(source: Input, write, check, initial: int) -> tuple[int, int]:
     """Inflate one raw deflate stream from `source` to `write`; return (bytes out, check value
     of the output, `check` being zlib-style crc32 or adler32 starting from `initial`).  The
-    input after the stream stays in `source`.  Corrupt: FORMAT_VIOLATED, UNEXPECTED_EOF."""
+    input after the stream stays in `source`.  Raises faults.CorruptData or faults.UnexpectedEnd."""
     from isal import igzip_lib
 
     inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE)
@@ -74,11 +64,11 @@ def inflate(source: Input, write, check, initial: int) -> tuple[int, int]:
         if inflater.needs_input:
             piece = source.next_piece()
             if not piece:
-                raise Corrupt(UNEXPECTED_EOF)
+                raise faults.UnexpectedEnd()
         try:
             out = inflater.decompress(piece, MAX_OUTPUT_PIECE)
         except igzip_lib.IsalError:
-            raise Corrupt(FORMAT_VIOLATED) from None
+            raise faults.CorruptData() from None
         if out:
             size += len(out)
             value = check(out, value)

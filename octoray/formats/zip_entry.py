@@ -1,13 +1,13 @@
 """The first entry of a zip file, read as `gzip -d` and `pigz -d` read it (`pigz -K` output).
 
 gzip reads a zip only at the very start of its input, and only its first entry, deflated or
-stored; the rest of the file (the central directory) is left unread.  Its wording is used
-here.  Where an entry's sizes and CRC follow its data (a data descriptor, flag bit 3), gzip
+stored; the rest of the file (the central directory) is left unread.  Its verdicts are
+followed here.  Where an entry's sizes and CRC follow its data (a data descriptor, flag bit 3), gzip
 assumes the 16-byte form with a signature and misreads the zip64 form that pigz -K writes
 ("length error"); pigz tells the forms apart, with or without signature, 32- or 64-bit
 sizes, and so does fgzip; so are 64-bit sizes in a zip64 extra field (Info-ZIP's `zip`
-reading a pipe writes them; gzip again says "length error").  A second local header right after the entry is reported
-(`more_entries`): gzip then warns under -c ("has more than one entry--rest ignored", status 2)
+reading a pipe writes them; gzip again says "length error").  A second local header right
+after the entry is reported (`more_entries`): gzip then warns under -c ("has more than one entry--rest ignored", status 2)
 and otherwise refuses to replace the zip ("has more than one entry -- unchanged", status 1).
 """
 
@@ -17,7 +17,8 @@ import struct
 
 from isal import isal_zlib
 
-from octoray.formats.raw_inflate import CRC_ERROR, LENGTH_ERROR, UNEXPECTED_EOF, Corrupt, Input, inflate
+from octoray.formats import faults
+from octoray.formats.raw_inflate import Input, inflate
 
 MAGIC = b"PK\x03\x04"
 LOCAL_SIZE = 30
@@ -26,21 +27,17 @@ FLAG_ENCRYPTED, FLAG_DESCRIPTOR = 1, 8
 STORED, DEFLATED = 0, 8
 ZIP64_EXTRA = 0x0001
 
-NOT_VALID = "not a valid zip file"
-NOT_DEFLATED = "first entry not deflated or stored -- use unzip"
-ENCRYPTED = "encrypted file -- use unzip"
-STORED_LENGTH_MISMATCH = "invalid compressed data--length mismatch"
-
-
 class LocalHeader:
     """The fields of a local file header that decoding needs."""
 
-    __slots__ = ("flags", "method", "mtime_dos", "crc", "compressed", "size", "name", "zip64", "length")
+    __slots__ = ("flags", "method", "mtime_dos", "crc", "compressed", "size", "name", "zip64", "length",
+                 "fields")
 
-    def __init__(self, flags, method, mtime_dos, crc, compressed, size, name, zip64, length):
+    def __init__(self, flags, method, mtime_dos, crc, compressed, size, name, zip64, length, fields):
         self.flags, self.method, self.mtime_dos = flags, method, mtime_dos
         self.crc, self.compressed, self.size = crc, compressed, size
         self.name, self.zip64, self.length = name, zip64, length
+        self.fields = fields  # (size, compressed size) as the header's 32-bit fields hold them
 
     @property
     def descriptor(self) -> bool:
@@ -48,20 +45,21 @@ class LocalHeader:
 
 
 def parse_local_header(buf: bytes) -> LocalHeader:
-    """The header at the start of `buf`; Corrupt with gzip's words where gzip refuses it
-    (cut short, a method other than deflate or stored, encrypted)."""
+    """The header at the start of `buf`; faults.ZipNotValid, ZipMethod or ZipEncrypted where
+    gzip refuses it (cut short, a method other than deflate or stored, encrypted)."""
     if len(buf) < LOCAL_SIZE or buf[:4] != MAGIC:
-        raise Corrupt(NOT_VALID)
+        raise faults.ZipNotValid()
     (flags, method, clock, day, crc, compressed, size, name_length,
      extra_length) = struct.unpack_from("<HHHHIIIHH", buf, 6)
     length = LOCAL_SIZE + name_length + extra_length
     if len(buf) < length:
-        raise Corrupt(NOT_VALID)
+        raise faults.ZipNotValid()
     method &= 0xFF  # gzip looks at the low byte only
     if method not in (STORED, DEFLATED):
-        raise Corrupt(NOT_DEFLATED)
+        raise faults.ZipMethod()
     if flags & FLAG_ENCRYPTED:
-        raise Corrupt(ENCRYPTED)
+        raise faults.ZipEncrypted()
+    fields = (size, compressed)
     name = bytes(buf[LOCAL_SIZE:LOCAL_SIZE + name_length])
     zip64 = _zip64_field(bytes(buf[LOCAL_SIZE + name_length:length]))
     if zip64 is not None:  # 64-bit sizes stand in for fields of 0xffffffff, low halves compared
@@ -69,7 +67,8 @@ def parse_local_header(buf: bytes) -> LocalHeader:
             size, zip64 = struct.unpack_from("<I", zip64)[0], zip64[8:]
         if compressed == 0xFFFFFFFF and len(zip64) >= 8:
             compressed = struct.unpack_from("<I", zip64)[0]
-    return LocalHeader(flags, method, day << 16 | clock, crc, compressed, size, name, zip64 is not None, length)
+    return LocalHeader(flags, method, day << 16 | clock, crc, compressed, size, name, zip64 is not None, length,
+                       fields)
 
 
 def _zip64_field(extra: bytes) -> bytes | None:
@@ -97,8 +96,8 @@ class Decoded:
 
 def decode(pieces, write, header_limit: int = 1 << 16) -> Decoded:
     """Decode the first entry of the zip file that `pieces` starts with, to `write`.
-    Corrupt with gzip's reason: NOT_VALID, NOT_DEFLATED, ENCRYPTED (before any output),
-    UNEXPECTED_EOF, FORMAT_VIOLATED, STORED_LENGTH_MISMATCH, CRC_ERROR, LENGTH_ERROR."""
+    Raises faults.ZipNotValid, ZipMethod, ZipEncrypted, StoredLengthMismatch (before any
+    output), UnexpectedEnd, CorruptData, CrcMismatch or LengthMismatch."""
     source = Input(iter(pieces))
     head = source.read(LOCAL_SIZE)
     if len(head) == LOCAL_SIZE and head[:4] == MAGIC:
@@ -111,16 +110,16 @@ def decode(pieces, write, header_limit: int = 1 << 16) -> Decoded:
         compressed = source.consumed - header.length
     else:
         if header.size != header.compressed:
-            raise Corrupt(STORED_LENGTH_MISMATCH)
+            raise faults.StoredLengthMismatch(*header.fields)
         size, crc = _copy(source, write, header.size)
         compressed = size
     expected_crc, expected_compressed, expected_size = header.crc, header.compressed, header.size
     if header.descriptor:
         expected_crc, expected_compressed, expected_size = _descriptor(source, header.zip64, crc, compressed, size)
     if expected_crc != crc & 0xFFFFFFFF:
-        raise Corrupt(CRC_ERROR)
+        raise faults.CrcMismatch()
     if expected_size != size & 0xFFFFFFFF:
-        raise Corrupt(LENGTH_ERROR)
+        raise faults.LengthMismatch()
     following = source.read(5)  # gzip looks for the next signature only with a byte beyond it
     return Decoded(header, size, len(following) == 5 and following[:4] == MAGIC, following + source.held)
 
@@ -130,7 +129,7 @@ def _copy(source: Input, write, size: int) -> tuple[int, int]:
     while left:
         piece = source.next_piece()
         if not piece:
-            raise Corrupt(UNEXPECTED_EOF)
+            raise faults.UnexpectedEnd()
         piece, extra = piece[:left], piece[left:]
         source.unread(extra)
         crc = isal_zlib.crc32(piece, crc)
@@ -159,5 +158,5 @@ def _descriptor(source: Input, zip64: bool, crc: int, compressed: int, size: int
 def _exactly(source: Input, n: int) -> bytes:
     data = source.read(n)
     if len(data) < n:
-        raise Corrupt(UNEXPECTED_EOF)
+        raise faults.UnexpectedEnd()
     return data

@@ -3,15 +3,16 @@
 gzip does not read zlib; pigz does, and fgzip follows it: a stream is recognised by its first
 two bytes (method 8, a window of at most 32 KiB, no preset dictionary, the FCHECK multiple of
 31), decoded, and its Adler-32 (big-endian, after the deflate data) checked.  pigz reads one
-stream and calls anything after it "trailing junk" (a warning).  Faults carry gzip's words,
-an Adler-32 mismatch the words of a CRC mismatch (gzip has no other).
+stream and calls anything after it "trailing junk" (a warning).  Damage is raised as
+octoray.formats.faults types, an Adler-32 mismatch as a CRC mismatch (gzip words no other).
 """
 
 from __future__ import annotations
 
 from isal import isal_zlib
 
-from octoray.formats.raw_inflate import CRC_ERROR, UNEXPECTED_EOF, Corrupt, Input, inflate
+from octoray.formats import faults
+from octoray.formats.raw_inflate import Input, inflate
 
 HEADER_SIZE = 2
 TRAILER_SIZE = 4
@@ -38,8 +39,8 @@ class Decoded:
 
 def decode(pieces, write) -> Decoded:
     """Decode the zlib stream at the start of `pieces` (an iterator of bytes-like pieces) to
-    `write`; Corrupt with gzip's reason (UNEXPECTED_EOF, FORMAT_VIOLATED, CRC_ERROR for the
-    Adler-32) where it is damaged."""
+    `write`; faults.UnexpectedEnd, faults.CorruptData or faults.CrcMismatch (the Adler-32)
+    where it is damaged."""
     source = Input(iter(pieces))
     header = source.read(HEADER_SIZE)
     if not is_header(header):
@@ -47,7 +48,7 @@ def decode(pieces, write) -> Decoded:
     size, adler = inflate(source, write, isal_zlib.adler32, 1)
     trailer = source.read(TRAILER_SIZE)
     if len(trailer) < TRAILER_SIZE:
-        raise Corrupt(UNEXPECTED_EOF)
+        raise faults.UnexpectedEnd()
     if int.from_bytes(trailer, "big") != adler & 0xFFFFFFFF:
-        raise Corrupt(CRC_ERROR)
+        raise faults.CrcMismatch()
     return Decoded(size, source.held)

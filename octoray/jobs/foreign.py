@@ -6,13 +6,10 @@ file's first entry (PK 3 4) at the very start of the input; pigz also reads a zl
 (`pigz -z`, .zz) there.  LZW and zip end the input as gzip reads it (LZW runs to the end, the
 rest of a zip is left unread); after a pack stream or a zlib stream, what follows is read as
 after a gzip member (another member, trailing data, or -cdf's copy).  The format modules
-report damage as `.reason` strings in gzip's words; here they become octoray.formats.faults
-types, which each command line words its own way.
+raise octoray.formats.faults types, which each command line words its own way.
 """
 
 from __future__ import annotations
-
-import struct
 
 from octoray.formats import faults
 
@@ -118,18 +115,8 @@ def _lzw(source, write, totals, on_header):
     header = ForeignHeader("compr")
     _begin(totals, header, on_header)
     source.take(len(LZW_MAGIC))
-    if source.fill(1):  # gzip warns of reserved flag bits, then refuses codes over 16 bits
-        flags = source.buffer[0]
-        if flags & lzw.FLAG_RESERVED:
-            totals.warnings.append(faults.UnknownLzwFlags(flags & lzw.FLAG_RESERVED))
-        if flags & lzw.BITS_MASK > lzw.MAX_BITS:
-            raise faults.LzwTooManyBits(flags & lzw.BITS_MASK)
     counted = _Counted(write)
-    try:
-        lzw.decode(_pieces(source), counted, to_stdout=False)
-    except lzw.LzwError as error:
-        raise {lzw.UNEXPECTED_EOF: faults.UnexpectedEnd(), lzw.CORRUPT: faults.LzwCorrupt(first=True),
-               lzw.CORRUPT_RECOVER: faults.LzwCorrupt(first=False)}[error.reason] from None
+    lzw.decode(_pieces(source), counted, on_warning=totals.warnings.append)
     _end(totals, header, counted.size)
     return True, None
 
@@ -140,32 +127,19 @@ def _pack(source, write, totals, on_header):
     header = ForeignHeader("pack ")
     _begin(totals, header, on_header)
     source.take(len(PACK_MAGIC))
-    try:
-        decoded = pack.decode(_pieces(source), write)
-    except pack.PackError as error:
-        raise {pack.UNEXPECTED_EOF: faults.UnexpectedEnd, pack.BAD_LENGTH: faults.HuffmanLengthRange,
-               pack.TOO_MANY: faults.TooManyLeaves, pack.TOO_FEW: faults.TooFewLeaves,
-               pack.LENGTH_ERROR: faults.PackLengthMismatch}[error.reason]() from None
+    decoded = pack.decode(_pieces(source), write)
     source.give_back(decoded.unused)
     _end(totals, header, decoded.size)
     return False, None  # gzip reads on: another member may follow
 
 
 def _zip(source, write, totals, on_header):
-    from octoray.formats import raw_inflate, zip_entry
+    from octoray.formats import zip_entry
 
-    # the sizes as the local header has them, which gzip prints when a stored entry's differ
-    compressed, size = struct.unpack_from("<II", source.buffer.ljust(26, b"\0"), 18)
-    try:
-        local = zip_entry.parse_local_header(source.buffer)
-        header = ForeignHeader("defla" if local.method == zip_entry.DEFLATED else "store")
-        _begin(totals, header, on_header)
-        decoded = zip_entry.decode(_pieces(source), write)
-    except raw_inflate.Corrupt as error:
-        if error.reason == zip_entry.STORED_LENGTH_MISMATCH:
-            raise faults.StoredLengthMismatch(size, compressed) from None
-        raise {zip_entry.NOT_VALID: faults.ZipNotValid, zip_entry.NOT_DEFLATED: faults.ZipMethod,
-               zip_entry.ENCRYPTED: faults.ZipEncrypted, **_inflate_faults()}[error.reason]() from None
+    local = zip_entry.parse_local_header(source.buffer)
+    header = ForeignHeader("defla" if local.method == zip_entry.DEFLATED else "store")
+    _begin(totals, header, on_header)
+    decoded = zip_entry.decode(_pieces(source), write)
     source.give_back(decoded.unused)
     _end(totals, header, decoded.size)
     _as_gzip_read(source)
@@ -184,7 +158,7 @@ def _as_gzip_read(source) -> None:
 def _zlib(source, write, totals, on_header, passthrough):
     """pigz's reading.  Under -cdf, input that only looked like a zlib stream (text starting
     "x^", say) and fails before any output is handed back to be copied, as gzip copies it."""
-    from octoray.formats import raw_inflate, zlib_stream
+    from octoray.formats import zlib_stream
 
     header = ForeignHeader("defla", ZLIB_OVERHEAD)
     record = _Record() if passthrough else None
@@ -197,23 +171,17 @@ def _zlib(source, write, totals, on_header, passthrough):
     counted = _Counted(write, on_first=first_output)
     try:
         decoded = zlib_stream.decode(_pieces(source, record), counted)
-    except raw_inflate.Corrupt as error:
+    except faults.Fault:
         if record is not None and record.pieces is not None:
             source.give_back(b"".join(record.pieces))
             return None
         counted.begin()
-        raise _inflate_faults()[error.reason]() from None
+        raise
     counted.begin()
     source.give_back(decoded.unused)
     _end(totals, header, decoded.size)
     return False, None  # what follows is read as after a gzip member
 
-
-def _inflate_faults() -> dict:
-    from octoray.formats import raw_inflate
-
-    return {raw_inflate.UNEXPECTED_EOF: faults.UnexpectedEnd, raw_inflate.FORMAT_VIOLATED: faults.CorruptData,
-            raw_inflate.CRC_ERROR: faults.CrcMismatch, raw_inflate.LENGTH_ERROR: faults.LengthMismatch}
 
 
 class _Counted:
