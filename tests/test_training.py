@@ -263,3 +263,48 @@ def test_a_run_made_elsewhere_exports_from_its_portable_file(tiny_archive, tmp_p
         assert np.array_equal(a.thresholds[name], b.thresholds[name]), name
     assert a.metadata["validation"] == b.metadata["validation"]
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_a_bank_keeps_the_teachers_exact_output_on_each_variant():
+    from octoray.models import kd_bank
+    from octoray.models.teacher import Teacher
+
+    torch.manual_seed(0)
+    teacher = Teacher((8, 8, 8, 8)).eval()
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+    bank = kd_bank.build(teacher, images, variants=3, seed=7, batch=7)
+    assert bank.variants == 3 and bank.logits.shape == (30, 3, 10)
+    assert len({(int(x), int(y), bool(f)) for x, y, f in zip(bank.dx.flatten(), bank.dy.flatten(),
+                                                            bank.flip.flatten())}) > 30  # real variety
+    again = kd_bank.build(teacher, images, variants=3, seed=7)
+    assert torch.equal(bank.dx, again.dx) and torch.equal(bank.flip, again.flip)
+    index = torch.tensor([4, 0, 29, 4, 17])
+    x, taught = bank.sample(images, index, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        direct = teacher(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(taught, direct, atol=1e-2, rtol=1e-3)  # fp16 keeps ~3 digits
+    plain = images[index].float()
+    assert not torch.equal(x.float(), plain)  # cropped or flipped, not the stored images
+
+
+def test_a_student_distils_from_a_bank_built_once(tiny_archive, tmp_path):
+    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
+            "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
+    assert subprocess.run(base, env=env, capture_output=True, timeout=300).returncode == 0
+    teacher = tmp_path / "teacher.npz"
+    assert subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300).returncode == 0
+    first = train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1", "--teacher", str(teacher),
+                  "--kd-bank", "4")
+    assert first.returncode == 0, first.stderr
+    bank_file = tmp_path / "train" / "t" / "teacher-bank.pt"
+    saved = torch.load(bank_file, weights_only=True)
+    assert saved["logits"].shape == (100, 4, 10) and saved["made_for"]["teacher"] == "teacher.npz"
+    built = bank_file.stat().st_mtime_ns
+    second = train(tiny_archive, tmp_path, "--epochs", "2", "--teacher", str(teacher), "--kd-bank", "4")
+    assert second.returncode == 0, second.stderr
+    assert bank_file.stat().st_mtime_ns == built  # the resumed run reused it
+    state = checkpoint(tmp_path)
+    assert state["epoch"] == 2 and state["recipe"]["kd_bank"] == 4
+    other = train(tiny_archive, tmp_path, "--epochs", "2", "--teacher", str(teacher), "--kd-bank", "2")
+    assert other.returncode == 1 and b"choose another --run" in other.stderr

@@ -28,16 +28,27 @@ def load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random 32x32 crop of the image padded by 4 (pixel 0), and a random horizontal flip,
     on the images' device (the generator's)."""
-    n, device = images.shape[0], images.device
-    padded = F.pad(images, (4, 4, 4, 4))
+    return crop(images, *draw_crops(images.shape[0], generator, images.device))
+
+
+def draw_crops(n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n random (dx, dy, flip): a crop's offsets in the padded image, 0-8 each, and whether
+    it is mirrored."""
     dx = torch.randint(0, 9, (n,), generator=generator, device=device)
     dy = torch.randint(0, 9, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return dx, dy, flip
+
+
+def crop(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Each image padded by 4 (pixel 0), cut to 32x32 at (dx, dy) and mirrored where `flip`."""
+    n, device = images.shape[0], images.device
+    padded = F.pad(images, (4, 4, 4, 4))
     steps = torch.arange(32, device=device)
     rows = (dy[:, None] + steps[None, :])[:, None, :, None].expand(n, 3, 32, 40)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + steps[None, :])[:, None, None, :].expand(n, 3, 32, 32)
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator, device=device) < 0.5
     out[flip] = out[flip].flip(3)
     return out
 

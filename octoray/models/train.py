@@ -26,10 +26,10 @@ from octoray.models.cnv import CNV
 from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
-               "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "init_from")
+               "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
-                   "kd_temperature": 1.0}
+                   "kd_temperature": 1.0, "kd_bank": 0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kd-weight", type=float, default=0.9,
                    help="with --teacher: the share of the loss that matches the teacher (the rest is the labels')")
     p.add_argument("--kd-temperature", type=float, default=1.0)
+    p.add_argument("--kd-bank", type=int, default=0, metavar="K",
+                   help="with --teacher: compute the teacher's outputs once, on K fixed crops/flips of each "
+                        "image, and train on those variants (0, the default: the teacher runs on every batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -188,7 +191,7 @@ def main(argv=None) -> int:
     recipe["teacher"] = args.teacher.name if args.teacher else None
     recipe["init_from"] = args.init_from.name if args.init_from else None
     if not args.teacher:
-        recipe["kd_weight"] = 0.0
+        recipe["kd_weight"], recipe["kd_bank"] = 0.0, 0
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
@@ -200,10 +203,14 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CNV(ste=args.ste).to(device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    teacher = None
+    teacher = bank = None
     if args.teacher:
         from octoray.models.teacher import load_teacher
         teacher, _ = load_teacher(args.teacher, device)
+        if recipe["kd_bank"]:
+            from octoray.models import kd_bank
+            bank = kd_bank.load_or_build(out / "teacher-bank.pt", teacher, recipe["teacher"], x_train,
+                                         recipe["kd_bank"], args.seed)
     start_epoch, history, generator_state = 0, [], None
     if last.exists() or args.resume_from:
         if last.exists():
@@ -243,7 +250,8 @@ def main(argv=None) -> int:
     epoch = start_epoch
     while epoch < stop_at:  # stop_at may shrink after the first epoch (--minutes)
         t0 = time.time()
-        train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args, teacher)
+        train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args,
+                                                teacher, bank)
         val_acc, _ = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
@@ -267,10 +275,10 @@ def main(argv=None) -> int:
 
 
 def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
-                generator: torch.Generator, epoch: int, args, teacher=None) -> tuple[float, float, float]:
+                generator: torch.Generator, epoch: int, args, teacher=None, bank=None) -> tuple[float, float, float]:
     """One pass over the shuffled training set; (mean loss, accuracy, last learning rate).
     With a teacher, the loss mixes the labels' cross-entropy with the KL divergence from the
-    teacher's softened outputs on the same augmented batch."""
+    teacher's softened outputs on the same augmented batch (run now, or kept in a kd_bank)."""
     model.train()
     device = x_train.device
     steps = len(x_train) // args.batch_size
@@ -283,14 +291,18 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-        x = augment(x_train[batch], generator).contiguous(memory_format=torch.channels_last)
+        if bank is not None:
+            x, taught = bank.sample(x_train, batch, generator)
+        else:
+            x = augment(x_train[batch], generator)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = y_train[batch]
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
         if teacher is not None:
             t = args.kd_temperature
             with torch.no_grad():
-                soft = F.softmax(teacher(x) / t, dim=1)
+                soft = F.softmax((taught if bank is not None else teacher(x)) / t, dim=1)
             kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * (t * t)
             loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,87 @@
+"""One training step of CNV-W1A1 three ways, side by side in one run: distillation with the
+teacher run on the batch (what `--teacher` does), distillation from a bank of the teacher's
+outputs computed once (`--kd-bank K`), and the labels alone (no teacher).  Steps alternate,
+so a busy machine slows all three alike; prints medians and the paired ratios to the live
+teacher's step, and the rate at which a bank is built.
+
+    python benchmarks/train_step.py [--teacher training/teacher.npz] [--threads 2] [--pairs 15]
+
+Needs the training extra: pip install '.[train]'.  Pause other work first (training too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", type=Path, default=ROOT / "training" / "teacher.npz")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--pairs", type=int, default=15)
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from octoray.models import kd_bank
+    from octoray.models.cnv import CNV
+    from octoray.models.runs import augment
+    from octoray.models.teacher import load_teacher
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher, _ = load_teacher(args.teacher)
+    images = torch.randint(0, 256, (2000, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (2000,))
+    started = time.perf_counter()
+    bank = kd_bank.build(teacher, images, variants=4, seed=1)
+    built = time.perf_counter() - started
+    model = CNV().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+
+    def step(way: str) -> float:
+        began = time.perf_counter()
+        index = torch.randint(0, len(images), (args.batch_size,), generator=generator)
+        if way == "bank":
+            x, taught = bank.sample(images, index, generator)
+        else:
+            x = augment(images[index], generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels[index])
+        if way != "labels":
+            with torch.no_grad():
+                soft = F.softmax(taught if way == "bank" else teacher(x), dim=1)
+            loss = 0.1 * loss + 0.9 * F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.clip_weights()
+        return time.perf_counter() - began
+
+    ways = ("live", "bank", "labels")
+    for way in ways * 3:  # warm-up
+        step(way)
+    times = {way: [] for way in ways}
+    for _ in range(args.pairs):
+        for way in ways:
+            times[way].append(step(way))
+    print(f"batch {args.batch_size}, {args.threads} threads, {args.pairs} rounds")
+    print(f"bank building: {len(images) * 4 / built:.0f} teacher forwards/s")
+    for way in ways:
+        ratios = [t / live for t, live in zip(times[way], times["live"])]
+        print(f"{way:>7}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
+              f"paired ratio to live {statistics.median(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
