@@ -306,5 +306,6 @@ def test_a_student_distils_from_a_bank_built_once(tiny_archive, tmp_path):
     assert bank_file.stat().st_mtime_ns == built  # the resumed run reused it
     state = checkpoint(tmp_path)
     assert state["epoch"] == 2 and state["recipe"]["kd_bank"] == 4
-    other = train(tiny_archive, tmp_path, "--epochs", "2", "--teacher", str(teacher), "--kd-bank", "2")
+    other = train(tiny_archive, tmp_path, "--epochs", "3", "--teacher", str(teacher), "--kd-bank", "2")
     assert other.returncode == 1 and b"choose another --run" in other.stderr
+    assert bank_file.stat().st_mtime_ns == built  # a refused recipe leaves the run's bank alone

@@ -203,14 +203,10 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CNV(ste=args.ste).to(device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    teacher = bank = None
+    teacher = None
     if args.teacher:
         from octoray.models.teacher import load_teacher
         teacher, _ = load_teacher(args.teacher, device)
-        if recipe["kd_bank"]:
-            from octoray.models import kd_bank
-            bank = kd_bank.load_or_build(out / "teacher-bank.pt", teacher, recipe["teacher"], x_train,
-                                         recipe["kd_bank"], args.seed)
     start_epoch, history, generator_state = 0, [], None
     if last.exists() or args.resume_from:
         if last.exists():
@@ -242,6 +238,11 @@ def main(argv=None) -> int:
         load_portable(args.init_from, model)
         print(f"{args.run}: a new run from the weights of {args.init_from}", flush=True)
 
+    bank = None
+    if teacher is not None and recipe["kd_bank"]:  # built (minutes) only once the recipe is known to fit
+        from octoray.models import kd_bank
+        bank = kd_bank.load_or_build(out / "teacher-bank.pt", teacher, recipe["teacher"], x_train,
+                                     recipe["kd_bank"], args.seed)
     generator = torch.Generator(device=device).manual_seed(args.seed + start_epoch)
     if generator_state is not None:
         generator.set_state(generator_state.cpu())
