@@ -218,14 +218,20 @@ def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
     assert state["recipe"]["ste"] == "approxsign"
 
 
-def test_a_student_learns_from_a_saved_teacher(tiny_archive, tmp_path):
-    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
-            "--batch-size", "20", "--val-per-class", "2", "--epochs", "2"]
+def saved_teacher(archive: Path, cache: Path, epochs: int) -> Path:
+    """Train a teacher on the archive for `epochs` and save it as cache/teacher.npz."""
+    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(archive),
+            "--batch-size", "20", "--val-per-class", "2", "--epochs", str(epochs)]
     assert subprocess.run(base, env=env, capture_output=True, timeout=300).returncode == 0
-    teacher = tmp_path / "teacher.npz"
+    teacher = cache / "teacher.npz"
     saved = subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300)
     assert saved.returncode == 0, saved.stderr
+    return teacher
+
+
+def test_a_student_learns_from_a_saved_teacher(tiny_archive, tmp_path):
+    teacher = saved_teacher(tiny_archive, tmp_path, epochs=2)
     from octoray.models.teacher import load_teacher
 
     model, meta = load_teacher(teacher)
@@ -288,12 +294,7 @@ def test_a_bank_keeps_the_teachers_exact_output_on_each_variant():
 
 
 def test_a_student_distils_from_a_bank_built_once(tiny_archive, tmp_path):
-    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
-            "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
-    assert subprocess.run(base, env=env, capture_output=True, timeout=300).returncode == 0
-    teacher = tmp_path / "teacher.npz"
-    assert subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300).returncode == 0
+    teacher = saved_teacher(tiny_archive, tmp_path, epochs=1)
     first = train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1", "--teacher", str(teacher),
                   "--kd-bank", "4")
     assert first.returncode == 0, first.stderr
