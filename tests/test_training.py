@@ -218,12 +218,13 @@ def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
     assert state["recipe"]["ste"] == "approxsign"
 
 
-def saved_teacher(archive: Path, cache: Path, epochs: int) -> Path:
-    """Train a teacher on the archive for `epochs` and save it as cache/teacher.npz."""
+def saved_teacher(archive: Path, cache: Path, epochs: int, *extra: str) -> Path:
+    """Train a teacher on the archive for `epochs` (with the extra options) and save it as
+    cache/teacher.npz."""
     env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
     base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(archive),
             "--batch-size", "20", "--val-per-class", "2", "--epochs", str(epochs)]
-    assert subprocess.run(base, env=env, capture_output=True, timeout=300).returncode == 0
+    assert subprocess.run([*base, *extra], env=env, capture_output=True, timeout=300).returncode == 0
     teacher = cache / "teacher.npz"
     saved = subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300)
     assert saved.returncode == 0, saved.stderr
@@ -241,6 +242,22 @@ def test_a_student_learns_from_a_saved_teacher(tiny_archive, tmp_path):
     assert student.returncode == 0, student.stderr
     assert checkpoint(tmp_path)["recipe"]["teacher"] == "teacher.npz"
     assert checkpoint(tmp_path)["recipe"]["kd_weight"] == 0.9
+
+
+def test_a_wider_teacher_keeps_its_widths(tiny_archive, tmp_path):
+    teacher = saved_teacher(tiny_archive, tmp_path, 1, "--widths", "8,16,24,40")
+    from octoray.models.teacher import load_teacher
+
+    model, meta = load_teacher(teacher)
+    assert meta["widths"] == [8, 16, 24, 40] and model.head.in_features == 40
+    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    other = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
+                            "--val-per-class", "2", "--widths", "8,8,8,8"], env=env, capture_output=True, timeout=300)
+    assert other.returncode == 1 and b"Traceback" not in other.stderr
+    assert b"has widths (8, 16, 24, 40), not (8, 8, 8, 8)" in other.stderr
+    bad = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
+                          "--widths", "8,x"], env=env, capture_output=True, timeout=300)
+    assert bad.returncode == 2 and b"not a list of channel counts" in bad.stderr
 
 
 def export_command(archive: Path, cache: Path, out: Path, *extra: str):

@@ -63,8 +63,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-per-class", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--widths", type=_widths, metavar="W,W,W,W",
+                   help="the stem's channels, then each group's (default: 32,64,128,128); a run keeps its own")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     return p.parse_args(argv)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of channel counts such as 32,64,128,128")
+    return widths
 
 
 def learning_rate(step: int, total: int, peak: float) -> float:
@@ -108,7 +120,12 @@ def main(argv=None) -> int:
     out = run_dir(args.run)
     last = out / "last.pt"
     torch.manual_seed(args.seed)
-    model = Teacher().to(device, memory_format=torch.channels_last)
+    state = torch.load(last, weights_only=False, map_location=device) if last.exists() else None
+    widths = tuple(state.get("widths", WIDTHS)) if state else (args.widths or WIDTHS)
+    if args.widths and widths != args.widths:
+        print(f"teacher: {last} has widths {widths}, not {args.widths}; choose another --run", file=sys.stderr)
+        return 1
+    model = Teacher(widths).to(device, memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.dim() > 1]
     rest = [p for p in model.parameters() if p.dim() <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
@@ -116,15 +133,14 @@ def main(argv=None) -> int:
                                 lr=args.lr, momentum=0.9, nesterov=True)
     start, history = 0, []
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    if last.exists():
-        state = torch.load(last, weights_only=False, map_location=device)
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())
         start, history = state["epoch"], state["history"]
         print(f"resuming {args.run} after epoch {start}", flush=True)
     if args.save:
-        meta = {"widths": list(WIDTHS), "epochs": start, "history": history,
+        meta = {"widths": list(widths), "epochs": start, "history": history,
                 "val_acc_flip_tta": history[-1]["val_acc"] if history else None,
                 "command": "python -m octoray.models.teacher " + " ".join(sys.argv[1:])}
         save_teacher(model, args.save, meta)
@@ -152,7 +168,7 @@ def main(argv=None) -> int:
         val_acc = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
                         "seconds": time.time() - t0})
-        save_atomically({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
+        save_atomically({"epoch": epoch + 1, "widths": widths, "history": history, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, last)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         print(json.dumps(history[-1]), flush=True)
