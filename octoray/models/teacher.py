@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--widths", type=_widths, metavar="W,W,W,W",
-                   help="the stem's channels, then each group's (default: 32,64,128,128); a run keeps its own")
+                   help=f"the stem's channels, then each group's (default: {','.join(map(str, WIDTHS))}); "
+                        "a run keeps its own")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     return p.parse_args(argv)
 
