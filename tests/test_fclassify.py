@@ -198,6 +198,19 @@ def test_usage_errors_and_a_closed_pipe_are_quiet(photos):
     assert len(head.stdout.splitlines()) == 1 and head.stderr == b""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "No such option: --bogus"),
+    (["--top-k", "11"], "Invalid value for '--top-k'"),
+    (["--cluster", "x"], "unknown cluster 'x'"),
+])
+def test_a_usage_error_is_a_line_that_names_the_program_then_where_help_is(args, message):
+    result = fclassify(*args, "x.png")
+    assert result.returncode == 2 and result.stdout == b""
+    first, hint = result.stderr.decode().splitlines()
+    assert first.startswith("fclassify: ") and message in first
+    assert hint == "Try 'fclassify -h' for help."
+
+
 def test_version_has_fgzips_form():
     from octoray import __version__
 

@@ -72,3 +72,20 @@ def test_octoray_version_matches_fgzip_and_fclassify():
     assert run([*tool("octoray"), "--version"], check=True).stdout == f"octoray {version}\n".encode()
     assert run([*tool("octoray"), "-V"], check=True).stdout == f"octoray {version}\n".encode()
     assert run([*tool("fgzip"), "--version"], check=True).stdout.startswith(f"fgzip {version} (octoray)".encode())
+
+
+@pytest.mark.parametrize("argv, first, hint", [
+    (["--bogus"], "octoray: No such option: --bogus", "Try 'octoray --help' for help."),
+    (["nope"], "octoray: No such command 'nope'.", "Try 'octoray --help' for help."),
+    (["status", "-p", "x"], "octoray: Invalid value for '--threads' / '-p': 'x' is not a valid int.",
+     "Try 'octoray status --help' for help."),
+])
+def test_octoray_usage_errors_name_the_program(argv, first, hint):
+    result = run([*tool("octoray"), *argv])
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [first, hint]
+
+
+def test_octoray_alone_shows_its_help():
+    result = run([*tool("octoray")])
+    assert result.returncode == 2 and b"status" in result.stdout + result.stderr

@@ -20,6 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
+from octoray.cli.usage import run_app  # noqa: E402
 from octoray.jobs import DEFAULT_BATCH  # noqa: E402
 
 PROGRAM = "fclassify"
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     status = 0
     try:
-        app(args=sys.argv[1:] if argv is None else argv, prog_name=PROGRAM, standalone_mode=True)
+        status = run_app(app, PROGRAM, sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import typer
 
 from octoray import __version__
 from octoray.cli.errors import failure_text, leave
+from octoray.cli.usage import run_app
 
 PROGRAM = "octoray"
 
@@ -54,7 +55,7 @@ def status(
 def main() -> int:
     status = 0
     try:
-        app(prog_name=PROGRAM)
+        status = run_app(app, PROGRAM, sys.argv[1:])
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
     return leave(status)
