@@ -173,9 +173,9 @@ class DeflatedChunks:
         return result.chunks if isinstance(result, DeflatedChunks) else result
 
     def __reduce_ex__(self, protocol):
-        from pickle import PickleBuffer
+        from octoray.engine.stream import out_of_band
 
-        carry = PickleBuffer if protocol >= 5 else bytes
+        carry = out_of_band if protocol >= 5 else bytes
         return _deflated_chunks, ([(carry(c.data), c.crc, c.size, c.last) for c in self.chunks],)
 
 

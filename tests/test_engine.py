@@ -179,6 +179,40 @@ def test_a_group_sends_its_chunks_out_of_band():
     assert bytes(out.jobs[0][0]) == bytes(chunk)
 
 
+CYCLE_AFTER_A_FAILED_SEND = """
+import gc, pickle, sys
+import numpy as np
+from octoray.engine.stream import JobGroup
+from octoray.formats.gzip import DeflatedChunk
+from octoray.worker import DeflatedChunks
+sys.unraisablehook = lambda hook: print("unraisable:", hook.exc_value, file=sys.stderr)
+for _ in range(3):
+    view = memoryview(np.empty(1 << 20, dtype=np.uint8)).cast("B")[:100_000]
+    for message in (JobGroup([(view, None, 6, True)]), DeflatedChunks([DeflatedChunk(view, 0, 1, True)])):
+        frames = []
+        pickle.dumps(message, protocol=5, buffer_callback=frames.append)
+        cycle = [frames, view]
+        cycle.append(cycle)
+        del frames, cycle
+    del view, message
+    gc.collect()
+print("collected")
+"""
+
+
+def test_buffers_sent_out_of_band_survive_the_garbage_collector_clearing_a_cycle():
+    """Dask's frames left in a cycle (the traceback of a send to a worker that was killed)
+    hold our chunks' memoryviews and the PickleBuffers over them; collecting that cycle must
+    neither print `memoryview has 1 exported buffer` nor crash (CPython issue 77894)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", CYCLE_AFTER_A_FAILED_SEND], capture_output=True, cwd=ROOT)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"collected\n", b"")
+
+
 # --- the embedded engine's thread pool (octoray.engine.threadpool) ---
 
 def test_pool_runs_every_task_on_its_threads_and_returns_each_value():

@@ -35,14 +35,30 @@ class JobGroup:
 
     def __reduce_ex__(self, protocol):
         if protocol >= 5:
-            from pickle import PickleBuffer
-
             def carry(value):
-                return PickleBuffer(value) if isinstance(value, (memoryview, bytearray)) else value
+                return out_of_band(value) if isinstance(value, (memoryview, bytearray)) else value
         else:  # memoryviews cannot be pickled in band
             def carry(value):
                 return bytes(value) if isinstance(value, memoryview) else value
         return _rebuilt_group, ([tuple(carry(a) for a in job) for job in self.jobs],)
+
+
+def out_of_band(value):
+    """A PickleBuffer over `value`, for protocol 5's out-of-band buffers.
+
+    A memoryview is handed over through a NumPy array over it, never directly: on Python
+    before 3.12.7 the garbage collector, clearing a cycle that holds a memoryview and the
+    PickleBuffer exporting it (Dask's frames in the traceback of a send to a killed worker),
+    frees the memory under the buffer, and the process crashes (CPython issue 77894).  The
+    collector does not track NumPy arrays, so the view under one stays alive until the
+    buffer is released."""
+    from pickle import PickleBuffer
+
+    if isinstance(value, memoryview):
+        import numpy as np
+
+        value = np.frombuffer(value, dtype=np.uint8)
+    return PickleBuffer(value)
 
 
 def map_values(value, fn):
