@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import assert_no_traceback, run, tool
 from octoray.formats.cnv_input import CLASS_NAMES
 from octoray.formats.cnv_model import CnvModel
+from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS, summed, views
 from octoray.kernels import cnv_reference
 
 
@@ -25,6 +26,16 @@ def fclassify(*args, **kw):
 
 def lines(result) -> list[str]:
     return result.stdout.decode().splitlines()
+
+
+def reference_scores(images, count: int = DEFAULT_VIEWS) -> np.ndarray:
+    """The oracle's fc3 popcounts summed over `count` views of each image: what fclassify
+    --views `count` prints as scores."""
+    return summed(cnv_reference.fc3_popcounts(CnvModel.load(), views(np.stack(images), count)), count)
+
+
+def reference_labels(images, count: int = DEFAULT_VIEWS) -> list[str]:
+    return [CLASS_NAMES[i] for i in reference_scores(images, count).argmax(axis=1)]
 
 
 def smooth_image(rng, height=32, width=32) -> np.ndarray:
@@ -59,8 +70,7 @@ def _walk_key(top, path):
 @pytest.fixture(scope="module")
 def expected(photos):
     _top, pixels = photos
-    labels = cnv_reference.classify(CnvModel.load(), np.stack(list(pixels.values())))
-    return [CLASS_NAMES[i] for i in labels]
+    return reference_labels(list(pixels.values()))
 
 
 def test_a_directory_is_walked_in_sorted_order_and_matches_the_reference(photos, expected):
@@ -114,7 +124,7 @@ def test_output_formats(photos, expected):
     for fields, label in zip(tsv, expected):
         assert len(fields) == 7 and fields[1] == label
         scores = [int(s) for s in fields[2::2]]
-        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 512 for s in scores)
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 512 * DEFAULT_VIEWS for s in scores)
 
     rows = list(csv.reader(io.StringIO(fclassify("--format", "csv", *paths, check=True).stdout.decode())))
     assert rows[0] == ["path", "label"] and [r[1] for r in rows[1:]] == expected[:3]
@@ -183,9 +193,44 @@ def test_order_holds_with_small_batches_on_several_threads(tmp_path):
     images = [smooth_image(rng) for _ in range(60)]
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
-    labels = cnv_reference.classify(CnvModel.load(), np.stack(images))
+    labels = reference_labels(images)
     result = fclassify("--batch", 4, "-p", 3, tmp_path, check=True)
-    assert lines(result) == [f"{tmp_path / f'{i:03d}.png'}\t{CLASS_NAMES[c]}" for i, c in enumerate(labels)]
+    assert lines(result) == [f"{tmp_path / f'{i:03d}.png'}\t{label}" for i, label in enumerate(labels)]
+
+
+@pytest.mark.parametrize("count", [2, 3, MAX_VIEWS])
+def test_views_sum_the_scores_of_the_image_its_mirror_and_moved_copies(photos, count):
+    """--views N: each image's fc3 popcounts summed over its first N views, as the oracle
+    computes them, and the label the best class of the sum."""
+    _top, pixels = photos
+    paths = list(pixels)[:6]
+    records = [json.loads(line) for line in
+               lines(fclassify("--views", count, "--format", "jsonl", "--top-k", 10, *paths, check=True))]
+    want = reference_scores([pixels[p] for p in paths], count)
+    for record, row in zip(records, want):
+        assert {t["label"]: t["score"] for t in record["top"]} == dict(zip(CLASS_NAMES, row.tolist()))
+        assert record["label"] == CLASS_NAMES[row.argmax()]
+    assert [r["path"] for r in records] == [str(p) for p in paths]
+
+
+def test_views_on_a_card_that_returns_only_its_top1_class_are_refused_with_a_reason(photos):
+    top, pixels = photos
+    env = dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator")
+    refused = fclassify("--views", 2, top, env=env)
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert refused.stderr.decode().startswith("fclassify: fpga-emulator:0 ")
+    assert "fc3 scores, which summing views needs: the card returns only its top-1 class" in refused.stderr.decode()
+    assert_no_traceback(refused)
+    one_view = fclassify("--views", 1, top, env=env, check=True)
+    assert [line.split("\t")[1] for line in lines(one_view)] == reference_labels(list(pixels.values()), 1)
+
+
+def test_views_out_of_range_are_a_usage_error(photos):
+    top, _ = photos
+    for count in (0, MAX_VIEWS + 1):
+        bad = fclassify("--views", count, top)
+        assert bad.returncode == 2 and b"--views" in bad.stderr and bad.stdout == b""
+        assert_no_traceback(bad)
 
 
 def test_usage_errors_and_a_closed_pipe_are_quiet(photos):

@@ -55,9 +55,36 @@ def test_a_card_runs_the_variants_it_cannot_do_on_its_fallback_or_says_so(level,
         out = with_fallback.deflate(data, level, True, strategy)
         assert out == CpuAccelerator().deflate(data, level, True, strategy)
         assert zlib.decompress(out, -15) == data
-        with pytest.raises(FpgaUnavailable, match="cannot do this variant"):
+        with pytest.raises(FpgaUnavailable, match=f"cannot do {'level 11' if level == 11 else 'the ' + strategy}"):
             alone.deflate(data, level, True, strategy)
         assert zlib.decompress(alone.deflate(data, 6, True), -15) == data  # its own kind it does
+    finally:
+        with_fallback.close()
+        alone.close()
+
+
+def test_a_variant_the_chosen_card_cannot_do_is_one_line_naming_the_card():
+    import os
+
+    done = subprocess.run([*tool("fgzip"), "-H"], input=b"text " * 1000, capture_output=True,
+                          env=dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator"))
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr == b"fgzip: fpga-emulator:0 gzip_u50+cnv_w1a1_u50: the kernel cannot do the huffman strategy\n"
+
+
+def test_a_card_hands_a_batch_that_needs_popcounts_to_its_fallback_or_says_so():
+    """The card returns only its top-1 class; summing views needs the fc3 popcounts."""
+    images = np.random.default_rng(4).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    emulator = EmulatedPynq(devices=1)
+    with_fallback = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", fallback=CpuAccelerator())
+    alone = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator")
+    try:
+        popcounts = CpuAccelerator().cnv_scores(images)
+        assert np.array_equal(with_fallback.cnv_scores(images, popcounts=True), popcounts)
+        with pytest.raises(FpgaUnavailable, match="returns only its top-1 class"):
+            alone.cnv_scores(images, popcounts=True)
+        one_hot = alone.cnv_scores(images)  # its own kind it does
+        assert (one_hot.sum(axis=1) == 1).all() and np.array_equal(one_hot.argmax(1), popcounts.argmax(1))
     finally:
         with_fallback.close()
         alone.close()

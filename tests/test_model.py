@@ -62,6 +62,16 @@ def test_readme_reports_the_shipped_accuracy(shipped):
     assert f"{100 * accuracy:.2f} %" in (ROOT / "README.md").read_text()
 
 
+def test_readme_reports_the_accuracy_of_fclassifys_default_views(shipped):
+    from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS
+
+    validation = shipped.metadata["validation"]
+    by_views = validation["integer_accuracy_by_views"]
+    assert sorted(map(int, by_views)) == list(range(1, MAX_VIEWS + 1))
+    assert by_views["1"] == validation["integer_accuracy"]
+    assert f"{100 * by_views[str(DEFAULT_VIEWS)]:.2f} %" in (ROOT / "README.md").read_text()
+
+
 def test_packed_bits_are_little_endian_rows(shipped):
     w = shipped.weights_pm1("fc1")
     assert set(np.unique(w)) <= {-1, 1}

@@ -21,6 +21,7 @@ import typer  # noqa: E402
 
 from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
 from octoray.cli.usage import run_app  # noqa: E402
+from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS  # noqa: E402
 from octoray.jobs import DEFAULT_BATCH  # noqa: E402
 
 PROGRAM = "fclassify"
@@ -66,7 +67,12 @@ def classify(
                                              help="what stdin and files hold; auto detects"),
     output: OutputFormat = typer.Option(OutputFormat.tsv, "--format", help="output format"),
     top_k: int = typer.Option(0, "--top-k", min=0, max=10, metavar="K",
-                              help="also print the K best classes with their scores (fc3 popcounts, 0-512)"),
+                              help="also print the K best classes with their scores (fc3 popcounts "
+                                   "summed over the views: 0-512 a view)"),
+    views: int = typer.Option(DEFAULT_VIEWS, "--views", min=1, max=MAX_VIEWS, metavar="N",
+                              help="classify N views of each image and sum their scores: the image, "
+                                   "its mirror, then the image moved a pixel down, up, right, left, "
+                                   "each with its mirror (1: fastest; each view costs a pass)"),
     labels_only: bool = typer.Option(False, "--labels", help="print only the label of each image "
                                                              "(takes no --top-k or --format)"),
     zero: bool = typer.Option(False, "--zero", "-z", help="end each result with NUL, not newline, "
@@ -96,7 +102,7 @@ def classify(
         raise typer.BadParameter("images are not read from a terminal: name files "
                                  "or directories, or pipe images in", param_hint="PATH")
     state = _run(paths or [], files_from, null, input_format.value, output.value, top_k, labels_only, zero,
-                 quiet, verbose, threads, batch, scheduler, scheduler_file, cluster)
+                 quiet, verbose, threads, batch, views, scheduler, scheduler_file, cluster)
     raise typer.Exit(state)
 
 
@@ -108,7 +114,7 @@ def _stdin_is_terminal() -> bool:
 
 
 def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero, quiet, verbose, threads,
-         batch, scheduler, scheduler_file, cluster) -> int:
+         batch, views, scheduler, scheduler_file, cluster) -> int:
     from octoray.cli.fclassify_output import Printer, Screen, shown
     from octoray.engine.cluster import open_executor
     from octoray.formats.cnv_input import CLASS_NAMES
@@ -128,7 +134,7 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
                            cluster=cluster) as executor:
             stream = items(paths, files_from=files_from, null=null, input_format=input_format,
                            batch=batch, note=note, stdin=sys.stdin.buffer)
-            for result in classified(stream, executor, batch):
+            for result in classified(stream, executor, batch, views):
                 if result.error:
                     failures += 1
                     screen.message(f"{shown(result.name)}: {result.error}")

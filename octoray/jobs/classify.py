@@ -64,9 +64,10 @@ def _remote_groups(stream: Iterable[Item], batch: int) -> Iterator[list]:
         yield group
 
 
-def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> Iterator[Result]:
-    """Results for `stream`, in its order; batches run in parallel on `executor`.  The last
-    result of each batch says so (`batch_end`): results come a batch at a time."""
+def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH, views: int = 1) -> Iterator[Result]:
+    """Results for `stream`, in its order; batches run in parallel on `executor`.  Each image's
+    scores are summed over `views` views of it (octoray.formats.cnv_views).  The last result
+    of each batch says so (`batch_end`): results come a batch at a time."""
     from octoray.kernels.tasks import classify_batch
 
     sent: deque = deque()
@@ -100,7 +101,7 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH) -> It
             if not decode_here:
                 for item in group:
                     item.payload = None  # encoded bytes: the batch holds them, until its task is done
-            yield (JobGroup([(payload,) for payload in payloads]),)  # one object: Dask would scatter a list
+            yield JobGroup([(payload,) for payload in payloads]), views  # one object: Dask would scatter a list
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
         group = sent.popleft()

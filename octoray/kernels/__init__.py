@@ -24,9 +24,10 @@ class AcceleratorError(RuntimeError):
     """The requested accelerator cannot be opened."""
 
 
-class FpgaUnavailable(RuntimeError):
-    """No usable card (or overlay) for an FPGA accelerator; the message says why.  Opening
-    the FPGA turns it into an AcceleratorError, or into the CPU fallback under auto."""
+class FpgaUnavailable(AcceleratorError):
+    """No usable card (or overlay) for an FPGA accelerator, or for a variant of a call; the
+    message says why.  Opening the FPGA turns it into an AcceleratorError naming the kind, or
+    into the CPU fallback under auto."""
 
 
 def open_accelerator(kind: str | None = None, device: int | None = None) -> Accelerator:

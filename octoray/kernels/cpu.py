@@ -68,7 +68,7 @@ class CpuAccelerator:
             self.fallback_reason = fallback_reason
             self.name = f"cpu (no FPGA: {fallback_reason})"
 
-    def cnv_scores(self, images):
+    def cnv_scores(self, images, popcounts: bool = False):
         from octoray.kernels import cnv_cpu
 
         if self._cnv is None:  # loaded on first use: fgzip never pays for the model

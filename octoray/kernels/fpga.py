@@ -304,13 +304,13 @@ class FpgaAccelerator:
                 raise RuntimeError(f"{self.name} is closed") from None
             raise
 
-    def _fallback_for(self, function: str, needs_cpu: bool = False):
+    def _fallback_for(self, function: str, needs_cpu: bool = False, variant: str = "this variant"):
         """None where the card serves `function`, else the fallback accelerator; without one,
-        FpgaUnavailable saying why."""
+        FpgaUnavailable saying why (`variant`: what the kernel cannot do, where `needs_cpu`)."""
         if function in self.available and not needs_cpu:
             return None
         if self.fallback is None:
-            why = "the kernel cannot do this variant" if needs_cpu and function in self.available \
+            why = f"the kernel cannot do {variant}" if needs_cpu and function in self.available \
                 else self.missing.get(function, "no overlay for " + function)
             raise FpgaUnavailable(f"{self.name}: {why}")
         return self.fallback
@@ -320,7 +320,8 @@ class FpgaAccelerator:
         one setting), plus the final empty block after a stream's last chunk.  pigz's -11 and
         its strategies (-H, -U) are variants the kernel cannot do: they run on the fallback."""
         variant = strategy is not None or level not in range(10)
-        other = self._fallback_for("gzip", needs_cpu=variant)
+        other = self._fallback_for("gzip", needs_cpu=variant,
+                                   variant=f"the {strategy} strategy" if strategy else f"level {level}")
         if other is not None:
             return other.deflate(data, level, last, strategy)
         body = self._call("gzip", "deflate", data) if len(data) else b""
@@ -336,13 +337,15 @@ class FpgaAccelerator:
             return np.zeros(0, dtype=np.int64)
         return self._call("cnv", "classify", images)
 
-    def cnv_scores(self, images):
-        """One-hot rows (N, 10) int64: 1 for the card's top-1 class."""
+    def cnv_scores(self, images, popcounts: bool = False):
+        """One-hot rows (N, 10) int64: 1 for the card's top-1 class.  The card gives nothing
+        else, so a batch that needs the fc3 popcounts (`popcounts`) runs on the fallback."""
         import numpy as np
 
-        other = self._fallback_for("cnv")
+        other = self._fallback_for("cnv", needs_cpu=popcounts,
+                                   variant="fc3 scores, which summing views needs: the card returns only its top-1 class")
         if other is not None:
-            return other.cnv_scores(images)
+            return other.cnv_scores(images, popcounts)
         classes = self.cnv_classes(images)
         scores = np.zeros((len(classes), 10), dtype=np.int64)
         if np.any((classes < 0) | (classes >= 10)):

@@ -23,10 +23,12 @@ class Accelerator(Protocol):
         next chunk's data can follow it.  A variant the kernel cannot do runs on its fallback
         or raises FpgaUnavailable saying so."""
 
-    def cnv_scores(self, images: Any) -> Any:
+    def cnv_scores(self, images: Any, popcounts: bool = False) -> Any:
         """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) scores whose
         argmax (the lowest index winning a tie) is the class.  CPU kernels return fc3
-        popcounts; an FPGA returns its top-1 class as a one-hot row."""
+        popcounts; an FPGA returns its top-1 class as a one-hot row.  `popcounts` asks for
+        the popcounts themselves (summing views needs them): a card that returns only its
+        top-1 class runs such a batch on its fallback, or raises FpgaUnavailable saying so."""
 
     def close(self) -> None:
         """Release the card (and the fallback's resources)."""

@@ -209,14 +209,28 @@ def main(argv=None) -> int:
     agreement = float((int_pred == float_pred.numpy()).mean())
     int_acc = float((int_pred == y_val).mean())
     metadata["validation"].update({"integer_accuracy": round(int_acc, 4),
-                                   "integer_float_agreement": agreement})
+                                   "integer_float_agreement": agreement,
+                                   "integer_accuracy_by_views": _accuracy_by_views(int_model, x_val, y_val)})
     int_model.save(args.out)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_learning_curve(state["history"], args.plot)
+    by_views = metadata["validation"]["integer_accuracy_by_views"]
     print(f"epoch {state['epoch']}: float {float_acc:.4f}, integer {int_acc:.4f}, "
           f"agreement {agreement:.4f} -> {args.out} ({args.out.stat().st_size:,} bytes)")
+    print("integer, by fclassify --views N: " + ", ".join(f"{n}: {a:.4f}" for n, a in by_views.items()))
     return 0 if agreement == 1.0 else 1
+
+
+def _accuracy_by_views(model: CnvModel, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The integer model's accuracy as `fclassify --views N` labels, for every N: the CPU
+    kernel (tested equal to the reference) on all the views at once."""
+    from octoray.formats.cnv_views import MAX_VIEWS, views
+    from octoray.kernels.cnv_cpu import PackedModel, fc3_popcounts
+
+    scores = fc3_popcounts(PackedModel(model), views(images, MAX_VIEWS)).reshape(MAX_VIEWS, len(images), -1)
+    return {str(n): round(float((scores[:n].sum(axis=0).argmax(axis=1) == labels).mean()), 4)
+            for n in range(1, MAX_VIEWS + 1)}
 
 
 class _Refused(Exception):
