@@ -207,6 +207,8 @@ def test_views_sum_the_scores_of_the_image_its_mirror_and_moved_copies(photos, c
     records = [json.loads(line) for line in
                lines(fclassify("--views", count, "--format", "jsonl", "--top-k", 10, *paths, check=True))]
     want = reference_scores([pixels[p] for p in paths], count)
+    told = fclassify("-v", "--views", count, *paths, check=True).stderr.decode()
+    assert f"/s, {count} views an image) on local (cpu" in told
     for record, row in zip(records, want):
         assert {t["label"]: t["score"] for t in record["top"]} == dict(zip(CLASS_NAMES, row.tolist()))
         assert record["label"] == CLASS_NAMES[row.argmax()]

@@ -150,8 +150,9 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
                 done = screen.count - failures
                 where = ", ".join(sorted({f"{w['worker']} ({w['accelerator']})" for w in executor.describe()}))
                 failed = f", {failures:,} failed" if failures else ""
+                passes = f", {views} views an image" if views > 1 else ""
                 sys.stderr.write(f"{PROGRAM}: {done:,} image{'' if done == 1 else 's'} in {seconds:.2f} s "
-                                 f"({done / max(seconds, 1e-9):,.0f}/s) on {where}{failed}\n")
+                                 f"({done / max(seconds, 1e-9):,.0f}/s{passes}) on {where}{failed}\n")
     finally:
         screen.close()
     return 1 if failures else 0
