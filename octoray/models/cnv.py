@@ -80,9 +80,10 @@ class BinaryConv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, bias=False)
         nn.init.uniform_(self.weight, -1.0, 1.0)
+        self.binarize = True  # False: the staged recipe's first stage, real weights (CNV's `weights`)
 
     def binary_weight(self) -> torch.Tensor:
-        return _WeightSignSTE.apply(self.weight)
+        return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
 
     def forward(self, x):
         return F.conv2d(x, self.binary_weight())
@@ -92,9 +93,10 @@ class BinaryLinear(nn.Linear):
     def __init__(self, fin: int, fout: int):
         super().__init__(fin, fout, bias=False)
         nn.init.uniform_(self.weight, -1.0, 1.0)
+        self.binarize = True
 
     def binary_weight(self) -> torch.Tensor:
-        return _WeightSignSTE.apply(self.weight)
+        return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
 
     def forward(self, x):
         return F.linear(x, self.binary_weight())
@@ -124,9 +126,13 @@ class TensorNorm(nn.Module):
 
 
 class CNV(nn.Module):
-    """Input: uint8 pixels, NCHW.  Output: 10 logits (after TensorNorm)."""
+    """Input: uint8 pixels, NCHW.  Output: 10 logits (after TensorNorm).
 
-    def __init__(self, ste: str = "hardtanh"):
+    weights="real" keeps the latent weights (still clipped to [-1, 1]) in the forward pass:
+    the first stage of the staged recipe (binary activations first, then binary weights too),
+    whose result only seeds a binary run; it is never exported."""
+
+    def __init__(self, ste: str = "hardtanh", weights: str = "binary"):
         super().__init__()
         self.ste = ste  # the activations' backward pass (training only; inference is sign either way)
         self.register_buffer("pixel_lut", torch.tensor(PIXEL_TO_Q17, dtype=torch.float32) / 128.0)
@@ -135,6 +141,10 @@ class CNV(nn.Module):
         self.fcs = nn.ModuleList(BinaryLinear(i, o) for i, o in FC_FEATURES)
         self.fc_bns = nn.ModuleList(nn.BatchNorm1d(o, eps=BN_EPS) for _, o in FC_FEATURES[:-1])
         self.tensor_norm = TensorNorm()
+        if weights not in ("binary", "real"):
+            raise ValueError(f"weights must be binary or real, not {weights!r}")
+        for layer in (*self.convs, *self.fcs):
+            layer.binarize = weights == "binary"
 
     def quantize_input(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pixel_lut[pixels.long()]
