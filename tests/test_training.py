@@ -329,14 +329,15 @@ def test_a_student_distils_from_a_bank_built_once(tiny_archive, tmp_path):
     assert bank_file.stat().st_mtime_ns == built  # a refused recipe leaves the run's bank alone
 
 
-def test_the_staged_recipe_trains_real_weights_then_seeds_a_binary_run(tiny_archive, tmp_path):
-    """--weights real: binary activations on real weights (stage one); never exported, its
-    weights start a binary run (stage two) through --init-from."""
-    first = train(tiny_archive, tmp_path, "--epochs", "1", "--weights", "real")
+@pytest.mark.parametrize("stage", ["weights", "activations"])
+def test_a_staged_recipe_trains_a_real_stage_then_seeds_a_binary_run(tiny_archive, tmp_path, stage):
+    """--weights real / --activations real (stage one) are never exported; their weights start
+    a binary run (stage two) through --init-from."""
+    first = train(tiny_archive, tmp_path, "--epochs", "1", f"--{stage}", "real")
     assert first.returncode == 0, first.stderr
     state = checkpoint(tmp_path)
-    assert state["recipe"]["weights"] == "real"
-    real, binary = CNV(weights="real"), CNV()
+    assert state["recipe"][stage] == "real"
+    real, binary = CNV(**{stage: "real"}), CNV()
     for model in (real, binary):
         model.load_state_dict(state["model"])
         model.eval()
@@ -344,10 +345,11 @@ def test_the_staged_recipe_trains_real_weights_then_seeds_a_binary_run(tiny_arch
     assert not torch.equal(real(pixels), binary(pixels))  # the forward pass used the real weights
     assert all(layer.weight.abs().max() <= 1 for layer in (*real.convs, *real.fcs))  # still clipped
     refused = export_command(tiny_archive, tmp_path, tmp_path / "x.npz", "--checkpoint", "last")
-    assert refused.returncode == 1 and b"real weights" in refused.stderr and b"Traceback" not in refused.stderr
+    assert refused.returncode == 1 and f"real {stage}".encode() in refused.stderr
+    assert b"Traceback" not in refused.stderr
     portable = tmp_path / "stage-one.npz"
     assert train(tiny_archive, tmp_path, "--save-portable", str(portable)).returncode == 0
     second = train(tiny_archive, tmp_path / "b", "--epochs", "1", "--init-from", str(portable))
     assert second.returncode == 0, second.stderr
-    assert checkpoint(tmp_path / "b")["recipe"]["weights"] == "binary"
+    assert checkpoint(tmp_path / "b")["recipe"][stage] == "binary"
     assert train(tiny_archive, tmp_path, "--epochs", "2").returncode == 1  # stage one resumes only as itself

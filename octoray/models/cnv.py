@@ -128,13 +128,16 @@ class TensorNorm(nn.Module):
 class CNV(nn.Module):
     """Input: uint8 pixels, NCHW.  Output: 10 logits (after TensorNorm).
 
-    weights="real" keeps the latent weights (still clipped to [-1, 1]) in the forward pass:
-    the first stage of the staged recipe (binary activations first, then binary weights too),
-    whose result only seeds a binary run; it is never exported."""
+    weights="real" keeps the latent weights (still clipped to [-1, 1]) in the forward pass,
+    activations="real" puts hardtanh where sign was: a first stage of a staged recipe (one of
+    the two binary, then both), whose result only seeds a binary run; it is never exported."""
 
-    def __init__(self, ste: str = "hardtanh", weights: str = "binary"):
+    def __init__(self, ste: str = "hardtanh", weights: str = "binary", activations: str = "binary"):
         super().__init__()
         self.ste = ste  # the activations' backward pass (training only; inference is sign either way)
+        if activations not in ("binary", "real"):
+            raise ValueError(f"activations must be binary or real, not {activations!r}")
+        self.real_activations = activations == "real"
         self.register_buffer("pixel_lut", torch.tensor(PIXEL_TO_Q17, dtype=torch.float32) / 128.0)
         self.convs = nn.ModuleList(BinaryConv2d(i, o) for i, o in CONV_CHANNELS)
         self.conv_bns = nn.ModuleList(nn.BatchNorm2d(o, eps=BN_EPS) for _, o in CONV_CHANNELS)
@@ -149,15 +152,18 @@ class CNV(nn.Module):
     def quantize_input(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pixel_lut[pixels.long()]
 
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(x) if self.real_activations else binary_sign(x, self.ste)
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(pixels)
         for i, (conv, bn) in enumerate(zip(self.convs, self.conv_bns)):
-            x = binary_sign(bn(conv(x)), self.ste)
+            x = self.activation(bn(conv(x)))
             if i in POOL_AFTER:
                 x = F.max_pool2d(x, 2)
         x = x.flatten(1)
         for fc, bn in zip(self.fcs[:-1], self.fc_bns):
-            x = binary_sign(bn(fc(x)), self.ste)
+            x = self.activation(bn(fc(x)))
         return x
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

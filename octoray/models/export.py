@@ -164,9 +164,10 @@ def _load_float(args):
                            map_location="cpu")
         model.load_state_dict(state["model"])
     model.eval()
-    if state["recipe"].get("weights", "binary") != "binary":
-        raise SystemExit("export: this run trained real weights (the staged recipe's first stage): its "
-                         "binary model is not what it learned; train a binary run from it with --init-from")
+    real = [k for k in ("weights", "activations") if state["recipe"].get(k, "binary") != "binary"]
+    if real:
+        raise SystemExit(f"export: this run trained real {' and '.join(real)} (a staged recipe's first stage): "
+                         "its binary model is not what it learned; train a binary run from it with --init-from")
     return model, state
 
 

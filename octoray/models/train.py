@@ -27,10 +27,11 @@ from octoray.models.runs import augment, choose_device, load_split, run_dir, sav
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
-               "weights")
+               "weights", "activations")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
-                   "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary"}
+                   "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
+                   "activations": "binary"}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -57,8 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --teacher: compute the teacher's outputs once, on K fixed crops/flips of each "
                         "image, and train on those variants (0, the default: the teacher runs on every batch)")
     p.add_argument("--weights", choices=("binary", "real"), default="binary",
-                   help="real: binary activations on real weights, the first stage of the staged recipe "
-                        "(its weights then seed a binary run through --init-from; it is never exported)")
+                   help="real: the latent weights themselves in the forward pass, a first stage of a staged "
+                        "recipe (its weights then seed a binary run through --init-from; it is never exported)")
+    p.add_argument("--activations", choices=("binary", "real"), default="binary",
+                   help="real: hardtanh instead of sign, a first stage of a staged recipe (as --weights real)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -205,7 +208,8 @@ def main(argv=None) -> int:
     x_train, y_train, x_val, y_val = load_split(args, device)
 
     torch.manual_seed(args.seed)
-    model = CNV(ste=args.ste, weights=args.weights).to(device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
+    model = CNV(ste=args.ste, weights=args.weights, activations=args.activations).to(
+        device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     teacher = None
     if args.teacher:
