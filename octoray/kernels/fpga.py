@@ -304,13 +304,14 @@ class FpgaAccelerator:
                 raise RuntimeError(f"{self.name} is closed") from None
             raise
 
-    def _fallback_for(self, function: str, needs_cpu: bool = False, variant: str = "this variant"):
+    def _fallback_for(self, function: str, variant: str | None = None):
         """None where the card serves `function`, else the fallback accelerator; without one,
-        FpgaUnavailable saying why (`variant`: what the kernel cannot do, where `needs_cpu`)."""
-        if function in self.available and not needs_cpu:
+        FpgaUnavailable saying why.  `variant`: what of `function` this call asks for that the
+        kernel cannot do (None: nothing)."""
+        if function in self.available and variant is None:
             return None
         if self.fallback is None:
-            why = f"the kernel cannot do {variant}" if needs_cpu and function in self.available \
+            why = f"the kernel cannot do {variant}" if variant and function in self.available \
                 else self.missing.get(function, "no overlay for " + function)
             raise FpgaUnavailable(f"{self.name}: {why}")
         return self.fallback
@@ -319,9 +320,8 @@ class FpgaAccelerator:
         """The kernel's blocks (it takes no level: -1..-9 all run its
         one setting), plus the final empty block after a stream's last chunk.  pigz's -11 and
         its strategies (-H, -U) are variants the kernel cannot do: they run on the fallback."""
-        variant = strategy is not None or level not in range(10)
-        other = self._fallback_for("gzip", needs_cpu=variant,
-                                   variant=f"the {strategy} strategy" if strategy else f"level {level}")
+        variant = f"the {strategy} strategy" if strategy else None if level in range(10) else f"level {level}"
+        other = self._fallback_for("gzip", variant)
         if other is not None:
             return other.deflate(data, level, last, strategy)
         body = self._call("gzip", "deflate", data) if len(data) else b""
@@ -342,8 +342,8 @@ class FpgaAccelerator:
         else, so a batch that needs the fc3 popcounts (`popcounts`) runs on the fallback."""
         import numpy as np
 
-        other = self._fallback_for("cnv", needs_cpu=popcounts,
-                                   variant="fc3 scores, which summing views needs: the card returns only its top-1 class")
+        other = self._fallback_for("cnv", "fc3 scores, which summing views needs: the card returns only its "
+                                          "top-1 class" if popcounts else None)
         if other is not None:
             return other.cnv_scores(images, popcounts)
         classes = self.cnv_classes(images)
