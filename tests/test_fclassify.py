@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_no_traceback, run, tool
+from helpers.overlays import popcounts_overlays
 from octoray.formats.cnv_input import CLASS_NAMES
 from octoray.formats.cnv_model import CnvModel
 from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS, summed, views
@@ -225,6 +226,20 @@ def test_views_on_a_card_that_returns_only_its_top1_class_are_refused_with_a_rea
     assert_no_traceback(refused)
     one_view = fclassify("--views", 1, top, env=env, check=True)
     assert [line.split("\t")[1] for line in lines(one_view)] == reference_labels(list(pixels.values()), 1)
+
+
+def test_views_on_a_card_built_to_return_popcounts_run_on_the_card(photos, tmp_path):
+    """A build without FINN's LabelSelect (`--qonnx-output popcounts`) returns fc3's popcounts:
+    the card sums views itself, with the scores --top-k prints equal to the CPU kernel's."""
+    _top, pixels = photos
+    paths = list(pixels)[:5]
+    env = dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator", OCTORAY_OVERLAYS=popcounts_overlays(tmp_path))
+    result = fclassify("-v", "--views", 3, "--format", "jsonl", "--top-k", 10, *paths, env=env, check=True)
+    assert "3 views an image) on local (fpga-emulator:0 gzip_u50+cnv_w1a1_u50)" in result.stderr.decode()
+    want = reference_scores([pixels[p] for p in paths], 3)
+    for line, row in zip(lines(result), want, strict=True):
+        record = json.loads(line)
+        assert {t["label"]: t["score"] for t in record["top"]} == dict(zip(CLASS_NAMES, row.tolist()))
 
 
 def test_views_out_of_range_are_a_usage_error(photos):

@@ -6,6 +6,7 @@ No card exists here: these check the drivers at the PYNQ boundary, not on hardwa
 from __future__ import annotations
 
 import os
+import re
 import threading
 import zlib
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import fgzip, run, text_like, tool
+from helpers.overlays import popcounts_overlays
 from octoray.kernels import AcceleratorError, open_accelerator
 from octoray.formats.gzip import FINAL_EMPTY_BLOCK
 from octoray.kernels import fpga, fpga_drivers as drivers
@@ -77,6 +79,24 @@ def test_finn_pack_refuses_values_wider_than_the_type():
         finn_pack(np.array([[4]]), 2)
 
 
+@pytest.mark.parametrize("bits", [2, 5, 11, 16, 32])
+def test_finn_unpack_reads_int_types_as_twos_complement(bits):
+    rng = np.random.default_rng(bits)
+    values = rng.integers(-2 ** (bits - 1), 2 ** (bits - 1), (3, 5, 2))
+    values[0, 0] = [-2 ** (bits - 1), 2 ** (bits - 1) - 1]  # both ends of the type
+    packed = finn_pack(values % 2 ** bits, bits)  # the two's complement codes
+    got = finn_unpack(packed, bits, values.shape, signed=True)
+    assert got.dtype == np.int64 and np.array_equal(got, values)
+
+
+def test_finn_type_names_give_width_and_signedness():
+    assert [drivers.finn_type(n) for n in ("UINT8", "UINT10", "INT16", "BIPOLAR", "BINARY", "INT32")] == [
+        (8, False), (10, False), (16, True), (1, False), (1, False), (32, True)]
+    for name in ("FLOAT32", "INT0", "UINT33", "INTX"):
+        with pytest.raises(FpgaUnavailable, match=name):
+            drivers.finn_type(name)
+
+
 # --- CNV driver --------------------------------------------------------------------------------
 
 def test_cnv_driver_buffers_batches_and_one_hot_rows(card, emulator):
@@ -109,6 +129,40 @@ def test_emulated_cnv_classes_equal_the_cpu_kernel_on_the_shipped_model():
     finally:
         acc.close()
     assert np.array_equal(on_card.argmax(axis=1), CpuAccelerator().cnv_scores(images).argmax(axis=1))
+
+
+@pytest.mark.parametrize("odt, pe", [("INT16", 2), ("UINT16", 1), ("UINT32", 5)])
+def test_a_card_built_to_return_popcounts_gives_them_without_a_fallback(odt, pe, tmp_path, monkeypatch):
+    from octoray.kernels.cpu import CpuAccelerator
+
+    monkeypatch.setenv("OCTORAY_OVERLAYS", popcounts_overlays(tmp_path, odt, pe))
+    images = np.random.default_rng(4).integers(0, 256, (1030, 32, 32, 3), dtype=np.uint8)
+    emulator = EmulatedPynq(devices=1)
+    acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", fallback=None)
+    try:
+        scores, classes = acc.cnv_scores(images, popcounts=True), acc.cnv_classes(images)
+        assert acc._driver.obuf.shape == (1024, 10 // pe, pe * int(odt.lstrip("UINT")) // 8)
+        assert acc.cnv_scores(images[:0], popcounts=True).shape == (0, 10)
+    finally:
+        acc.close()
+    want = CpuAccelerator().cnv_scores(images, popcounts=True)
+    assert scores.dtype == np.int64 and np.array_equal(scores, want)
+    assert np.array_equal(classes, want.argmax(axis=1))
+    assert emulator.stats["runs:odma0"] == 4  # two calls of 1024 + 6 images, all on the card
+
+
+@pytest.mark.parametrize("output, normal, why", [
+    ("popcounts", (1, 1), "expected input (N, 32, 32, 3) and 10 outputs per image (popcounts), not [1]"),
+    ("scores", (1, 10), "output 'scores' is not one of top1, popcounts")])
+def test_a_cnv_manifest_whose_output_does_not_fit_is_refused_with_a_reason(output, normal, why, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("OCTORAY_OVERLAYS", popcounts_overlays(tmp_path, output=output, normal=normal))
+    acc = FpgaAccelerator(0, pynq_module=EmulatedPynq(devices=1), kind="fpga-emulator")
+    try:
+        with pytest.raises(FpgaUnavailable, match=re.escape(why)):
+            acc.cnv_classes(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    finally:
+        acc.close()
 
 
 # --- gzip driver -------------------------------------------------------------------------------

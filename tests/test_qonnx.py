@@ -125,6 +125,37 @@ def test_every_class_score_equals_the_reference_on_random_models(seed):
 
 
 @needs_qonnx
+@pytest.mark.parametrize("seed", [3, 6])
+def test_a_popcounts_graph_ends_at_fc3_with_2p_minus_512_for_every_class(seed):
+    """`output="popcounts"`: no TensorNorm, no TopK; the graph's output is fc3's ten dot
+    products, which a FINN build turns into the popcounts the card returns."""
+    from octoray.models.qonnx_export import build
+
+    model = random_model(seed)
+    graph = build(model, output="popcounts")
+    assert graph.graph.node[-1].op_type == "MatMul" and graph.graph.node[-1].output[0] == "global_out"
+    assert not [n.name for n in graph.graph.node if n.op_type == "TopK" or n.name.startswith("tensor_norm")]
+    assert graph.get_tensor_shape("global_out") == [1, 10]
+    images = np.random.default_rng(seed).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    got = execute(graph, images)["global_out"]
+    assert np.array_equal(got, 2 * cnv_reference.fc3_popcounts(model, images) - 512)
+
+
+@needs_qonnx
+def test_the_export_command_writes_the_popcounts_graph_after_checking_every_output(tmp_path):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    path = tmp_path / "cnv_popcounts.onnx"
+    result = export("--qonnx", path, "--qonnx-output", "popcounts")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "; fc3 outputs (2p - 512) equal to the CPU kernel's on all 200 synthetic images" in result.stdout
+    graph = ModelWrapper(str(path))
+    assert graph.get_tensor_shape("global_out") == [1, 10] and graph.graph.node[-1].op_type == "MatMul"
+    alone = export("--qonnx-output", "popcounts", "--data", tmp_path)
+    assert alone.returncode == 2 and "--qonnx-output goes with --qonnx" in alone.stderr
+
+
+@needs_qonnx
 def test_ties_go_to_the_lowest_class_as_in_every_kernel():
     """Equal fc3 rows give equal scores: TopK, like the kernels' argmax and FINN's LabelSelect
     (a strict > in label order), keeps the lowest index."""
@@ -254,13 +285,19 @@ def test_export_from_the_portable_state_gives_the_shipped_graph_with_its_tensor_
 def test_a_graph_that_disagrees_is_not_written(tmp_path, monkeypatch, capsys):
     from octoray.models import export, qonnx_export
 
-    monkeypatch.setattr(qonnx_export, "classify", lambda graph, images: np.full(len(images), 9))
+    monkeypatch.setattr(qonnx_export, "outputs", lambda graph, images: np.full((len(images), 1), 9))
     out = tmp_path / "bad.onnx"
     assert export.main(["--qonnx", str(out)]) == 1
     assert not out.exists() and not list(tmp_path.iterdir())
     err = capsys.readouterr().err
     assert err.startswith("octoray-export: the graph's labels differ from the CPU kernel's on ")
     assert err.count("\n") == 1
+    monkeypatch.setattr(qonnx_export, "outputs", lambda graph, images: np.zeros((len(images), 10)))
+    assert export.main(["--qonnx", str(out), "--qonnx-output", "popcounts"]) == 1
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("octoray-export: the graph's fc3 outputs (2p - 512) differ from the CPU kernel's on 200 "
+                          "of 200 synthetic images; ")
 
 
 @needs_qonnx

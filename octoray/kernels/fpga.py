@@ -12,7 +12,8 @@
   installed, ``gzip_u50`` is used (``FUNCTION_OVERLAYS`` gives the order).
 - CNV-W1A1: FINN's Alveo interface (overlay ``cnv_w1a1_u50``): DMA kernels ``idma0`` /
   ``odma0`` moving FINN-packed uint8 buffers of the manifest's shapes, a batch at a time; the
-  output is the top-1 class index of each image.
+  output is the top-1 class index of each image, or fc3's ten popcounts where the manifest
+  says ``"output": "popcounts"`` (a build without FINN's LabelSelect; summing views needs them).
 
 One :class:`FpgaAccelerator` drives one card, chosen by its index in ``pynq.Device.devices``
 (several U50s share one shell name).  Every PYNQ call runs on the accelerator's own thread,
@@ -182,6 +183,15 @@ class CardThread:
 # The accelerator
 
 
+def _checked_images(images) -> np.ndarray:
+    import numpy as np
+
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise ValueError(f"expected uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
+    return images
+
+
 def device_index_from_env(device: int | None = None) -> int:
     if device is not None:
         return int(device)
@@ -330,18 +340,18 @@ class FpgaAccelerator:
     def cnv_classes(self, images) -> np.ndarray:
         import numpy as np
 
-        images = np.ascontiguousarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(f"expected uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
-        if len(images) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return self._call("cnv", "classify", images)
+        images = _checked_images(images)
+        return self._call("cnv", "classify", images) if len(images) else np.zeros(0, dtype=np.int64)
 
     def cnv_scores(self, images, popcounts: bool = False):
-        """One-hot rows (N, 10) int64: 1 for the card's top-1 class.  The card gives nothing
-        else, so a batch that needs the fc3 popcounts (`popcounts`) runs on the fallback."""
+        """(N, 10) int64: fc3's popcounts from a card whose overlay returns them, else one-hot
+        rows (1 for the card's top-1 class), and a batch that needs the popcounts
+        (`popcounts`: summing views) runs on the fallback."""
         import numpy as np
 
+        if self._returns_popcounts():
+            images = _checked_images(images)
+            return self._call("cnv", "popcounts", images) if len(images) else np.zeros((0, 10), dtype=np.int64)
         other = self._fallback_for("cnv", "fc3 scores, which summing views needs: the card returns only its "
                                           "top-1 class" if popcounts else None)
         if other is not None:
@@ -352,6 +362,13 @@ class FpgaAccelerator:
             raise RuntimeError(f"{self.name}: the card returned a class outside 0..9")
         scores[np.arange(len(classes)), classes] = 1
         return scores
+
+    def _returns_popcounts(self) -> bool:
+        if "cnv" not in self.available:
+            return False
+        from octoray.kernels.fpga_drivers import cnv_output
+
+        return cnv_output(self.available["cnv"][0]) == "popcounts"
 
     def close(self) -> None:
         def job():

@@ -44,29 +44,34 @@ def finn_pack(folded: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(row_bits, axis=-1, bitorder="little")
 
 
-def finn_unpack(packed: np.ndarray, bits: int, folded_shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`finn_pack`: unsigned codes (uint8 where bits <= 8, else uint32) of
-    `folded_shape`."""
+def finn_unpack(packed: np.ndarray, bits: int, folded_shape: tuple[int, ...], signed: bool = False) -> np.ndarray:
+    """Inverse of :func:`finn_pack`: the codes of `folded_shape`, unsigned (uint8 where bits
+    <= 8, else uint32), or with `signed` read as two's complement (int64), as FINN reads INT types."""
     import numpy as np
 
     packed = np.asarray(packed, dtype=np.uint8)
-    if bits == 8:
+    if bits == 8 and not signed:
         return packed.reshape(folded_shape)
     inner = folded_shape[-1]
     row_bits = np.unpackbits(packed, axis=-1, count=inner * bits, bitorder="little")
     planes = row_bits.reshape(*folded_shape[:-1], inner, bits).astype(np.uint32)
     codes = (planes << np.arange(bits, dtype=np.uint32)).sum(axis=-1, dtype=np.uint32)
+    if signed:
+        values = codes.astype(np.int64)
+        return np.where(values >= 2 ** (bits - 1), values - 2 ** bits, values).reshape(folded_shape)
     return codes.astype(np.uint8 if bits <= 8 else np.uint32).reshape(folded_shape)
 
 
-_FINN_TYPES = {"UINT8": 8, "BIPOLAR": 1, "BINARY": 1, "UINT4": 4, "UINT2": 2, "UINT16": 16, "UINT32": 32}
-
-
-def finn_bits(datatype: str) -> int:
-    try:
-        return _FINN_TYPES[datatype]
-    except KeyError:
-        raise FpgaUnavailable(f"FINN data type {datatype} is not supported by this driver") from None
+def finn_type(datatype: str) -> tuple[int, bool]:
+    """(bits, signed) of a FINN data type name as its drivers' io_shape_dict writes it:
+    BINARY, BIPOLAR (1 bit, unsigned codes), UINTn or INTn (n up to 32)."""
+    if datatype in ("BINARY", "BIPOLAR"):
+        return 1, False
+    for prefix, signed in (("UINT", False), ("INT", True)):
+        width = datatype[len(prefix):]
+        if datatype.startswith(prefix) and width.isdigit() and 1 <= int(width) <= 32:
+            return int(width), signed
+    raise FpgaUnavailable(f"FINN data type {datatype} is not supported by this driver")
 
 
 # Drivers
@@ -279,7 +284,13 @@ class Lz77HuffmanDriver(_GzipOverlayDriver):
 
 class CnvDriver:
     """FINN's Alveo accelerator: ``idma0.start(ibuf, n)``, ``odma0.start(obuf, n)``, wait on
-    the odma; packed uint8 buffers of the manifest's shapes with its batch size."""
+    the odma; packed uint8 buffers of the manifest's shapes with its batch size.
+
+    The manifest's ``output`` says what the network ends with: ``top1`` (FINN's CNV flow,
+    TopK turned into LabelSelect: one class index an image) or ``popcounts`` (a build that
+    ends at fc3's MVAU: its ten popcounts, which summing views and ``--top-k`` need)."""
+
+    OUTPUTS = {"top1": (1,), "popcounts": (10,)}  # the output's shape per image
 
     def __init__(self, pynq, device, manifest: dict, xclbin: str):
         import numpy as np
@@ -288,16 +299,21 @@ class CnvDriver:
             raise FpgaUnavailable(f"{manifest['name']}: interface {manifest.get('interface')} is not supported")
         io = manifest["io_shape"]
         self.manifest = manifest
+        self.output = cnv_output(manifest)
         self.batch_size = int(manifest["batch_size"])
-        self.ibits, self.obits = finn_bits(io["idt"]), finn_bits(io["odt"])
+        self.ibits, _ = finn_type(io["idt"])
+        self.obits, self.osigned = finn_type(io["odt"])
         self.ishape_normal = tuple(io["ishape_normal"][1:])
         self.ishape_folded = tuple(io["ishape_folded"][1:])
         self.ishape_packed = tuple(io["ishape_packed"][1:])
         self.oshape_normal = tuple(io["oshape_normal"][1:])
         self.oshape_folded = tuple(io["oshape_folded"][1:])
         self.oshape_packed = tuple(io["oshape_packed"][1:])
-        if self.ishape_normal != (32, 32, 3) or int(np.prod(self.oshape_normal)) != 1:
-            raise FpgaUnavailable(f"{manifest['name']}: expected input (N, 32, 32, 3) and one class per image")
+        per_image = self.OUTPUTS[self.output]
+        if self.ishape_normal != (32, 32, 3) or int(np.prod(self.oshape_normal)) != per_image[0]:
+            raise FpgaUnavailable(f"{manifest['name']}: expected input (N, 32, 32, 3) and {per_image[0]} "
+                                  f"output{'s' if per_image[0] > 1 else ''} per image ({self.output}), "
+                                  f"not {list(self.oshape_normal)}")
         self.overlay = pynq.Overlay(xclbin, device=device)
         self.ibuf = self.obuf = None
         try:
@@ -317,16 +333,19 @@ class CnvDriver:
         return packed.reshape((len(images), *self.ishape_packed))
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """The outputs of len(packed) images, int64: (N, 1) classes or (N, 10) popcounts."""
         import numpy as np
 
-        folded = finn_unpack(packed.reshape((len(packed), *self.oshape_packed)), self.obits,
-                             (len(packed), *self.oshape_folded))
-        return folded.reshape(len(packed)).astype(np.int64)
+        n = len(packed)
+        folded = finn_unpack(packed.reshape((n, *self.oshape_packed)), self.obits, (n, *self.oshape_folded),
+                             signed=self.osigned)
+        return folded.reshape((n, *self.OUTPUTS[self.output])).astype(np.int64)
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """The network's outputs for uint8 images (N, 32, 32, 3), a batch at a time."""
         import numpy as np
 
-        classes = np.empty(len(images), dtype=np.int64)
+        outputs = np.empty((len(images), *self.OUTPUTS[self.output]), dtype=np.int64)
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size]
             n = len(batch)
@@ -338,8 +357,21 @@ class CnvDriver:
             handle.wait()
             obuf = self.obuf[:n]
             obuf.sync_from_device()
-            classes[start:start + n] = self.unpack(np.array(obuf))
-        return classes
+            outputs[start:start + n] = self.unpack(np.array(obuf))
+        return outputs
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Class indices; from popcounts, the first of the highest (every kernel's tie-break)."""
+        import numpy as np
+
+        outputs = self.run(images)
+        return outputs.argmax(axis=1) if self.output == "popcounts" else outputs[:, 0]
+
+    def popcounts(self, images: np.ndarray) -> np.ndarray:
+        """fc3's popcounts (N, 10), which only a ``popcounts`` build returns."""
+        if self.output != "popcounts":
+            raise FpgaUnavailable(f"{self.manifest['name']}: the card returns only its top-1 class")
+        return self.run(images)
 
     def close(self) -> None:
         for buf in (self.ibuf, self.obuf):
@@ -353,6 +385,15 @@ class CnvDriver:
 
 # drivers by the manifest's "interface"
 DRIVERS = {"xilGzipCompBlock": GzipDriver, Lz77HuffmanDriver.INTERFACE: Lz77HuffmanDriver, "finn-alveo": CnvDriver}
+
+
+def cnv_output(manifest: dict) -> str:
+    """What a CNV overlay's network returns: ``top1`` (the default) or ``popcounts``."""
+    output = manifest.get("output", "top1")
+    if output not in CnvDriver.OUTPUTS:
+        raise FpgaUnavailable(f"{manifest.get('name')}: output {output!r} is not one of "
+                              f"{', '.join(CnvDriver.OUTPUTS)}")
+    return output
 
 
 def driver_class(manifest: dict):

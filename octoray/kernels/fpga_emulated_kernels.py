@@ -325,11 +325,11 @@ class FinnDmaKernel(_Kernel):
             if not pipeline["inputs"]:
                 raise EmulatorError(f"{self.name}: waiting for {reps} outputs that no input DMA started: "
                                     f"the card would hang")
-            started, classes = pipeline["inputs"].popleft()
+            started, outputs = pipeline["inputs"].popleft()
             pace(started, reps, self.overlay.emulator.cnv_rate)
-            if len(classes) != reps:
-                raise EmulatorError(f"{self.name}: {reps} outputs expected, the input DMA sent {len(classes)} "
+            if len(outputs) != reps:
+                raise EmulatorError(f"{self.name}: {reps} outputs expected, the input DMA sent {len(outputs)} "
                                     f"images: the card would hang or leave data in the pipeline")
-            self._write("out_V", buffer, classes.astype(np.uint8))
+            self._write("out_V", buffer, outputs.reshape(-1))
 
         return _Handle(finish)

@@ -19,7 +19,7 @@ cards whose kernels compute what the overlays in ``overlays/`` compute.
   tokens, frequencies and then a deflate block per 1 MiB slot with the byte counts, as the
   2019.2 kernels do (incompressible blocks larger than their slot included); FINN's
   ``idma0`` / ``odma0`` run the shipped CNV-W1A1 model on the packed input and write the top-1
-  class indices.
+  class indices, or fc3's popcounts where the manifest's ``output`` says so.
 
 It rejects, with :class:`EmulatorError`, what the hardware would reject or silently get wrong:
 buffers not synced to the device before a kernel reads them, buffers of another card, bank,
@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -185,14 +186,27 @@ class EmulatedOverlay:
             raise EmulatorError(f"{kernel}: its overlay is no longer on the card ({self._unloaded})")
 
     def _network(self, packed: np.ndarray, n: int) -> np.ndarray:
-        """The classes the network computes for n images given as FINN-packed bytes."""
+        """What the network writes for n images given as FINN-packed bytes, as the bytes of
+        the output buffer: one UINT8 class an image, or (``"output": "popcounts"``) fc3's ten
+        popcounts as whole-byte little-endian words (FINN rounds a network's last output
+        type up to whole bytes, and packs such a row as its elements in order)."""
         io = self.manifest["io_shape"]
         if io["idt"] != "UINT8" or int(np.prod(io["ishape_packed"][1:])) != 32 * 32 * 3:
             raise EmulatorError("the emulator runs UINT8 inputs, 3072 bytes per image")
         # UINT8 rows pack one element per byte, element i at byte i: the packed bytes of an image
         # (32, 32, SIMD groups, SIMD) are its NHWC pixels in order
         images = packed.reshape(n, 32, 32, 3)
-        return self.emulator.classify(images)
+        per_image = int(np.prod(io["oshape_packed"][1:]))
+        if self.manifest.get("output", "top1") == "top1":
+            if io["odt"] != "UINT8" or per_image != 1:
+                raise EmulatorError("the emulator writes a top-1 class as one UINT8 an image")
+            return self.emulator.classify(images).astype(np.uint8)
+        odt = re.fullmatch(r"(U?)INT(8|16|32)", io["odt"])
+        if odt is None or per_image != 10 * int(odt[2]) // 8:
+            raise EmulatorError(f"the emulator writes popcounts as ten whole-byte words an image, not {io['odt']} "
+                                f"in {per_image} bytes")
+        word = np.dtype(f"<{'u' if odt[1] else 'i'}{int(odt[2]) // 8}")
+        return np.ascontiguousarray(self.emulator.popcounts(images), dtype=word).view(np.uint8).reshape(n, per_image)
 
     def free(self) -> None:
         with self.emulator.lock:
@@ -232,6 +246,7 @@ class EmulatedPynq:
         self.lock = threading.RLock()
         self.stats: collections.Counter = collections.Counter()
         self._classifier = classifier  # images uint8 (N, 32, 32, 3) -> classes (N,)
+        self._cpu = None  # the CPU kernel that computes what the CNV overlay's network does
         self.gzip_rate = emulated_rate(GZIP_RATE_ENV, 1e6)  # bytes/s of one card, None: unpaced
         self.cnv_rate = emulated_rate(CNV_RATE_ENV)  # images/s of one card
         self.Device = _DeviceClass("Device", (EmulatedDevice,),
@@ -260,13 +275,20 @@ class EmulatedPynq:
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Top-1 classes of the shipped integer model (the CPU kernel; lowest index wins a tie),
         or of the `classifier` given to the constructor."""
+        if self._classifier is not None:
+            return np.asarray(self._classifier(np.ascontiguousarray(images, dtype=np.uint8)))
+        return np.argmax(self.popcounts(images), axis=1)
+
+    def popcounts(self, images: np.ndarray) -> np.ndarray:
+        """fc3's popcounts (N, 10) of the shipped integer model (the CPU kernel)."""
+        if self._classifier is not None:
+            raise EmulatorError("this emulator was given a classifier: it has classes, not popcounts")
         with self.lock:
-            if self._classifier is None:
+            if self._cpu is None:
                 from octoray.kernels.cpu import CpuAccelerator
 
-                cpu = CpuAccelerator()
-                self._classifier = lambda x: np.argmax(cpu.cnv_scores(x), axis=1)
-        return np.asarray(self._classifier(np.ascontiguousarray(images, dtype=np.uint8)))
+                self._cpu = CpuAccelerator()
+        return self._cpu.cnv_scores(np.ascontiguousarray(images, dtype=np.uint8), popcounts=True)
 
 
 _shared: EmulatedPynq | None = None

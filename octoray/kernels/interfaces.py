@@ -26,7 +26,8 @@ class Accelerator(Protocol):
     def cnv_scores(self, images: Any, popcounts: bool = False) -> Any:
         """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) scores whose
         argmax (the lowest index winning a tie) is the class.  CPU kernels return fc3
-        popcounts; an FPGA returns its top-1 class as a one-hot row.  `popcounts` asks for
+        popcounts, and so does a card whose overlay ends at fc3; a card with FINN's usual
+        top-1 output returns its class as a one-hot row.  `popcounts` asks for
         the popcounts themselves (summing views needs them): a card that returns only its
         top-1 class runs such a batch on its fallback, or raises FpgaUnavailable saying so."""
 

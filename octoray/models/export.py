@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
                         "label against the CPU kernel before it is written")
     p.add_argument("--model", type=Path, metavar="FILE",
                    help="with --qonnx: the integer model file to write (default: the shipped model)")
+    p.add_argument("--qonnx-output", choices=("top1", "popcounts"), default=None,
+                   help="with --qonnx: what the graph ends with: top1 (the default, FINN's CNV flow: TopK, "
+                        "the class) or popcounts (fc3's outputs: a card built from it returns the scores "
+                        "that --views and --top-k need)")
     return p
 
 
@@ -178,8 +182,9 @@ def main(argv=None) -> int:
         return _export_qonnx(args)
     if args.data is None:
         p.error("the following arguments are required: --data")
-    if args.model:
-        p.error("--model goes with --qonnx")
+    for given, name in ((args.model, "--model"), (args.qonnx_output, "--qonnx-output")):
+        if given:
+            p.error(f"{name} goes with --qonnx")
 
     import torch
 
@@ -313,18 +318,26 @@ def _export_qonnx(args) -> int:
         checks = [("synthetic", qonnx_export.synthetic_images(SYNTHETIC_IMAGES), None)]
         if args.data:
             checks.insert(0, ("validation", *_validation_images(args, model)))
+        output = args.qonnx_output or "top1"
         try:
-            graph = qonnx_export.build(model, tensor_norm, source)
+            graph = qonnx_export.build(model, tensor_norm, source, output)
         except ValueError as error:  # a TensorNorm that would reorder or merge the logits
             raise _Refused(str(error)) from None
         packed = cnv_cpu.PackedModel(model)
         report = []
+        checked = "labels" if output == "top1" else "fc3 outputs (2p - 512)"
         for kind, images, truth in checks:
-            got, want = qonnx_export.classify(graph, images), cnv_cpu.classify(packed, images)
-            if (got != want).any():
-                raise _Refused(f"the graph's labels differ from the CPU kernel's on {int((got != want).sum())} "
+            got = qonnx_export.outputs(graph, images)
+            if output == "top1":
+                got, want = got[:, 0], cnv_cpu.classify(packed, images)
+            else:
+                want = 2 * cnv_cpu.fc3_popcounts(packed, images) - fan_in("fc3")
+            wrong = int((got != want).reshape(len(images), -1).any(axis=1).sum())
+            if wrong:
+                raise _Refused(f"the graph's {checked} differ from the CPU kernel's on {wrong} "
                                f"of {len(images)} {kind} images; {args.qonnx} not written")
-            accuracy = "" if truth is None else f" ({100 * float((got == truth).mean()):.2f} % correct)"
+            labels = got if output == "top1" else got.argmax(axis=1)
+            accuracy = "" if truth is None else f" ({100 * float((labels == truth).mean()):.2f} % correct)"
             report.append(f"all {len(images)} {kind} images{accuracy}")
         try:
             qonnx_export.save(graph, args.qonnx)
@@ -334,7 +347,7 @@ def _export_qonnx(args) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
     print(f"{args.qonnx}: CNV-W1A1 from {source} as QONNX for FINN {qonnx_export.FINN_VERSION} "
-          f"({args.qonnx.stat().st_size:,} bytes); labels equal to the CPU kernel's on " + " and ".join(report)
+          f"({args.qonnx.stat().st_size:,} bytes); {checked} equal to the CPU kernel's on " + " and ".join(report)
           + ("" if args.data else " (--data ARCHIVE adds validation images)"))
     return 0
 

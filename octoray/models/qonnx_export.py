@@ -138,8 +138,17 @@ class _Graph:
                          f"{name}_out", f"{name}_act")
 
 
-def build(model: CnvModel, tensor_norm: TensorNorm | None = None, source: str = ""):
-    """The QONNX graph (a ``qonnx`` ModelWrapper, shapes inferred) of an integer CNV model."""
+OUTPUTS = ("top1", "popcounts")
+
+
+def build(model: CnvModel, tensor_norm: TensorNorm | None = None, source: str = "", output: str = "top1"):
+    """The QONNX graph (a ``qonnx`` ModelWrapper, shapes inferred) of an integer CNV model.
+
+    `output` "popcounts" ends the graph at fc3 (its ten 2p - 512, no TensorNorm, no TopK):
+    FINN turns that MatMul into an XNOR-popcount MVAU and leaves the 2x - 512 on the host, so
+    the card returns the popcounts themselves, which fclassify sums over views."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     require_extra()
     from onnx import TensorProto, helper
     from qonnx.core.datatype import DataType
@@ -171,32 +180,40 @@ def build(model: CnvModel, tensor_norm: TensorNorm | None = None, source: str = 
         x = g.node("MatMul", [x, w], f"{name}_acc", name)
         if name != "fc3":
             x = g.batchnorm_sign(x, name, _boundaries(model, name))
-    tn = tensor_norm
-    x = g.node("Sub", [x, g.const("tensor_norm_mean", np.full(1, tn.mean, f32))], "tn_centred", "tensor_norm_sub")
-    x = g.node("Div", [x, g.const("tensor_norm_std", np.full(1, tn.std, f32))], "tn_normed", "tensor_norm_div")
-    x = g.node("Mul", [x, g.const("tensor_norm_weight", np.full(1, tn.weight, f32))], "tn_scaled", "tensor_norm_mul")
-    x = g.node("Add", [x, g.const("tensor_norm_bias", np.full(1, tn.bias, f32))], "logits", "tensor_norm_add")
-    g.nodes.append(helper.make_node("TopK", [x, g.const("top_k", np.array([1], np.int64))],
-                                    ["top_logit", OUTPUT], name="top1", axis=-1, largest=1, sorted=1))
+    if output == "top1":
+        tn = tensor_norm
+        x = g.node("Sub", [x, g.const("tensor_norm_mean", np.full(1, tn.mean, f32))], "tn_centred", "tensor_norm_sub")
+        x = g.node("Div", [x, g.const("tensor_norm_std", np.full(1, tn.std, f32))], "tn_normed", "tensor_norm_div")
+        x = g.node("Mul", [x, g.const("tensor_norm_weight", np.full(1, tn.weight, f32))], "tn_scaled",
+                   "tensor_norm_mul")
+        x = g.node("Add", [x, g.const("tensor_norm_bias", np.full(1, tn.bias, f32))], "logits", "tensor_norm_add")
+        g.nodes.append(helper.make_node("TopK", [x, g.const("top_k", np.array([1], np.int64))],
+                                        ["top_logit", OUTPUT], name="top1", axis=-1, largest=1, sorted=1))
+        out = helper.make_tensor_value_info(OUTPUT, TensorProto.INT64, [1, 1])
+        told = "the top-1 class index"
+    else:
+        g.nodes[-1].output[0] = OUTPUT  # fc3's MatMul writes the graph's output
+        out = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, 10])
+        told = "fc3's 2p - 512 for each class, p its popcount"
 
     graph = helper.make_graph(
         g.nodes, "cnv_w1a1",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.INT64, [1, 1])],
-        g.initializers)
+        [out], g.initializers)
     proto = helper.make_model(graph, producer_name="octoray", ir_version=IR_VERSION, opset_imports=[
         helper.make_opsetid("", OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)])
     proto.doc_string = (
         "CNV-W1A1 (FINN/Brevitas cnv_1w1a topology) exported by octoray"
         + (f" from {source}" if source else "") + ". Input: float32 (1, 3, 32, 32) NCHW holding UINT8 "
-        "pixel values 0..255. Output: the top-1 class index (CIFAR-10 order: "
+        f"pixel values 0..255. Output: {told} (CIFAR-10 order: "
         + ", ".join(model.class_names) + "); ties go to the lowest index.")
     helper.set_model_props(proto, {"octoray.class_names": ",".join(model.class_names),
                                    "octoray.source": source or "integer CNV-W1A1 model",
                                    "octoray.finn_version": FINN_VERSION})
     wrapper = ModelWrapper(proto)
     wrapper.set_tensor_datatype(INPUT, DataType["UINT8"])
-    wrapper.set_tensor_datatype(OUTPUT, DataType["UINT32"])  # as qonnx's InsertTopK annotates it
+    if output == "top1":
+        wrapper.set_tensor_datatype(OUTPUT, DataType["UINT32"])  # as qonnx's InsertTopK annotates it
     return wrapper.transform(InferShapes())
 
 
@@ -211,9 +228,9 @@ def save(wrapper, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def classify(wrapper, images: np.ndarray, batch: int = 100) -> np.ndarray:
-    """Labels of uint8 images (N, 32, 32, 3) NHWC, from qonnx's own executor run on the graph
-    (fed NCHW float32, as FINN's CNV flow feeds it), ``batch`` images at a time."""
+def outputs(wrapper, images: np.ndarray, batch: int = 100) -> np.ndarray:
+    """The graph's output (N, 1) or (N, 10) for uint8 images (N, 32, 32, 3) NHWC, from qonnx's
+    own executor (fed NCHW float32, as FINN's CNV flow feeds it), ``batch`` images at a time."""
     require_extra()
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.change_batchsize import ChangeBatchSize
@@ -223,14 +240,22 @@ def classify(wrapper, images: np.ndarray, batch: int = 100) -> np.ndarray:
     if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
         raise ValueError(f"expected uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
     inp, out = wrapper.graph.input[0].name, wrapper.graph.output[0].name
-    labels, sized = [], {}
+    width = wrapper.get_tensor_shape(out)[-1]
+    results, sized = [], {}
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         if len(chunk) not in sized:
             sized[len(chunk)] = wrapper.transform(ChangeBatchSize(len(chunk))).transform(InferShapes())
         x = chunk.transpose(0, 3, 1, 2).astype(np.float32)
-        labels.append(execute_onnx(sized[len(chunk)], {inp: x})[out].reshape(len(chunk)))
-    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        results.append(execute_onnx(sized[len(chunk)], {inp: x})[out].reshape(len(chunk), width))
+    return np.concatenate(results) if results else np.zeros((0, width))
+
+
+def classify(wrapper, images: np.ndarray, batch: int = 100) -> np.ndarray:
+    """Labels of uint8 images (N, 32, 32, 3) from the graph (its TopK, or the first of the
+    highest fc3 outputs)."""
+    out = outputs(wrapper, images, batch)
+    return out[:, 0].astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
 
 
 def synthetic_images(count: int, seed: int = 0) -> np.ndarray:
