@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import fgzip, text_like, tool
-from helpers.dropin import assert_same, gz_bytes, put
+from helpers.dropin import GZIP_ENV, assert_same, gz_bytes, put, state
 
 GOOD = gz_bytes(text_like(60_000, seed=7))
 
@@ -107,6 +107,48 @@ def test_a_listing_on_a_full_disk_says_so_with_status_1(tmp_path):
                               timeout=60)
     assert ours.returncode == 1
     assert ours.stderr == b"fgzip: stdout: No space left on device\n"
+
+
+CLOSED_STREAM_CASES = [
+    (">&-", ["-k", "f"]),  # stdout closed, not used: compressing a file works
+    (">&-", ["-c", "f"]),  # used: "stdout: Bad file descriptor", status 1
+    (">&-", ["-dc", "f.gz"]),
+    (">&-", ["-t", "f.gz"]),
+    ("<&-", ["-d"]),  # stdin closed and read: "standard input: Bad file descriptor"
+    ("<&-", ["-k", "f"]),  # closed, not read
+    ("2>&-", ["-k", "f"]),  # stderr closed: the status is gzip's
+    ("2>&-", ["-t", "missing"]),
+]
+
+
+@pytest.mark.parametrize("redirect, args", CLOSED_STREAM_CASES)
+def test_a_closed_standard_stream_is_met_only_where_it_is_used_as_gzip_does(tmp_path, redirect, args):
+    """A caller (a daemon, cron) may start the tool with stdin, stdout or stderr closed:
+    gzip's status and message, no output file taking descriptor 1, never a traceback."""
+    outcomes = []
+    for name, argv in (("gzip", ["gzip"]), ("fgzip", tool("fgzip"))):
+        where = tmp_path / name
+        where.mkdir()
+        put(where, "f", text_like(50_000, seed=3))
+        put(where, "f.gz", GOOD)
+        result = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *argv, *args], cwd=where,
+                                capture_output=True, timeout=60, env=GZIP_ENV)
+        outcomes.append((result, state(where)))
+    (theirs, their_files), (ours, our_files) = outcomes
+    assert b"Traceback" not in ours.stderr and b"Exception" not in ours.stderr
+    assert ours.returncode == theirs.returncode
+    assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
+    assert our_files == their_files
+
+
+@pytest.mark.parametrize("args", [["-l", "f.gz"], ["-h"], ["-V"], ["-L"]])
+def test_text_for_a_closed_stdout_is_one_line_and_status_1(tmp_path, args):
+    """What fgzip prints through Python's buffered stdout fails only at the end (gzip says
+    "gzip: Bad file descriptor", or names the listed file): one line, status 1."""
+    put(tmp_path, "f.gz", GOOD)
+    result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *tool("fgzip"), *args], cwd=tmp_path,
+                            capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr) == (1, b"fgzip: stdout: Bad file descriptor\n")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGXCPU])

@@ -242,6 +242,24 @@ def test_views_on_a_card_built_to_return_popcounts_run_on_the_card(photos, tmp_p
         assert {t["label"]: t["score"] for t in record["top"]} == dict(zip(CLASS_NAMES, row.tolist()))
 
 
+@pytest.mark.parametrize("redirect, args, status, stderr, printed", [
+    (">&-", ["{one}"], 1, "fclassify: stdout: Bad file descriptor\n", []),
+    (">&-", ["--help"], 1, "fclassify: stdout: Bad file descriptor\n", []),
+    ("<&-", ["{one}", "-", "{two}"], 1, "fclassify: -: Bad file descriptor\n", ["{one}", "{two}"]),
+    ("<&-", ["--files-from", "-"], 1, "fclassify: -: Bad file descriptor\n", []),
+    ("2>&-", ["{one}"], 0, "", ["{one}"]),
+])
+def test_a_closed_standard_stream_is_one_line_where_it_is_used(photos, redirect, args, status, stderr, printed):
+    """Started with stdin, stdout or stderr closed: the other images are still classified,
+    and what could not be done is one line with status 1, never a traceback."""
+    _top, pixels = photos
+    one, two = list(pixels)[:2]
+    argv = [a.format(one=one, two=two) for a in args]
+    result = run(["sh", "-c", f'exec "$@" {redirect}', "sh", *tool("fclassify"), *argv], timeout=120)
+    assert (result.returncode, result.stderr.decode()) == (status, stderr)
+    assert [line.split("\t")[0] for line in lines(result)] == [p.format(one=one, two=two) for p in printed]
+
+
 def test_views_out_of_range_are_a_usage_error(photos):
     top, _ = photos
     for count in (0, MAX_VIEWS + 1):

@@ -99,16 +99,44 @@ def failure_text(program: str, failure: BaseException, unnamed: str | None = "st
     return describe(program, failure)
 
 
-def finish(status: int):
+def reported(program: str, failure: BaseException, unnamed: str | None = "stdout") -> str:
+    """failure_text, and where the failure was writing stdout (an OSError naming no file),
+    stdout silenced: what its buffer still holds goes nowhere, not into a second message."""
+    if isinstance(failure, OSError) and failure.filename is None and unnamed == "stdout":
+        silence_stdout()
+    return failure_text(program, failure, unnamed)
+
+
+def finish(status: int, program: str):
     """End a launcher's process with `status` once stdout and stderr are written, skipping the
-    interpreter's teardown (freeing every module's objects: about 5 ms of each fgzip run).  A
-    flush that fails is left to the ordinary exit, which reports it as it always did."""
+    interpreter's teardown (freeing every module's objects: about 5 ms of each fgzip run).
+    Output that cannot be written (a closed stdout, a full disk) is one line on stderr and
+    status 1, as gzip ends."""
     try:
         sys.stdout.flush()
+    except OSError as failure:
+        silence_stdout()  # the text layer keeps what it could not write: nowhere to fail again
+        try:
+            sys.stdout.flush()
+        except OSError:
+            pass
+        _say(f"{program}: stdout: {failure.strerror or failure}")
+        status = 1
+    except ValueError:  # stdout closed by the tool itself
+        pass
+    try:
         sys.stderr.flush()
     except (OSError, ValueError):
-        sys.exit(status)
+        pass
     os._exit(status)
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def leave(status: int) -> int:

@@ -19,7 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
 
-from octoray.cli.errors import failure_text, leave, silence_stdout  # noqa: E402
+from octoray.cli.errors import leave, reported, silence_stdout  # noqa: E402
 from octoray.cli.usage import run_app  # noqa: E402
 from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS  # noqa: E402
 from octoray.jobs import DEFAULT_BATCH  # noqa: E402
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         silence_stdout()
         status = 0
     except Exception as failure:  # noqa: BLE001 - the engine's faults, system errors, bugs: a message
-        sys.stderr.write(failure_text(PROGRAM, failure) + "\n")
+        sys.stderr.write(reported(PROGRAM, failure) + "\n")
         status = 1
     return leave(status)
 

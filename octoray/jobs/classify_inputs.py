@@ -254,7 +254,10 @@ def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
 
 def _path_items(path: str, input_format: str, batch: int, note: Note, stdin) -> Iterator[Item]:
     if path == "-":
-        yield from _stream_items(stdin, "-", input_format, batch, note)
+        try:
+            yield from _stream_items(stdin, "-", input_format, batch, note)
+        except OSError as failure:  # a stdin the caller closed, a device's read error
+            yield Item("-", error=failure.strerror or str(failure))
     elif os.path.isdir(path):
         yield from _directory_items(path, batch, note)
     else:
@@ -265,24 +268,31 @@ def _listed_paths(files_from: str, stdin, null: bool) -> Iterator[str]:
     """The paths a list file names: one a line, or (`null`) each ended by NUL."""
     stream = stdin if files_from == "-" else open(files_from, "rb")
     try:
-        if null:
-            rest = b""
-            while True:
-                block = stream.read(1 << 16)
-                if not block:
-                    break
-                *whole, rest = (rest + block).split(b"\0")
-                yield from (os.fsdecode(path) for path in whole if path)
-            if rest:
-                yield os.fsdecode(rest)
-        else:
-            for line in stream:
-                path = line.rstrip(b"\r\n")
-                if path:
-                    yield os.fsdecode(path)
+        yield from _list_entries(stream, null)
+    except OSError as failure:  # reading the list (a closed stdin): the message names it
+        raise OSError(failure.errno, failure.strerror, files_from) from None
     finally:
         if stream is not stdin:
             stream.close()
+
+
+def _list_entries(stream, null: bool) -> Iterator[str]:
+    """The entries of an open list: lines, or (`null`) NUL-ended names."""
+    if null:
+        rest = b""
+        while True:
+            block = stream.read(1 << 16)
+            if not block:
+                break
+            *whole, rest = (rest + block).split(b"\0")
+            yield from (os.fsdecode(path) for path in whole if path)
+        if rest:
+            yield os.fsdecode(rest)
+    else:
+        for line in stream:
+            path = line.rstrip(b"\r\n")
+            if path:
+                yield os.fsdecode(path)
 
 
 def items(paths: Iterable[str], *, files_from: str | None = None, null: bool = False,

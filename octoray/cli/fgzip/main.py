@@ -3,11 +3,13 @@ itself done by octoray.jobs (which never sees an option)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
 
-from octoray.cli.errors import failure_text, leave
+from octoray.cli.errors import leave, reported
+from octoray.cli.stdio import readable
 from octoray.cli.fgzip import names, output
 from octoray.cli.fgzip.inputs import file_time, open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
@@ -92,6 +94,8 @@ def process_stdin(run: Run) -> None:
 
     options = run.options
     fd = sys.stdin.fileno()
+    if not readable(fd):  # the caller closed it: a stand-in stands there (octoray.cli.stdio)
+        raise Fatal(f"standard input: {os.strerror(errno.EBADF)}")
     compressing = not (options.decompress or options.test or options.list)
     if not options.force and not options.list:  # gzip -l reads a terminal
         if compressing and os.isatty(sys.stdout.fileno()):
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         message(text if text.startswith("\n") else f"{PROGRAM}: {text}")
         status = ERROR
     except Exception as failure:  # the engine's faults, system errors, and bugs: never a traceback
-        message(on_a_new_line(failure_text(PROGRAM, failure)))
+        message(on_a_new_line(reported(PROGRAM, failure)))
         status = ERROR
     finally:
         if run.executor is not None:
