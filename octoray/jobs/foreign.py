@@ -156,8 +156,10 @@ def _as_gzip_read(source) -> None:
 
 
 def _zlib(source, write, totals, on_header, passthrough):
-    """pigz's reading.  Under -cdf, input that only looked like a zlib stream (text starting
-    "x^", say) and fails before any output is handed back to be copied, as gzip copies it."""
+    """pigz's reading.  Input that only looked like a zlib stream (text starting "x^" or
+    "HK", say: one two-byte start in 31 passes the header's check) and fails before any
+    output is what gzip calls it, not gzip: under -cdf it is handed back to be copied, as gzip
+    copies it, and otherwise "not in gzip format", after which the run goes on."""
     from octoray.formats import zlib_stream
 
     header = ForeignHeader("defla", ZLIB_OVERHEAD)
@@ -175,7 +177,8 @@ def _zlib(source, write, totals, on_header, passthrough):
         if record is not None and record.pieces is not None:
             source.give_back(b"".join(record.pieces))
             return None
-        counted.begin()
+        if counted.on_first is not None:  # nothing came out: not a zlib stream after all
+            raise faults.NotCompressed() from None
         raise
     counted.begin()
     source.give_back(decoded.unused)
