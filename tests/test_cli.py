@@ -54,6 +54,8 @@ def make_a(where):
     # -h acts where it stands; values are checked once every option is read
     ["-h", "-j"], ["-h", "--bogus"], ["-h", "-Z"], ["-S", "", "-h"], ["-a", "-h"],
     ["-S", "", "-S", ".x", "-k", "a"], ["-S", ".x", "-S", "", "-k", "a"], ["-a", "-S", ""], ["-S", "a/b", "-k", "a"],
+    # digits: the last wins, and a 0 among them is invalid (pigz refuses these too); -0 alone is pigz's
+    ["-19", "-k", "a"], ["-10", "-k", "a"], ["-90", "a"], ["-100", "a"], ["-09", "a"], ["-011", "a"], ["-k9", "-01", "a"],
 ])
 def test_status_message_and_files_match_gzip(gzip_bin, tmp_path, args):
     def setup(where):
@@ -116,6 +118,12 @@ def test_bundled_options_and_level(tmp_path, gzip_bin):
     assert result.stdout[8] == 2  # XFL: maximum compression
     assert (tmp_path / "f").exists() and not (tmp_path / "f.gz").exists()
     assert run([gzip_bin, "-dc"], input=result.stdout, check=True).stdout == (tmp_path / "f").read_bytes()
+
+
+def test_a_run_of_digits_is_the_last_but_0_and_11_are_pigzs_levels(tmp_path):
+    (tmp_path / "f").write_bytes(text_like(200_000))
+    sizes = {level: len(fgzip("-c", level, "f", cwd=tmp_path, check=True).stdout) for level in ("-0", "-1", "-19", "-9")}
+    assert sizes["-0"] > 200_000 > sizes["-1"] > sizes["-9"] == sizes["-19"]
 
 
 def test_options_after_file_names(tmp_path):

@@ -182,6 +182,17 @@ _SETTINGS = {"no-name": {"name_flag": False, "time_flag": False}, "name": {"name
              "quiet": {"quiet": True, "verbose": 0}}
 
 
+def _level(digits: str) -> int:
+    """A run of digits as a level: pigz's -0 and -11, else gzip's reading, digit by digit, the
+    last winning (-19 is -9); a 0 among other digits is gzip's invalid option, which pigz
+    refuses too (-10 would otherwise store the data uncompressed)."""
+    if digits in ("0", "11"):
+        return int(digits)
+    if "0" in digits:
+        raise UsageError("invalid option -- '0'")
+    return int(digits[-1])
+
+
 def _apply(key: str, value: str | None, options: Options, checks: list) -> None:
     """Set what `key` asks for; checks of a value wait in `checks` (gzip checks after its loop)."""
     if key in _FLAGS:
@@ -190,7 +201,7 @@ def _apply(key: str, value: str | None, options: Options, checks: list) -> None:
         for name, setting in _SETTINGS[key].items():
             setattr(options, name, setting)
     elif key == LEVEL:
-        options.level = 11 if value == "11" else int(value[-1])
+        options.level = _level(value)
     elif key == "verbose":
         options.verbose += 1
         options.quiet = False
