@@ -43,6 +43,18 @@ def test_damaged_input_as_gzip(tmp_path, name, mode):
     assert_same(tmp_path, [mode, f"{name}.gz", "ok.gz"], damaged, stdout="same" if mode != "-dc" else None)
 
 
+@pytest.mark.parametrize("name", ["bad", "method", "empty", "one", "short", "enc", "flags", "hcrc", "ok"])
+@pytest.mark.parametrize("mode", [["-d"], ["-dv"], ["-dN"]])
+def test_the_header_is_read_before_the_output_is_looked_at(tmp_path, name, mode):
+    """gzip reads a file's header first: damage there is its error (status 1), not the
+    existing output's "already exists; not overwritten" (status 2)."""
+    def setup(where):
+        damaged(where)
+        put(where, name, b"already here\n")
+
+    assert_same(tmp_path, [*mode, f"{name}.gz"], setup)
+
+
 def test_header_faults_in_a_listing(tmp_path):
     assert_same(tmp_path, ["-l", "enc.gz", "late.gz", "hcrc.gz", "ok.gz"], damaged)
 

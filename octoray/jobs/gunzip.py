@@ -7,6 +7,8 @@ returned (with the totals) where gzip warns or keeps what it wrote.
 
 from __future__ import annotations
 
+import os
+
 from octoray.formats import faults
 from octoray.formats import gzip as gz
 from octoray.jobs.gzip import Totals
@@ -64,6 +66,38 @@ class _Input:
             copied += len(piece)
             write(piece)
         return copied
+
+
+class _Peek(_Input):
+    """An _Input that reads with pread from the file's start: the offset does not move."""
+
+    def fill(self, n: int) -> bool:
+        while len(self.buffer) < n and not self.eof:
+            data = os.pread(self.fd, READ_SIZE, self.consumed + len(self.buffer))
+            if data:
+                self.buffer += data
+            else:
+                self.eof = True
+        return len(self.buffer) >= n
+
+
+def first_header_fault(fd: int) -> faults.Fault | None:
+    """The fault the first member's header would raise, read without moving the file's offset
+    (gzip reads a file's header before it looks at the output's name: "not in gzip format"
+    comes before "already exists").  None where a gzip header, or another format's start, is."""
+    source = _Peek(fd)
+    try:
+        if not source.fill(1):
+            raise faults.UnexpectedEnd
+        if source.buffer[:2] != gz.MAGIC:
+            from octoray.jobs import foreign
+
+            if foreign.identify(source.buffer, first=True):
+                return None
+        _next_header(source, Totals(), passthrough=False, forced=False)
+    except faults.Fault as fault:
+        return fault
+    return None
 
 
 def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: bool = False, on_header=None,

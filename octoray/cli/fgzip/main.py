@@ -230,7 +230,13 @@ def _decompress_file(path: str, run: Run) -> None:
 
 
 def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: Run) -> None:
+    from octoray.jobs.gunzip import first_header_fault
+
     options = run.options
+    failure = first_header_fault(fd)  # before the output's name is looked at, as gzip does
+    if failure is not None:
+        run.fault(path, failure)
+        return
     mtime_ns = None
     if options.restore():
         header = _peek_header(fd)
