@@ -137,6 +137,19 @@ def test_long_stored_name_is_truncated(tmp_path):
     assert_same(tmp_path, ["-dN", "long.gz"], lambda where: put(where, "long.gz", gz_bytes(DATA, b"x" * 300)))
 
 
+NOT_UTF8 = os.fsdecode(b"\xe9t\xe9")  # Latin-1 "ete": bytes that are not UTF-8
+
+
+@pytest.mark.parametrize("args", [["-v", NOT_UTF8], ["-k", NOT_UTF8, "nope" + NOT_UTF8], ["-k", NOT_UTF8],
+                                  ["-dv", NOT_UTF8 + ".gz"], ["-l", NOT_UTF8 + ".gz"]])
+def test_names_that_are_not_utf8_are_written_as_their_bytes(tmp_path, args):
+    def files(where):
+        put(where, NOT_UTF8, DATA)
+        put(where, NOT_UTF8 + ".gz", gz_bytes(DATA))
+
+    assert_same(tmp_path, args, files, ratios=False)
+
+
 def test_existing_output_without_terminal(tmp_path):
     def setup(where):
         plain(where)

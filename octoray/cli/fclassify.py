@@ -20,6 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from octoray.cli.errors import leave, reported, silence_stdout  # noqa: E402
+from octoray.cli.stdio import names_as_their_bytes  # noqa: E402
 from octoray.cli.usage import run_app  # noqa: E402
 from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS  # noqa: E402
 from octoray.jobs import DEFAULT_BATCH  # noqa: E402
@@ -162,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     # Libraries' warnings (Pillow's decompression-bomb warning, ...) are not for the user:
     # fclassify says what matters itself, as `fclassify: PATH: ...`.
     warnings.simplefilter("ignore")
-    for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8 go out as their bytes
-        try:
-            stream.reconfigure(errors="surrogateescape")
-        except (AttributeError, ValueError):
-            pass
+    names_as_their_bytes()
     status = 0
     try:
         status = run_app(app, PROGRAM, sys.argv[1:] if argv is None else argv)

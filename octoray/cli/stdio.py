@@ -1,4 +1,7 @@
-"""Standard streams the caller closed (`fgzip -k f >&-`, a daemon's closed stdin).
+"""The standard streams as the tools need them: a stand-in for each one the caller closed,
+and file names that are not UTF-8 written as their bytes.
+
+Streams the caller closed (`fgzip -k f >&-`, a daemon's closed stdin):
 
 Each closed descriptor gets a stand-in before the tool opens any file, so that no output file
 becomes descriptor 1 and takes what was meant for stdout, and the tool meets the closed
@@ -49,3 +52,13 @@ def readable(fd: int) -> bool:
         return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
     except OSError:
         return False
+
+
+def names_as_their_bytes() -> None:
+    """Make stdout and stderr write a file name that is not UTF-8 (os.fsdecode's surrogate
+    escapes) as its bytes, as gzip and ls write it, not as "\\udce9"."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass

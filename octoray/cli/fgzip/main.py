@@ -9,7 +9,7 @@ import stat
 import sys
 
 from octoray.cli.errors import leave, reported
-from octoray.cli.stdio import readable
+from octoray.cli.stdio import names_as_their_bytes, readable
 from octoray.cli.fgzip import names, output
 from octoray.cli.fgzip.inputs import file_time, open_input, stdin_mtime
 from octoray.cli.fgzip.listing import Lister, decompression_ratio, list_stream
@@ -306,6 +306,7 @@ def execute(argv: list[str], run: Run) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     output.install_signal_handlers()
+    names_as_their_bytes()
     run = Run(Options())
     try:
         status = execute(sys.argv[1:] if argv is None else argv, run)
