@@ -153,6 +153,41 @@ def test_a_closed_standard_stream_is_met_only_where_it_is_used_as_gzip_does(tmp_
     assert our_files == their_files
 
 
+def _file_size_limit():
+    """In the child: files may not grow past 100 kB, and writing past that fails (EFBIG)
+    instead of raising SIGXFSZ: a full disk, for gzip and fgzip alike."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("args", [["big", "small"], ["-d", "big.gz", "small.gz"]])
+def test_an_output_that_cannot_be_written_ends_the_run_as_gzip_ends_it(tmp_path, args):
+    """gzip's write error ends the run: later files are left alone, the partial output is
+    removed, the input kept."""
+    import random
+
+    outcomes = []
+    for name, argv in (("gzip", ["gzip"]), ("fgzip", tool("fgzip"))):
+        where = tmp_path / name
+        where.mkdir()
+        noise = random.Random(4).randbytes(150_000)
+        if "-d" in args:
+            put(where, "big.gz", gz_bytes(noise))
+            put(where, "small.gz", gz_bytes(b"small\n"))
+        else:
+            put(where, "big", noise)
+            put(where, "small", b"small\n")
+        result = subprocess.run([*argv, *args], cwd=where, capture_output=True, timeout=60, env=GZIP_ENV,
+                                preexec_fn=_file_size_limit)
+        outcomes.append((result, state(where)))
+    (theirs, their_files), (ours, our_files) = outcomes
+    assert theirs.returncode == ours.returncode == 1
+    assert ours.stderr.replace(b"fgzip", b"gzip") == theirs.stderr
+    assert our_files == their_files
+
+
 @pytest.mark.parametrize("args", [["-l", "f.gz"], ["-h"], ["-V"], ["-L"]])
 def test_text_for_a_closed_stdout_is_one_line_and_status_1(tmp_path, args):
     """What fgzip prints through Python's buffered stdout fails only at the end (gzip says

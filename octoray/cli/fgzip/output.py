@@ -115,6 +115,19 @@ def may_overwrite(run: Run, out_path: str) -> bool:
     return False
 
 
+def _writer(fd_out: int, out_path: str):
+    """Whole writes to the output; a failure (a full disk) names the output, as gzip's does."""
+    from octoray.streams import write_all
+
+    def write(data) -> None:
+        try:
+            write_all(fd_out, data)
+        except OSError as failure:
+            raise OSError(failure.errno, failure.strerror, out_path) from None
+
+    return write
+
+
 def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
              mtime_ns: int | None = None, before=None):
     """Write the output of `work(write, seekable)` to a temporary file beside `out_path`, then
@@ -122,7 +135,6 @@ def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
     output is complete."""
     global _partial_output
     from octoray.formats.gzip import ZipTooLarge
-    from octoray.streams import write_all
 
     if not may_overwrite(run, out_path):
         return None
@@ -142,7 +154,7 @@ def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
         before()
     try:
         try:
-            result = work(lambda data: write_all(fd_out, data), True)
+            result = work(_writer(fd_out, out_path), True)
             write_index(fd_out, 0, result)
             if run.options.synchronous:
                 os.fsync(fd_out)
@@ -162,9 +174,8 @@ def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
         except OSError:
             pass
         _partial_output = None
-        if isinstance(failure, OSError):  # writing the output failed (a full disk, say)
-            run.error(f"{PROGRAM}: {out_path}: {failure.strerror}")
-            return None
+        if isinstance(failure, OSError):  # gzip's write_error and read_error: the run ends there
+            raise Fatal(f"\n{PROGRAM}: {failure.filename or in_path}: {failure.strerror}") from None
         if isinstance(failure, ZipTooLarge):
             run.error(f"{PROGRAM}: {in_path}: {failure}")
             return None
