@@ -106,7 +106,7 @@ def test_cnv_driver_buffers_batches_and_one_hot_rows(card, emulator):
     assert (scores.sum(axis=1) == 1).all()
     assert np.array_equal(scores.argmax(axis=1), fake_classes(images))  # every byte in its place
     driver = card._driver
-    assert driver.ibuf.shape == (1024, 32, 32, 1, 3) and driver.ibuf.dtype == np.uint8
+    assert driver.ibuf.shape == (1024, 32, 32, 3, 1) and driver.ibuf.dtype == np.uint8
     assert driver.obuf.shape == (1024, 1, 1) and driver.obuf.dtype == np.uint8
     assert driver.ibuf.bank == driver.obuf.bank == "HBM0"
     assert emulator.stats["runs:idma0"] == emulator.stats["runs:odma0"] == 3  # 1024 + 1024 + 452
@@ -131,8 +131,10 @@ def test_emulated_cnv_classes_equal_the_cpu_kernel_on_the_shipped_model():
     assert np.array_equal(on_card.argmax(axis=1), CpuAccelerator().cnv_scores(images).argmax(axis=1))
 
 
-@pytest.mark.parametrize("odt, pe", [("INT16", 2), ("UINT16", 1), ("UINT32", 5)])
+@pytest.mark.parametrize("odt, pe", [(None, None), ("INT16", 1), ("UINT16", 2), ("UINT32", 5)])
 def test_a_card_built_to_return_popcounts_gives_them_without_a_fallback(odt, pe, tmp_path, monkeypatch):
+    """The shipped manifest-popcounts.json (UINT32, PE 1: what FINN v0.10.1's driver declares
+    for that build), and other foldings and widths a build may have."""
     from octoray.kernels.cpu import CpuAccelerator
 
     monkeypatch.setenv("OCTORAY_OVERLAYS", popcounts_overlays(tmp_path, odt, pe))
@@ -141,7 +143,7 @@ def test_a_card_built_to_return_popcounts_gives_them_without_a_fallback(odt, pe,
     acc = FpgaAccelerator(0, pynq_module=emulator, kind="fpga-emulator", fallback=None)
     try:
         scores, classes = acc.cnv_scores(images, popcounts=True), acc.cnv_classes(images)
-        assert acc._driver.obuf.shape == (1024, 10 // pe, pe * int(odt.lstrip("UINT")) // 8)
+        assert acc._driver.obuf.shape == (1024, 10 // (pe or 1), (pe or 1) * int((odt or "UINT32").lstrip("UINT")) // 8)
         assert acc.cnv_scores(images[:0], popcounts=True).shape == (0, 10)
     finally:
         acc.close()

@@ -134,7 +134,7 @@ def test_loading_another_xclbin_reprograms_the_card(pynq):
         run_gzip(gz, b, 100)
     cnv.free()
     with pytest.raises(EmulatorError, match="freed"):
-        cnv.idma0.start(pynq.allocate((4, 32, 32, 1, 3), np.uint8, target=cnv.HBM0), 4)
+        cnv.idma0.start(pynq.allocate((4, 32, 32, 3, 1), np.uint8, target=cnv.HBM0), 4)
 
 
 def test_unknown_xclbins_and_other_shells_are_refused(pynq):
@@ -195,7 +195,7 @@ def test_finn_dma_misuse_is_refused(pynq):
     with pytest.raises(EmulatorError, match="8 outputs expected"):
         ol.odma0.start(obuf, 8).wait()
     with pytest.raises(EmulatorError, match="uint8"):
-        ol.idma0.start(pynq.allocate((8, 32, 32, 1, 3), np.float32, target=ol.HBM0), 8)
+        ol.idma0.start(pynq.allocate((8, 32, 32, 3, 1), np.float32, target=ol.HBM0), 8)
 
 
 # --- the 2019.2 gzip_hbm pair -------------------------------------------------------------------
