@@ -34,12 +34,18 @@ def test_an_action_stops_the_parse_where_it_stands():
     (["-b", "16"], "block size too small (must be >= 32K)"),
     (["--scheduler="], "--scheduler needs a value, not ''"),
     (["--cluster=far"], "--cluster takes 'local', not 'far'"),
+    (["-I", "x"], "invalid numeric parameter: x"),  # pigz's words for its zopfli tuning
+    (["--maxsplits=5x"], "invalid numeric parameter: 5x"),
 ])
 def test_values_are_checked_once_every_option_is_read(argv, complaint):
     import re
 
     with pytest.raises(report.Fatal, match=re.escape(complaint)):
         options_for(*argv)
+
+
+def test_pigz_zopfli_tuning_takes_a_number_and_is_ignored():
+    assert options_for("-I", "15", "-J", "0", "-F", "-O")[0].level == 6
 
 
 def test_a_later_suffix_mends_an_empty_one():

@@ -228,6 +228,8 @@ def _apply(key: str, value: str | None, options: Options, checks: list) -> None:
         checks.insert(0, lambda: options.quiet or message(f"{PROGRAM}: option --ascii ignored on this system"))
     elif key == "lzw":
         raise UsageError("-Z not supported in this version")
+    elif key == "zopfli" and value is not None and not (value.isascii() and value.isdigit()):
+        checks.append(lambda: _raise(Fatal(f"invalid numeric parameter: {value}")))  # pigz's -I and -J
     # "bits": gzip accepts and ignores its hidden LZW option; "zopfli": pigz's -F -I -J -O tune
     # zopfli, which fgzip's -11 (libdeflate) does not use
 
