@@ -88,9 +88,9 @@ def compressed(where):
     ["-dr", "plain"], ["-tr", "plain"], ["-lr", "plain"], ["-r", "b.tgz"], ["-rv", "b.tgz"], ["-dcr", "."],
     ["-d", "a.gz/"],  # Not a directory, under the name given (no suffix search)
     ["-dN", "dot.gz"], ["-dNf", "dot.gz"],
-    # the longest matching suffix wins, -S or gzip's own
+    # -S first, unless it ends one of gzip's own as written ("z" does, "Z" does not): gzip's order
     ["-d", "-S", "gz", "evil.gz"], ["-d", "-S", "z", "C.Z"], ["-d", "-S", "gz", "b.tgz"], ["-d", "-S", "l.gz", "evil.gz"],
-    ["-S", "l.gz", "evil.gz"],
+    ["-S", "l.gz", "evil.gz"], ["-d", "-S", "Z", "evil.gz"], ["-d", "-S", "GZ", "b.tgz"], ["-S", "Z", "a.gz"],
 ])
 def test_decompress_names_as_gzip(tmp_path, args):
     assert_same(tmp_path, args, compressed)

@@ -60,6 +60,8 @@ def test_test_mode_writes_nowhere_and_keeps_its_input():
 @pytest.mark.parametrize("name, suffix, found", [
     ("a.gz", ".gz", ".gz"), ("A.GZ", ".gz", ".GZ"), (".gz", ".gz", None), ("i.z", "z", ".z"),
     ("a.tgz", ".gz", ".tgz"), ("a.txt", ".gz", None), ("a.gz", "e.gz", ".gz"),
+    # -S first unless it ends one of gzip's own as written: gzip's order, not the longest match
+    ("x.gz", "Z", "z"), ("x.gz", "z", ".gz"), ("x.tgz", "GZ", "gz"), ("a.b.gz", "GZ", "gz"), ("a.tgz", "z", ".tgz"),
 ])
 def test_compressed_suffixes_as_gzip_knows_them(name, suffix, found):
     assert names.has_suffix(name, suffix) == found

@@ -8,22 +8,25 @@ import os
 
 from octoray.cli.fgzip.report import PROGRAM, Run, message
 
-KNOWN_SUFFIXES = (".gz", ".z", "-gz", "-z", "_z", ".tgz", ".taz")
+KNOWN_SUFFIXES = (".gz", ".z", ".taz", ".tgz", "-gz", "-z", "_z")  # in the order gzip tries them
 PIGZ_SUFFIXES = (".zz", "-zz", ".zip", ".ZIP")
 """Suffixes pigz -d takes off (letter case as written) that gzip does not know: zlib and zip.
 fgzip takes them off when decompressing only, so `fgzip a.zz` still compresses to a.zz.gz."""
 
 
 def has_suffix(name: str, suffix: str) -> str | None:
-    """The compressed suffix `name` ends with, spelled as in `name`: the longest of the -S
-    suffix and gzip's own that matches in any letter case, leaving at least one character
-    before it (gzip: `-S z` takes "i.z" to "i", `-S e.gz` takes "a.gz" to "a"; ".gz" has none)."""
+    """The compressed suffix `name` ends with, spelled as in `name`, as gzip finds it: the -S
+    suffix, then gzip's own, the first that matches in any letter case and leaves at least one
+    character before it; an -S suffix that ends one of gzip's own (as written: "z" does, "Z"
+    does not) is tried after them (`-S z` takes "i.z" to "i", `-S Z` takes "x.gz" to "x.g")."""
+    ends_a_known_one = any(len(suffix) < len(known) and known.endswith(suffix) for known in KNOWN_SUFFIXES)
+    order = (*KNOWN_SUFFIXES, suffix) if ends_a_known_one else (suffix, *KNOWN_SUFFIXES)
     lower = name.lower()
-    found = [c for c in (suffix, *KNOWN_SUFFIXES) if len(name) > len(c) and lower.endswith(c.lower())]
-    if not found:
-        return None
-    longest = max(len(c) for c in found)
-    return name[len(name) - longest:]
+    for candidate in order:
+        size = len(candidate)
+        if len(name) > size and lower.endswith(candidate.lower()) and name[-size - 1] != "/":
+            return name[len(name) - size:]
+    return None
 
 
 def decompress_suffix(name: str, suffix: str) -> str | None:
