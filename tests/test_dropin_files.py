@@ -137,6 +137,17 @@ def test_long_stored_name_is_truncated(tmp_path):
     assert_same(tmp_path, ["-dN", "long.gz"], lambda where: put(where, "long.gz", gz_bytes(DATA, b"x" * 300)))
 
 
+@pytest.mark.parametrize("times", [(FIXED_TIME - 9, FIXED_TIME - 3), (0, FIXED_TIME - 3), (FIXED_TIME - 9, 0),
+                                   (0, 0)])
+def test_n_takes_the_last_members_time_that_is_not_0(tmp_path, times):
+    """gzip reads every member's header into one time stamp: -dN gives the output the last
+    MTIME that is not 0, else the input file's time."""
+    def files(where):
+        put(where, "c.gz", gz_bytes(b"one\n", b"x", times[0]) + gz_bytes(b"two\n", b"x", times[1]))
+
+    assert_same(tmp_path, ["-dN", "c.gz"], files)
+
+
 NOT_UTF8 = os.fsdecode(b"\xe9t\xe9")  # Latin-1 "ete": bytes that are not UTF-8
 
 

@@ -168,6 +168,7 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             totals.first_header = header
             if on_header is not None:
                 on_header()
+        totals.mtime = header.mtime or totals.mtime
         layout = _parallel_layout(head, header, executor)
         if layout is not None:
             _inflate_chunked(source, layout, write, totals, executor())

@@ -29,6 +29,7 @@ class Totals:
         self.overhead = overhead  # header and trailer bytes, which gzip leaves out of its ratio
         self.members = 0
         self.first_header: gz.MemberHeader | None = None
+        self.mtime = 0  # the last member's MTIME that is not 0, which gzip -dN gives the output
         self.last_crc = self.last_size = 0  # the last member's trailer, as gzip -l shows it (crc None: unknown)
         self.copied = False  # -cdf passed data through unchanged
         self.copied_bytes = 0  # how many

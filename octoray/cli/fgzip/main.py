@@ -242,8 +242,7 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: 
         header = _peek_header(fd)
         if header is not None and header.name and names.header_basename(header.name):
             base = names.header_basename(header.name)
-        if header is not None and header.mtime:
-            mtime_ns = header.mtime * 1_000_000_000
+        mtime_ns = _restored_mtime_ns
     out_path = names.truncate_name(os.path.join(os.path.dirname(path), base), run)
     try:
         result = output.to_file(run, path, out_path, st, lambda write, _seekable: _keeping_a_zip_of_more_entries(
@@ -256,6 +255,13 @@ def _decompress_to_file(fd: int, st: os.stat_result, path: str, base: str, run: 
         if run.outcome(path, outcome, totals) and options.verbose:
             verb = "created" if options.keep else "replaced with"
             message(f"{decompression_ratio(totals)} -- {verb} {out_path}")
+
+
+def _restored_mtime_ns(result) -> int | None:
+    """-N's time: the last member's MTIME that is not 0 (gzip reads each member's header into
+    the same time stamp), else None: the input's own."""
+    totals, _outcome = result
+    return totals.mtime * 1_000_000_000 if totals.mtime else None
 
 
 def _keeping_a_zip_of_more_entries(result):

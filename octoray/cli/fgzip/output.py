@@ -129,10 +129,11 @@ def _writer(fd_out: int, out_path: str):
 
 
 def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
-             mtime_ns: int | None = None, before=None):
+             mtime_ns=None, before=None):
     """Write the output of `work(write, seekable)` to a temporary file beside `out_path`, then
     rename it into place and remove the input; nothing is overwritten or removed before the
-    output is complete."""
+    output is complete.  `mtime_ns`: the output's time (None: the input's), or a function of
+    the work's result giving it."""
     global _partial_output
     from octoray.formats.gzip import ZipTooLarge
 
@@ -165,7 +166,8 @@ def to_file(run: Run, in_path: str, out_path: str, st: os.stat_result, work,
                 pass
         finally:
             os.close(fd_out)
-        os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns))
+        mtime = mtime_ns(result) if callable(mtime_ns) else mtime_ns  # -dN: known once the data is read
+        os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns if mtime is None else mtime))
         os.replace(temporary, out_path)
         _partial_output = None
     except BaseException as failure:
