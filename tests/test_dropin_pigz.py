@@ -110,3 +110,19 @@ def test_the_largest_block_on_a_small_input_commits_no_block_of_memory(tmp_path,
     assert status == 0 and err == b"" and gzip.decompress(out) == DATA[:5000]
     assert rss < 128 * 2**20, f"{rss:,} bytes resident for a 5 kB input"
     assert peak.measured([pigz_bin, "-b", "524288", "-c", tmp_path / "small"])[3] < 128 * 2**20
+
+
+@pytest.mark.parametrize("options", [["-dK"], ["-tK"], ["-dz"], ["-dKk"]])
+def test_the_output_form_options_are_ignored_when_decompressing_as_pigz_ignores_them(tmp_path, options, pigz_bin):
+    """pigz's -K and -z choose what compressing writes; -d, -t (and -l) read any format."""
+    results = []
+    for name, argv in (("pigz", [pigz_bin]), ("fgzip", tool("fgzip"))):
+        where = tmp_path / name
+        where.mkdir()
+        put(where, "f.gz", gzip.compress(DATA))
+        put(where, "g.zip", fgzip("-cK", input=DATA, check=True).stdout)
+        result = run([*argv, *options, "f.gz", "g.zip"], cwd=where)
+        results.append((result.returncode, result.stdout, sorted(p.name for p in where.iterdir())))
+        if "-t" not in options[0]:
+            assert (where / "f").read_bytes() == (where / "g").read_bytes() == DATA
+    assert results[0] == results[1]

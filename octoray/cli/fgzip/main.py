@@ -296,8 +296,6 @@ def execute(argv: list[str], run: Run) -> int:
     if action is not None:
         sys.stdout.write({"license": LICENSE, "help": HELP, "version": VERSION + "\n"}[action])
         return OK
-    if options.form == "zip" and (options.decompress or options.test or options.list):
-        raise Fatal("decompressing zip (-K) is not supported")
     if options.list:
         run.lister = Lister()
     for operand in operands or ["-"]:
