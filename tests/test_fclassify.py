@@ -260,6 +260,23 @@ def test_a_closed_standard_stream_is_one_line_where_it_is_used(photos, redirect,
     assert [line.split("\t")[0] for line in lines(result)] == [p.format(one=one, two=two) for p in printed]
 
 
+def test_a_walk_never_opens_a_fifo_and_does_not_follow_links_to_directories(tmp_path, photos):
+    """Opening a FIFO (or /dev/console) met in a walk would wait for ever: skipped, as a link
+    to a directory is, each noted under -v."""
+    _top, pixels = photos
+    one, two = list(pixels)[:2]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(one.read_bytes())
+    (tmp_path / "sub" / "b.png").write_bytes(two.read_bytes())
+    os.mkfifo(tmp_path / "f.png")
+    os.symlink("sub", tmp_path / "link")
+    result = fclassify("-v", tmp_path, timeout=60, check=True)
+    assert [line.split("\t")[0] for line in lines(result)] == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.png")]
+    told = result.stderr.decode()
+    assert f"fclassify: {tmp_path / 'f.png'}: not a regular file, skipped\n" in told
+    assert f"fclassify: {tmp_path / 'link'}: a link to a directory, not followed\n" in told
+
+
 def test_views_out_of_range_are_a_usage_error(photos):
     top, _ = photos
     for count in (0, MAX_VIEWS + 1):

@@ -227,11 +227,19 @@ def _read_image_file(path: str, first: int = 1 << 16, seen: list | None = None):
 
 
 def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
+    """Each directory's regular files (links to them followed) in sorted order, then its
+    subdirectories in sorted order; a FIFO or a device is never opened (a read would wait
+    for ever), and a link to a directory is not followed (as find and gzip -r do not)."""
     found = False
     for root, dirs, files in os.walk(top, onerror=lambda e: note(e.filename, e.strerror)):
         dirs.sort()
+        for linked in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            note(os.path.join(root, linked), "a link to a directory, not followed")
         for file in sorted(files):
             path = os.path.join(root, file)
+            if not _is_regular(path):
+                note(path, "not a regular file, skipped")
+                continue
             seen: list = []
             try:
                 data = _read_image_file(path, seen=seen)
@@ -250,6 +258,13 @@ def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
                 yield Item(path, data, source=(os.path.abspath(path), seen[0]) if seen else None)
     if not found:
         yield Item(top, error="no images found")
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # opening it says what is wrong
 
 
 def _path_items(path: str, input_format: str, batch: int, note: Note, stdin) -> Iterator[Item]:
