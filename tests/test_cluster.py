@@ -3,6 +3,7 @@ processes on 127.0.0.1, started and stopped by the fixtures, logs under tmp_path
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -268,6 +269,73 @@ def test_a_refused_connection_is_reported_at_once(argv):
     assert result.stderr == f"{program}: cannot reach the cluster at {address}: connection refused " \
                             f"(no scheduler listens on 127.0.0.1 port {address.rsplit(':', 1)[1]})\n".encode()
     assert elapsed < 2.0, f"{program} took {elapsed:.1f} s to report a refused connection"
+
+
+@contextlib.contextmanager
+def listener(banner: bytes | None):
+    """A loopback service that accepts connections and sends `banner` (None: nothing)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            if banner:
+                connection.sendall(banner)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.parametrize("argv", [["fgzip"], ["fclassify"], ["octoray", "status"]])
+def test_a_service_that_speaks_another_protocol_is_not_a_scheduler(argv):
+    """An SSH server's banner read as Dask frames once asked for exabytes: one line, at once."""
+    with listener(b"SSH-2.0-OpenSSH_9.6\r\n") as address:
+        start = time.monotonic()
+        result = run([*tool(argv[0]), *argv[1:], "--scheduler", address], input=b"hello\n", timeout=60)
+        elapsed = time.monotonic() - start
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == (f"{argv[0]}: cannot reach the cluster at {address}: not a Dask scheduler "
+                                      f"(what it sent is not Dask's protocol: MemoryError)\n")
+    assert elapsed < 10
+
+
+def test_a_service_that_accepts_and_stays_silent_is_not_a_scheduler():
+    """The dashboard's port (HTTP waits for a request) once made the client wait for ever: a
+    scheduler speaks first, so silence for the probe's time is a ClusterError."""
+    from octoray.engine.dask_executor import probe_scheduler
+    from octoray.engine.faults import ClusterError
+
+    with listener(None) as address:
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match="not a Dask scheduler .* accepts connections but sends nothing"):
+            probe_scheduler(address, address, answer_timeout=1.0)
+        assert time.monotonic() - start < 5
+
+
+def test_a_real_scheduler_passes_the_probe(empty_cluster):
+    from octoray.engine.dask_executor import probe_scheduler
+
+    probe_scheduler(empty_cluster.address, empty_cluster.address, answer_timeout=5.0)
+
+
+@pytest.mark.parametrize("address, words", [("inproc://x", "inproc:// names a scheduler inside one process"),
+                                            ("tcp://127.0.0.1:99999", "99999 is not a port number (1-65535)")])
+def test_addresses_no_client_can_reach_say_why(address, words):
+    result = run([*tool("octoray"), "status", "--scheduler", address], timeout=60)
+    assert result.returncode == 1 and words in result.stderr.decode() and result.stderr.count(b"\n") == 1
 
 
 @pytest.fixture

@@ -258,6 +258,9 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
             client = Client(address, timeout=timeout, security=security, set_as_default=False, direct_to_workers=True)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
         raise ClusterError(f"cannot reach the cluster at {where}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - bytes Dask cannot read (MemoryError on a "frame" of exabytes)
+        raise ClusterError(f"cannot reach the cluster at {where}: not a Dask scheduler "
+                           f"(what it sent is not Dask's protocol: {type(error).__name__})") from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, saved)
     executor = DaskExecutor(client, client.scheduler.address)
@@ -269,20 +272,29 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
     return executor
 
 
-def probe_scheduler(address: str, where: str, timeout: float = PROBE_TIMEOUT) -> None:
-    """A plain TCP connect to a tcp:// or tls:// scheduler: a refused port or an unknown
-    host is a ClusterError at once; a port that does not answer is left to Dask's timeout."""
+def probe_scheduler(address: str, where: str, timeout: float = PROBE_TIMEOUT,
+                    answer_timeout: float = CONNECT_TIMEOUT) -> None:
+    """A plain TCP connect to a tcp:// or tls:// scheduler: a refused port or an unknown host
+    is a ClusterError at once; a port that does not answer is left to Dask's timeout.  On
+    tcp://, a Dask scheduler speaks first (its handshake, at once): a service that accepts the
+    connection and stays silent within `answer_timeout` (the dashboard's HTTP port, say, on
+    which Dask's client would wait for ever) is a ClusterError too."""
     import socket
 
     scheme, _, rest = address.rpartition("://")
+    if scheme == "inproc":
+        raise ClusterError(f"cannot reach the cluster at {where}: inproc:// names a scheduler inside one "
+                           f"process; give the tcp://HOST:PORT (or tls://) its workers connect to")
     if scheme not in ("", "tcp", "tls"):
         return
     host, _, port = rest.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
         return
+    if not 0 < int(port) < 65536:
+        raise ClusterError(f"cannot reach the cluster at {where}: {port} is not a port number (1-65535)")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        connection = socket.create_connection((host, int(port)), timeout=timeout)
     except ConnectionRefusedError:
         raise ClusterError(f"cannot reach the cluster at {where}: connection refused "
                            f"(no scheduler listens on {host} port {port})") from None
@@ -290,6 +302,20 @@ def probe_scheduler(address: str, where: str, timeout: float = PROBE_TIMEOUT) ->
         raise ClusterError(f"cannot reach the cluster at {where}: unknown host {host!r}") from None
     except OSError:  # slow, filtered or unreachable: Dask's own timeout and message
         return
+    with connection:
+        if scheme == "tls":  # the client speaks first there (TLS's hello)
+            return
+        connection.settimeout(answer_timeout)
+        try:
+            spoke = connection.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            spoke = None
+        except OSError:  # reset: let Dask say what it makes of it
+            return
+    if not spoke:
+        raise ClusterError(f"cannot reach the cluster at {where}: not a Dask scheduler ({host} port {port} "
+                           f"accepts connections but {'sends nothing' if spoke is None else 'closes them'}; "
+                           f"the dashboard's port, or another service?)")
 
 
 def _address_in(scheduler_file: str) -> str:
