@@ -114,6 +114,23 @@ def test_a_png_header_is_believed_only_within_limits(header, reason):
     assert str(refused.value) == reason
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("side", [32, 1280])  # decoded whole, and reduced on the way
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped(fmt, side):
+    """Pillow's convert clips 16-bit grey at 255 (nearly every pixel white): the same picture
+    stored with 8 and with 16 bits a pixel decodes to the same pixels."""
+    rng = np.random.default_rng(side)
+    grey8 = np.kron(rng.integers(0, 256, (4, 4)), np.ones((side // 4, side // 4), np.int64)).astype(np.uint8)
+    stored = []
+    for array in (grey8, grey8.astype(np.uint16) * 257):
+        data = io.BytesIO()
+        Image.fromarray(array).save(data, fmt)
+        stored.append(data.getvalue())
+    assert Image.open(io.BytesIO(stored[1])).mode == "I;16"
+    eight, sixteen = (decode_image(data) for data in stored)
+    assert np.array_equal(eight, sixteen) and len(np.unique(sixteen)) > 4
+
+
 def test_empty_and_foreign_bytes():
     for data, reason in [(b"", "empty file"), (b"hello, world" * 100, "not an image")]:
         with pytest.raises(ImageError, match=reason):

@@ -225,9 +225,23 @@ def to_cnv_input(image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).reshape(SIDE, SIDE, 3)
 
 
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey, as Pillow opens PNG and TIFF
+
+
+def _eight_bit(image):
+    """16-bit grey scaled to 8 bits (v * 255 / 65535, rounded): Pillow's own convert clips
+    such pixels at 255, so every pixel above 255 of 65535 came out white."""
+    if image.mode not in _WIDE_GREY:
+        return image
+    Image = _pillow()
+    wide = np.asarray(image).astype(np.int64)
+    return Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _reducible(image):
     """The image in a mode whose pixels can be averaged (RGB, L, or RGBA/LA, which Pillow
     averages premultiplied): palettes and other modes become RGB(A) first."""
+    image = _eight_bit(image)
     if image.mode in ("RGB", "L", "RGBA", "LA"):
         return image
     if image.mode == "P" and "transparency" in image.info or image.mode == "PA":
@@ -238,6 +252,7 @@ def _reducible(image):
 def _to_rgb(image):
     """RGB, transparent pixels laid over white (Pillow's convert would keep their hidden colour)."""
     Image = _pillow()
+    image = _eight_bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
