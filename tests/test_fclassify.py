@@ -325,11 +325,12 @@ def test_labels_takes_no_top_k_and_no_other_format(photos, extra):
 
 @pytest.fixture
 def odd_names(tmp_path):
-    """Images whose names hold a tab, a newline, a backslash, a byte that is not UTF-8; and a
-    file with a newline in its name that is not an image."""
+    """Images whose names hold a tab, a newline, a carriage return, a backslash, a quote and a
+    comma, a byte that is not UTF-8; and a file with a newline in its name that is not an image."""
     rng = np.random.default_rng(9)
     folder = os.fsencode(tmp_path)
-    names = [b"a\ttab.png", b"back\\slash.png", b"new\nline.png", b"not\xffutf8.png", b"plain.png"]
+    names = [b"a\ttab.png", b"back\\slash.png", b"carriage\rreturn.png", b"new\nline.png", b"not\xffutf8.png",
+             b"plain.png", b'quo"te,comma.png']
     for name in names:
         Image.fromarray(smooth_image(rng)).save(os.fsdecode(os.path.join(folder, name)))
     with open(os.path.join(folder, b"text\nfile.png"), "w") as text:

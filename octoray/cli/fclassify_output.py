@@ -27,6 +27,15 @@ def tsv_field(name: str) -> str:
     return name
 
 
+def csv_field(name: str) -> str:
+    """A name as one RFC 4180 field: quoted (its quotes doubled) when it holds a comma, a
+    quote, a line feed or a carriage return (Python's csv module leaves a lone CR unquoted
+    when records end with LF, and readers then split the record)."""
+    if any(c in name for c in ',"\n\r'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def shown(name: str) -> str:
     """The name for a message on stderr: on one line, whatever it holds."""
     return name if name.isprintable() else name.translate(_SHOWN_ESCAPES)
@@ -52,13 +61,9 @@ class Printer:
         self.top_k, self.labels_only = top_k, labels_only
         self.end = "\0" if zero else "\n"
         self.field = (lambda name: name) if zero else tsv_field
-        self._csv = None
         if output == "csv" and not labels_only:
-            import csv
-
-            self._csv = csv.writer(out, lineterminator=self.end)
             ranks = [f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("label", "score")]
-            self._csv.writerow(["path"] + ranks if top_k else ["path", "label"])
+            self.out.write(",".join(["path"] + ranks if top_k else ["path", "label"]) + self.end)
 
     def ranked(self, scores) -> list[tuple[str, int]]:
         """The classes by falling score; among equal scores the lower index first (as argmax)."""
@@ -82,10 +87,8 @@ class Printer:
                 record["top"] = [{"label": label, "score": score} for label, score in ranked]
             self.out.write(json.dumps(record, ensure_ascii=False) + self.end)
         elif self.format == "csv":
-            if self.top_k:
-                self._csv.writerow([name] + [v for pair in ranked for v in pair])
-            else:
-                self._csv.writerow([name, ranked[0][0]])
+            rest = [str(v) for pair in ranked for v in pair] if self.top_k else [ranked[0][0]]
+            self.out.write(",".join([csv_field(name)] + rest) + self.end)
         else:
             fields = [self.field(name)] + ([f"{label}\t{score}" for label, score in ranked] if self.top_k
                                            else [ranked[0][0]])
