@@ -105,6 +105,36 @@ def test_files_list_tar_and_cifar_records_agree_with_the_directory(photos, expec
     assert [line.split("\t")[1] for line in lines(fclassify(batch_file, check=True))] == expected
 
 
+def test_cifar10s_own_binary_archive_and_its_folder(photos, expected, tmp_path):
+    """cifar-10-binary.tar.gz holds cifar-10-batches-bin/*.bin (and a readme): its batches are
+    classified record by record, from the archive and from the unpacked folder."""
+    _top, pixels = photos
+    records = b"".join(bytes([i % 10]) + image.transpose(2, 0, 1).tobytes() for i, image in enumerate(pixels.values()))
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(records)
+    (folder / "batches.meta.txt").write_text("airplane\nautomobile\n")
+    with tarfile.open(tmp_path / "cifar-10-binary.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-bin")
+    archive = fclassify("-v", tmp_path / "cifar-10-binary.tar.gz", check=True)
+    member = f"{tmp_path / 'cifar-10-binary.tar.gz'}:cifar-10-batches-bin/test_batch.bin"
+    assert lines(archive) == [f"{member}:{i}\t{label}" for i, label in enumerate(expected)]
+    assert "batches.meta.txt: not an image, skipped" in archive.stderr.decode()
+    unpacked = fclassify(folder, check=True)
+    assert lines(unpacked) == [f"{folder / 'test_batch.bin'}:{i}\t{label}" for i, label in enumerate(expected)]
+
+
+def test_an_archive_without_images_is_an_error_as_an_empty_folder_is(tmp_path):
+    (tmp_path / "notes.txt").write_text("no pictures here\n")
+    with tarfile.open(tmp_path / "notes.tar", "w") as tar:
+        tar.add(tmp_path / "notes.txt", arcname="notes.txt")
+    for argv, stdin, name in (([tmp_path / "notes.tar"], b"", tmp_path / "notes.tar"),
+                              ([], (tmp_path / "notes.tar").read_bytes(), "-"),
+                              ([], bytes(10240), "-")):  # an empty tar: only its end blocks (zeros)
+        result = fclassify(*argv, input=stdin)
+        assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", f"fclassify: {name}: no images found\n")
+
+
 def test_a_compressed_tar_on_stdin(photos, expected):
     top, pixels = photos
     result = subprocess.run(f"tar czf - -C '{top}' . | {' '.join(tool('fclassify'))} --labels",

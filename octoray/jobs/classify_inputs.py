@@ -84,21 +84,38 @@ def _read_exactly(stream, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _tar_items(stream, archive: str, note: Note) -> Iterator[Item]:
+def _tar_items(stream, archive: str, batch: int, note: Note) -> Iterator[Item]:
+    """A tar's images and CIFAR-10 batches (members NAME.bin, as in CIFAR-10's own
+    cifar-10-binary.tar.gz); "no images found" for a tar with neither, as for a directory."""
+    found = False
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
+                    if member.issym() or member.islnk():
+                        note(f"{archive}:{member.name}", "a link, skipped")
                     continue
                 name = f"{archive}:{member.name}"
                 contents = tar.extractfile(member)
                 head = contents.read(_HEAD)
                 if looks_like_image(head[:16]) or _is_image_name(member.name):
+                    found = True
                     yield _image_item(name, head, contents)
+                elif _is_cifar(head, member.name):
+                    found = True
+                    yield from _cifar_items(io.BufferedReader(_Prepended(head, contents), 1 << 20), name, batch)
                 else:
                     note(name, "not an image, skipped")
     except (tarfile.TarError, EOFError, OSError) as error:
         yield Item(archive, error=f"damaged archive ({error})")
+        return
+    if not found:
+        yield Item(archive, error="no images found")
+
+
+def _is_cifar(head: bytes, name: str) -> bool:
+    """CIFAR-10 binary records by their name: a record starts with its label, 0..9."""
+    return bool(head) and head[0] < 10 and name.lower().endswith(".bin")
 
 
 def _cifar_items(stream, source: str, batch: int) -> Iterator[Item]:
@@ -126,7 +143,11 @@ def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
             kind = "tar"
         elif looks_like_image(head):
             kind = "image"
-        elif head and head[0] < 10 and (name == "-" or name.lower().endswith(".bin")):
+        elif _is_cifar(head, name):
+            kind = "cifar"
+        elif name == "-" and len(head) == _HEAD and not any(head):
+            kind = "tar"  # an empty tar: a zero block ends the archive (a CIFAR-10 record is never that dark)
+        elif head and head[0] < 10 and name == "-":
             kind = "cifar"  # a record starts with its label, 0..9
         else:
             kind = "image"  # Pillow knows formats without a signature; else "not an image"
@@ -142,7 +163,7 @@ def _stream_items(stream, name: str, input_format: str, batch: int, note: Note,
         return
     source = io.BufferedReader(_Prepended(head, stream), 1 << 20)
     if kind == "tar":
-        yield from _tar_items(source, name, note)
+        yield from _tar_items(source, name, batch, note)
     else:
         yield from _cifar_items(source, name, batch)
 
@@ -240,6 +261,10 @@ def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
             if not _is_regular(path):
                 note(path, "not a regular file, skipped")
                 continue
+            if _is_cifar(_first_byte(path), file):  # CIFAR-10 batches (cifar-10-batches-bin/)
+                found = True
+                yield from _file_items(path, "cifar", batch, note)
+                continue
             seen: list = []
             try:
                 data = _read_image_file(path, seen=seen)
@@ -258,6 +283,14 @@ def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
                 yield Item(path, data, source=(os.path.abspath(path), seen[0]) if seen else None)
     if not found:
         yield Item(top, error="no images found")
+
+
+def _first_byte(path: str) -> bytes:
+    try:
+        with open(path, "rb", buffering=0) as file:
+            return file.read(1)
+    except OSError:
+        return b""
 
 
 def _is_regular(path: str) -> bool:
