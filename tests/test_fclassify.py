@@ -135,6 +135,17 @@ def test_an_archive_without_images_is_an_error_as_an_empty_folder_is(tmp_path):
         assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", f"fclassify: {name}: no images found\n")
 
 
+def test_several_lists_are_read_in_order_and_null_needs_one(photos, expected, tmp_path):
+    _top, pixels = photos
+    paths = list(pixels)[:3]
+    (tmp_path / "one").write_text(f"{paths[0]}\n{paths[1]}\n")
+    (tmp_path / "two").write_text(f"{paths[2]}\n")
+    both = fclassify("--files-from", tmp_path / "one", "--files-from", tmp_path / "two", check=True)
+    assert lines(both) == [f"{p}\t{label}" for p, label in zip(paths, expected)]
+    alone = fclassify("-0", paths[0])
+    assert alone.returncode == 2 and b"--null" in alone.stderr and alone.stdout == b""
+
+
 def test_a_compressed_tar_on_stdin(photos, expected):
     top, pixels = photos
     result = subprocess.run(f"tar czf - -C '{top}' . | {' '.join(tool('fclassify'))} --labels",

@@ -60,8 +60,9 @@ def _version(value: bool) -> None:
                   "written \\\\, \\t, \\n, \\r.")
 def classify(
     paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", show_default=False),
-    files_from: Optional[str] = typer.Option(None, "--files-from", metavar="FILE",
-                                             help="also read paths, one per line, from FILE (- for stdin)"),
+    files_from: Optional[List[str]] = typer.Option(None, "--files-from", metavar="FILE",
+                                                   help="also read paths, one per line, from FILE (- for "
+                                                        "stdin); may be given more than once"),
     null: bool = typer.Option(False, "--null", "-0", help="--files-from's paths end with NUL, not newline "
                                                           "(find -print0)"),
     input_format: InputFormat = typer.Option(InputFormat.auto, "--input-format",
@@ -98,7 +99,10 @@ def classify(
     if labels_only and output is not OutputFormat.tsv:
         raise typer.BadParameter("--labels prints bare labels, one a line, so it takes no "
                                  f"--format {output.value}", param_hint="--format")
-    reads_stdin = "-" in (paths or []) or (not paths and files_from is None)
+    if null and not files_from:
+        raise typer.BadParameter("--null says how --files-from's paths end, and there is no --files-from",
+                                 param_hint="--null")
+    reads_stdin = "-" in (paths or []) or (not paths and not files_from)
     if reads_stdin and _stdin_is_terminal():
         raise typer.BadParameter("images are not read from a terminal: name files "
                                  "or directories, or pipe images in", param_hint="PATH")

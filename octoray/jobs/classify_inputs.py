@@ -343,15 +343,16 @@ def _list_entries(stream, null: bool) -> Iterator[str]:
                 yield os.fsdecode(path)
 
 
-def items(paths: Iterable[str], *, files_from: str | None = None, null: bool = False,
+def items(paths: Iterable[str], *, files_from: Iterable[str] = (), null: bool = False,
           input_format: str = "auto", batch: int = DEFAULT_BATCH, note: Note = lambda _name, _text: None,
           stdin=None) -> Iterator[Item]:
-    """Every image named by `paths` (stdin when none and no list) and by the list file."""
-    paths = list(paths)
-    if files_from is not None:
-        for path in _listed_paths(files_from, stdin, null):
+    """Every image named by the list files (`files_from`, in order), then by `paths` (stdin
+    when neither names any)."""
+    paths, lists = list(paths), list(files_from or ())
+    for listed in lists:
+        for path in _listed_paths(listed, stdin, null):
             yield from _path_items(path, input_format, batch, note, stdin)
-    if not paths and files_from is None:
+    if not paths and not lists:
         paths = ["-"]
     for path in paths:
         yield from _path_items(path, input_format, batch, note, stdin)
