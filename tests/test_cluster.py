@@ -384,6 +384,15 @@ def test_with_v_the_lost_cluster_is_reported_on_a_line_of_its_own(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
 
 
+@pytest.mark.parametrize("content", ["{}", '{"address": ""}', '{"address": 5}'])
+def test_a_scheduler_file_without_an_address_says_so(tmp_path, content):
+    (tmp_path / "s.json").write_text(content)
+    result = run([*tool("octoray"), "status", "--scheduler-file", str(tmp_path / "s.json")], timeout=60)
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == (f"octoray: cannot reach the cluster at {tmp_path / 's.json'}: "
+                                      f"not a scheduler file (no address in it)\n")
+
+
 def test_a_missing_scheduler_file_fails_at_once(tmp_path):
     start = time.time()
     result = fgzip("--scheduler-file", tmp_path / "nope.json", input=b"x")

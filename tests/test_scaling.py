@@ -146,11 +146,25 @@ def test_an_emulated_card_takes_as_long_as_its_rate_says_without_holding_a_cpu(m
             card.close()
 
 
-def test_an_invalid_rate_is_a_clear_error():
-    result = fgzip("-c", input=b"x" * 100, env=cards_env(1, OCTORAY_EMULATED_GZIP_MBPS="fast"))
+@pytest.mark.parametrize("variable, value, words", [
+    ("OCTORAY_EMULATED_GZIP_MBPS", "fast", "OCTORAY_EMULATED_GZIP_MBPS='fast' is not a number"),
+    ("OCTORAY_EMULATED_CNV_IPS", "0", "OCTORAY_EMULATED_CNV_IPS='0' must be above 0"),
+    ("OCTORAY_EMULATED_DEVICES", "x", "OCTORAY_EMULATED_DEVICES='x' is not a number of cards (0 to 64)"),
+    ("OCTORAY_EMULATED_DEVICES", "-3", "OCTORAY_EMULATED_DEVICES='-3' is not a number of cards (0 to 64)"),
+    ("OCTORAY_EMULATED_DEVICES", "100000", "OCTORAY_EMULATED_DEVICES='100000' is not a number of cards (0 to 64)"),
+])
+def test_an_invalid_emulator_setting_is_a_clear_error(variable, value, words):
+    env = dict(cards_env(1), **{variable: value})
+    result = fgzip("-c", input=b"x" * 100, env=env)
     assert result.returncode == 1
-    assert result.stderr == (b"fgzip: accelerator 'fpga-emulator': EmulatorError: "
-                             b"OCTORAY_EMULATED_GZIP_MBPS='fast' is not a number\n")
+    assert result.stderr == f"fgzip: accelerator 'fpga-emulator': {words}\n".encode()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_an_invalid_jobs_per_task_is_a_clear_error(value):
+    result = fgzip("--cluster=local", "-c", input=b"x" * 100, env=dict(os.environ, OCTORAY_JOBS_PER_TASK=value))
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr == f"fgzip: OCTORAY_JOBS_PER_TASK={value!r} is not a number of jobs (1 or more)\n".encode()
 
 
 # --- one process per card -----------------------------------------------------------------------

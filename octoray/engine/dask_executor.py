@@ -105,8 +105,8 @@ class DaskExecutor:
         self._timeouts = _timeouts()
         self.lost = False  # the scheduler went away: closing need not wait for it
         self.pool = WorkerPool(self)
-        self._jobs_asked = os.environ.get("OCTORAY_JOBS_PER_TASK")
-        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
+        self._jobs_asked = jobs_per_task_asked()
+        self.jobs_per_task = self._jobs_asked or JOBS_PER_TASK
         self.largest_jobs_per_task = self.jobs_per_task  # no growth but for fgzip's streams
         self.note = None  # how the data reached the workers, for -v
 
@@ -141,7 +141,7 @@ class DaskExecutor:
         themselves, else None (the caller reads and ships the bytes)."""
         from octoray.engine.file_ranges import file_chunks, file_source
 
-        self.jobs_per_task = max(1, int(self._jobs_asked or JOBS_PER_TASK))
+        self.jobs_per_task = self._jobs_asked or JOBS_PER_TASK
         self.largest_jobs_per_task = self.jobs_per_task if self._jobs_asked else MAX_STREAM_JOBS_PER_TASK
         source = file_source(fd)
         if source is None:
@@ -152,8 +152,7 @@ class DaskExecutor:
             return None
         self.pool.shared_file = (fd, path, ident)
         jobs = -(-(ident[0] - start) // block_size)
-        asked = self._jobs_asked
-        self.jobs_per_task = max(1, int(asked)) if asked else file_jobs_per_task(jobs, self.workers)
+        self.jobs_per_task = self._jobs_asked or file_jobs_per_task(jobs, self.workers)
         self.largest_jobs_per_task = self.jobs_per_task  # sized for the whole file already
         return self._consumed(fd, file_chunks(path, start, ident, block_size), ident[0])
 
@@ -229,6 +228,19 @@ class DaskExecutor:
         self.close()
 
 
+JOBS_ENV = "OCTORAY_JOBS_PER_TASK"
+
+
+def jobs_per_task_asked() -> int | None:
+    """$OCTORAY_JOBS_PER_TASK: engine jobs a Dask task carries, fixed (None: octoray's choice)."""
+    value = os.environ.get(JOBS_ENV, "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ClusterError(f"{JOBS_ENV}={value!r} is not a number of jobs (1 or more)")
+    return int(value)
+
+
 def connect(address: str | None = None, scheduler_file: str | None = None,
             timeout: float = CONNECT_TIMEOUT, security=None,
             workers_timeout: float = STARTUP_WORKERS_TIMEOUT) -> DaskExecutor:
@@ -236,6 +248,7 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
     ClusterError if it cannot be reached (at once where the port refuses, else within
     `timeout`) or has no workers.  Nothing is sent to the cluster before that."""
     where = address or scheduler_file
+    jobs_per_task_asked()  # a bad value is said before any connection is made
     if scheduler_file and not os.path.exists(scheduler_file):  # Client would wait forever
         raise ClusterError(f"cannot reach the cluster at {where}: no such scheduler file")
     target = address or _address_in(scheduler_file)
@@ -323,9 +336,12 @@ def _address_in(scheduler_file: str) -> str:
 
     try:
         with open(scheduler_file, encoding="utf-8") as f:
-            return str(json.load(f).get("address", ""))
+            address = json.load(f).get("address")
     except (OSError, ValueError, AttributeError) as error:
         raise ClusterError(f"cannot reach the cluster at {scheduler_file}: not a scheduler file ({error})") from None
+    if not isinstance(address, str) or not address:
+        raise ClusterError(f"cannot reach the cluster at {scheduler_file}: not a scheduler file (no address in it)")
+    return address
 
 
 def _check_tls(address: str, where: str, security) -> None:
@@ -344,6 +360,7 @@ def _check_tls(address: str, where: str, security) -> None:
 
 def start_local_cluster(threads: int | None = None) -> DaskExecutor:
     """An in-process Dask LocalCluster: Dask's machinery without a scheduler to run."""
+    jobs_per_task_asked()
     quiet_dask()
     from distributed import Client, LocalCluster
 

@@ -46,9 +46,11 @@ import numpy as np
 
 from octoray.kernels.fpga_emulated_kernels import FinnDmaKernel, GzipCompBlockKernel, HuffmanKernel, Lz77CompressKernel, \
     _Kernel
+from octoray.kernels import FpgaUnavailable
 from octoray.kernels.fpga_emulated_memory import EmulatedBuffer, EmulatedMemory, EmulatorError, _Storage
 
 DEFAULT_DEVICES = 2
+MAX_DEVICES = 64  # a host's PCIe slots, many times over (each card holds open files)
 DEVICES_ENV = "OCTORAY_EMULATED_DEVICES"
 HBM_BANKS = 32
 GZIP_RATE_ENV = "OCTORAY_EMULATED_GZIP_MBPS"
@@ -63,10 +65,19 @@ def emulated_rate(name: str, scale: float = 1.0) -> float | None:
     try:
         rate = float(value) * scale
     except ValueError:
-        raise EmulatorError(f"{name}={value!r} is not a number") from None
+        raise FpgaUnavailable(f"{name}={value!r} is not a number") from None
     if not rate > 0:
-        raise EmulatorError(f"{name}={value!r} must be above 0")
+        raise FpgaUnavailable(f"{name}={value!r} must be above 0")
     return rate
+
+
+def _devices_from_env() -> int:
+    value = os.environ.get(DEVICES_ENV, "").strip()
+    if not value:
+        return DEFAULT_DEVICES
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_DEVICES:
+        raise FpgaUnavailable(f"{DEVICES_ENV}={value!r} is not a number of cards (0 to {MAX_DEVICES})")
+    return int(value)
 
 
 def _require_event_loop() -> None:
@@ -231,8 +242,7 @@ class EmulatedPynq:
 
     def __init__(self, devices: int | None = None, shell: str | None = None, classifier=None):
         if devices is None:
-            value = os.environ.get(DEVICES_ENV, "").strip()
-            devices = int(value) if value else DEFAULT_DEVICES
+            devices = _devices_from_env()
         if devices < 0:
             raise ValueError(f"{DEVICES_ENV} must be >= 0")
         from octoray.kernels.fpga import FUNCTION_OVERLAYS, load_manifest
