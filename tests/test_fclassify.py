@@ -334,6 +334,10 @@ def test_usage_errors_and_a_closed_pipe_are_quiet(photos):
     head = subprocess.run(f"{' '.join(tool('fclassify'))} --batch 2 '{top}' | head -1", shell=True,
                           capture_output=True, check=True)
     assert len(head.stdout.splitlines()) == 1 and head.stderr == b""
+    # a reader gone before the first result (true reads nothing): 141, as SIGPIPE ends fgzip and cat
+    gone = subprocess.run(f"{' '.join(tool('fclassify'))} '{top}' | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                          capture_output=True, executable="/bin/bash")
+    assert (gone.returncode, gone.stderr) == (141, b"")  # it was a silent 1, an error
 
 
 @pytest.mark.parametrize("args, message", [

@@ -106,9 +106,19 @@ def classify(
     if reads_stdin and _stdin_is_terminal():
         raise typer.BadParameter("images are not read from a terminal: name files "
                                  "or directories, or pipe images in", param_hint="PATH")
-    state = _run(paths or [], files_from, null, input_format.value, output.value, top_k, labels_only, zero,
-                 quiet, verbose, threads, batch, views, scheduler, scheduler_file, cluster)
+    try:
+        state = _run(paths or [], files_from, null, input_format.value, output.value, top_k, labels_only, zero,
+                     quiet, verbose, threads, batch, views, scheduler, scheduler_file, cluster)
+    except BrokenPipeError:  # before Click turns it into a silent status 1
+        raise ReaderGone() from None
     raise typer.Exit(state)
+
+
+class ReaderGone(Exception):
+    """The reader of stdout went away (`fclassify ... | head`)."""
+
+
+SIGPIPE_STATUS = 128 + 13  # what a shell shows for a tool SIGPIPE ended, as it ends fgzip and cat
 
 
 def _stdin_is_terminal() -> bool:
@@ -175,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         status = exit_.code if isinstance(exit_.code, int) else 1
     except KeyboardInterrupt:
         status = 130
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderGone):
         silence_stdout()
-        status = 0
+        status = SIGPIPE_STATUS
     except Exception as failure:  # noqa: BLE001 - the engine's faults, system errors, bugs: a message
         sys.stderr.write(reported(PROGRAM, failure) + "\n")
         status = 1
