@@ -257,13 +257,17 @@ def test_views_sum_the_scores_of_the_image_its_mirror_and_moved_copies(photos, c
     assert [r["path"] for r in records] == [str(p) for p in paths]
 
 
-def test_views_on_a_card_that_returns_only_its_top1_class_are_refused_with_a_reason(photos):
+@pytest.mark.parametrize("asked", [["--views", "2"], ["--top-k", "3"]])
+def test_scores_from_a_card_that_returns_only_its_top1_class_are_refused_with_a_reason(photos, asked):
+    """--top-k prints fc3's scores and --views sums them: a card chosen explicitly that has
+    only its top-1 class refuses (with `auto`, the CPU does those batches)."""
     top, pixels = photos
     env = dict(os.environ, OCTORAY_ACCELERATOR="fpga-emulator")
-    refused = fclassify("--views", 2, top, env=env)
+    refused = fclassify(*asked, top, env=env)
     assert refused.returncode == 1 and refused.stdout == b""
     assert refused.stderr.decode().startswith("fclassify: fpga-emulator:0 ")
-    assert "fc3 scores, which summing views needs: the card returns only its top-1 class" in refused.stderr.decode()
+    assert "fc3 scores, which --top-k and summing views need: the card returns only its top-1 class" \
+        in refused.stderr.decode()
     assert_no_traceback(refused)
     one_view = fclassify("--views", 1, top, env=env, check=True)
     assert [line.split("\t")[1] for line in lines(one_view)] == reference_labels(list(pixels.values()), 1)

@@ -149,7 +149,7 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
                            cluster=cluster) as executor:
             stream = items(paths, files_from=files_from, null=null, input_format=input_format,
                            batch=batch, note=note, stdin=sys.stdin.buffer)
-            for result in classified(stream, executor, batch, views):
+            for result in classified(stream, executor, batch, views, popcounts=top_k > 0):
                 if result.error:
                     failures += 1
                     screen.message(f"{shown(result.name)}: {result.error}")

@@ -64,10 +64,12 @@ def _remote_groups(stream: Iterable[Item], batch: int) -> Iterator[list]:
         yield group
 
 
-def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH, views: int = 1) -> Iterator[Result]:
+def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH, views: int = 1,
+             popcounts: bool = False) -> Iterator[Result]:
     """Results for `stream`, in its order; batches run in parallel on `executor`.  Each image's
-    scores are summed over `views` views of it (octoray.formats.cnv_views).  The last result
-    of each batch says so (`batch_end`): results come a batch at a time."""
+    scores are summed over `views` views of it (octoray.formats.cnv_views); `popcounts`: they
+    are fc3's popcounts, not a card's one-hot top-1 rows (they are shown).  The last result of
+    each batch says so (`batch_end`): results come a batch at a time."""
     from octoray.kernels.tasks import classify_batch
 
     sent: deque = deque()
@@ -101,7 +103,7 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH, views
             if not decode_here:
                 for item in group:
                     item.payload = None  # encoded bytes: the batch holds them, until its task is done
-            yield JobGroup([(payload,) for payload in payloads]), views  # one object: Dask would scatter a list
+            yield JobGroup([(payload,) for payload in payloads]), views, popcounts  # one object: Dask would scatter a list
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
         group = sent.popleft()

@@ -352,8 +352,8 @@ class FpgaAccelerator:
         if self._returns_popcounts():
             images = _checked_images(images)
             return self._call("cnv", "popcounts", images) if len(images) else np.zeros((0, 10), dtype=np.int64)
-        other = self._fallback_for("cnv", "fc3 scores, which summing views needs: the card returns only its "
-                                          "top-1 class" if popcounts else None)
+        other = self._fallback_for("cnv", "fc3 scores, which --top-k and summing views need: the card returns "
+                                          "only its top-1 class" if popcounts else None)
         if other is not None:
             return other.cnv_scores(images, popcounts)
         classes = self.cnv_classes(images)

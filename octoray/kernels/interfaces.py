@@ -27,9 +27,9 @@ class Accelerator(Protocol):
         """CNV-W1A1 on a batch: uint8 images (N, 32, 32, 3) -> int64 (N, 10) scores whose
         argmax (the lowest index winning a tie) is the class.  CPU kernels return fc3
         popcounts, and so does a card whose overlay ends at fc3; a card with FINN's usual
-        top-1 output returns its class as a one-hot row.  `popcounts` asks for
-        the popcounts themselves (summing views needs them): a card that returns only its
-        top-1 class runs such a batch on its fallback, or raises FpgaUnavailable saying so."""
+        top-1 output returns its class as a one-hot row.  `popcounts` asks for the popcounts
+        themselves (--top-k prints them, summing views needs them): a card that returns only
+        its top-1 class runs such a batch on its fallback, or raises FpgaUnavailable saying so."""
 
     def close(self) -> None:
         """Release the card (and the fallback's resources)."""

@@ -22,11 +22,12 @@ def cnv_scores(images):
     return local_accelerator().cnv_scores(images)
 
 
-def classify_batch(batch, views: int = 1) -> tuple:
+def classify_batch(batch, views: int = 1, popcounts: bool = False) -> tuple:
     """Decode a batch (an engine JobGroup of one-item jobs: encoded image bytes, or pixels
     already (32, 32, 3)), run CNV-W1A1 on `views` views of each image that decoded
     (octoray.formats.cnv_views), and return (scores (N, 10) summed over the views, error
-    reasons (None where fine)).
+    reasons (None where fine)).  `popcounts`: the scores must be fc3's popcounts (they are
+    printed), which a card that returns only its top-1 class cannot give.
 
     Decoding here, not in the reader, spreads it over the workers with the kernel.  A None
     payload is an item that already failed upstream; it gets zero scores and no reason."""
@@ -49,15 +50,15 @@ def classify_batch(batch, views: int = 1) -> tuple:
         pixels.append(payload)
         decoded.append(i)
     if len(decoded) == len(payloads):  # the usual case: every image decoded
-        return _view_scores(np.stack(pixels), views), reasons
+        return _view_scores(np.stack(pixels), views, popcounts), reasons
     scores = np.zeros((len(payloads), 10), dtype=np.int64)
     if decoded:
-        scores[decoded] = _view_scores(np.stack(pixels), views)
+        scores[decoded] = _view_scores(np.stack(pixels), views, popcounts)
     return scores, reasons
 
 
-def _view_scores(images, count: int):
+def _view_scores(images, count: int, popcounts: bool = False):
     """fc3 popcounts of the images summed over `count` views, in one kernel call."""
     from octoray.formats.cnv_views import summed, views
 
-    return summed(local_accelerator().cnv_scores(views(images, count), popcounts=count > 1), count)
+    return summed(local_accelerator().cnv_scores(views(images, count), popcounts=popcounts or count > 1), count)
