@@ -338,6 +338,29 @@ def test_addresses_no_client_can_reach_say_why(address, words):
     assert result.returncode == 1 and words in result.stderr.decode() and result.stderr.count(b"\n") == 1
 
 
+TWO_PLACES = [
+    (["--scheduler", "tcp://127.0.0.1:1", "--cluster=local"], "--scheduler and --cluster each name where to run: give one"),
+    (["--scheduler", "tcp://127.0.0.1:1", "--scheduler-file", "s.json"],
+     "--scheduler and --scheduler-file each name where to run: give one"),
+]
+
+
+@pytest.mark.parametrize("argv, options, words", [
+    *((["fgzip"], options, words) for options, words in TWO_PLACES),
+    *((["fclassify"], options, words) for options, words in TWO_PLACES),
+    (["octoray", "status"], *TWO_PLACES[1]),  # octoray status has no --cluster
+])
+def test_two_places_to_run_are_refused(argv, options, words):
+    result = run([*tool(argv[0]), *argv[1:], *options], input=b"x", timeout=60)
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == f"{argv[0]}: {words}\n"
+
+
+def test_an_empty_scheduler_is_refused_not_the_embedded_default():
+    result = run([*tool("octoray"), "status", "--scheduler", ""], timeout=60)
+    assert (result.returncode, result.stderr) == (1, b"octoray: --scheduler needs a value, not ''\n")
+
+
 @pytest.fixture
 def empty_cluster(tmp_path):
     c = Cluster(tmp_path)

@@ -34,7 +34,7 @@ def _root(
 def status(
     scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://, tls://)"),
     scheduler_file: str = typer.Option(None, "--scheduler-file", help="file written by `dask scheduler`"),
-    threads: int = typer.Option(None, "--threads", "-p", help="threads of the embedded default"),
+    threads: int = typer.Option(None, "--threads", "-p", min=1, help="threads of the embedded default"),
 ) -> None:
     """One line per worker: its accelerator, threads and tasks done.  A cluster without
     workers is an error (exit 1): nothing could run there."""

@@ -45,6 +45,20 @@ def _config_mentions(key: str) -> bool:
     return False
 
 
+def _one_place(scheduler: str | None, scheduler_file: str | None, cluster: str | None) -> None:
+    """--scheduler, --scheduler-file and --cluster each name where to run: one at most, and
+    not an empty one (which would quietly mean the embedded default)."""
+    from octoray.engine.faults import ClusterError
+
+    named = {"--scheduler": scheduler, "--scheduler-file": scheduler_file, "--cluster": cluster}
+    for option, value in named.items():
+        if value is not None and not value.strip():
+            raise ClusterError(f"{option} needs a value, not {value!r}")
+    given = [option for option, value in named.items() if value]
+    if len(given) > 1:
+        raise ClusterError(f"{' and '.join(given)} each name where to run: give one")
+
+
 def open_executor(threads: int | None = None, scheduler: str | None = None,
                   scheduler_file: str | None = None, cluster: str | None = None,
                   workers_timeout: float | None = None, accelerators: bool = True):
@@ -54,6 +68,7 @@ def open_executor(threads: int | None = None, scheduler: str | None = None,
     default when None; 0 to look once, as `octoray status` does).  Without `accelerators`
     (work no card does, such as decoding gzip) the embedded default is the CPU's thread
     pool: `threads` threads, however many cards the host has, and none is looked for."""
+    _one_place(scheduler, scheduler_file, cluster)
     waiting = {} if workers_timeout is None else {"workers_timeout": workers_timeout}
     if scheduler or scheduler_file:
         from octoray.engine.dask_executor import connect
