@@ -186,9 +186,17 @@ def test_workers_without_octoray_device_share_the_cards_and_never_fight_for_one(
         assert held.stderr == (f"octoray: accelerator 'fpga-emulator': card 1 is held by another process "
                                f"(card 1: pid {pid}); OCTORAY_DEVICE picks others\n").encode()
         none_free = run([*tool("fgzip"), "-c"], input=b"x", env=cards_env(3, OCTORAY_LOCK_DIR=str(locks)))
-        assert none_free.returncode == 1 and b"card 0, 1, 2 is held by another process" in none_free.stderr
+        assert none_free.returncode == 1 and b"cards 0, 1, 2 are held by other processes" in none_free.stderr
     finally:
         c.stop()
+
+
+def test_a_lock_folder_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "locks").write_text("not a folder\n")
+    result = run([*tool("fgzip"), "-c"], input=b"x", env=cards_env(1, OCTORAY_LOCK_DIR=str(tmp_path / "locks")))
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == (f"fgzip: cannot lock card 0: the lock folder {tmp_path / 'locks'} is not a "
+                                      f"directory (OCTORAY_LOCK_DIR)\n")
 
 
 # --- workers that read the input file themselves ------------------------------------------------

@@ -84,10 +84,9 @@ def open_lanes(kind: str | None = None) -> list:
         lanes.append(lane)
     if held and (explicit or not lanes):
         close_lanes(lanes)
-        cards = ", ".join(map(str, held))
         if kind == "auto" and not explicit:
-            return [_cpu_because(f"cards {cards} are held by other processes")]
-        raise AcceleratorError(f"accelerator {kind!r}: card {cards} is held by another process "
+            return [_cpu_because(_held_words(held))]
+        raise AcceleratorError(f"accelerator {kind!r}: {_held_words(held)} "
                                f"({holders(kind, held)}); OCTORAY_DEVICE picks others")
     if not lanes:
         raise AcceleratorError(f"accelerator {kind!r}: no card found")
@@ -163,6 +162,12 @@ def lock_dir(kind: str) -> str | None:
     return None if kind == "fpga-emulator" else DEFAULT_LOCK_DIR
 
 
+def _held_words(held: list[int]) -> str:
+    if len(held) == 1:
+        return f"card {held[0]} is held by another process"
+    return f"cards {', '.join(map(str, held))} are held by other processes"
+
+
 def _lock_path(kind: str, index: int) -> str | None:
     folder = lock_dir(kind)
     if folder is None:
@@ -179,9 +184,13 @@ def claim_card(kind: str, index: int):
     path = _lock_path(kind, index)
     if path is None:
         return None
+    folder = os.path.dirname(path)
     try:
-        os.makedirs(os.path.dirname(path), mode=0o1777, exist_ok=True)
+        os.makedirs(folder, mode=0o1777, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileExistsError:  # makedirs: the lock folder's name is taken by a file
+        raise AcceleratorError(f"cannot lock card {index}: the lock folder {folder} is not a directory "
+                               f"(OCTORAY_LOCK_DIR)") from None
     except OSError as error:
         raise AcceleratorError(f"cannot lock card {index} ({path}: {error.strerror})") from None
     try:
