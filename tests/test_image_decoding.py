@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from octoray.cli.fclassify_output import json_path, tsv_field
+from octoray.cli.fclassify_output import json_path, per_second, shown, tsv_field
 from octoray.formats import images, png_strips
 from octoray.formats.images import ImageError, decode_image
 
@@ -165,3 +165,17 @@ def test_json_names_are_valid_utf8_json_and_keep_the_exact_bytes(raw):
         assert base64.b64decode(record["path_base64"]) == raw
     else:
         assert record["path"].encode("utf-8") == raw
+
+
+def test_names_in_messages_are_one_line_without_control_characters():
+    """A name reaches stderr on one line, and ESC and the other control characters escaped:
+    a file's name cannot recolour or move the text of the terminal it is shown on."""
+    assert shown("esc\x1b[31mred\tx\n.jpg") == "esc\\x1b[31mred\\tx\\n.jpg"
+    assert shown("été ok.jpg") == "été ok.jpg"  # printable letters of any script stay as they are
+    assert shown("bell\x07del\x7f") == "bell\\x07del\\x7f"
+
+
+@pytest.mark.parametrize("count, seconds, shown_rate", [(2, 4.46, "0.45"), (5, 1.0, "5"), (12551, 1.0, "12,551"),
+                                                        (0, 3.0, "0")])
+def test_rates_keep_two_digits_below_10_a_second(count, seconds, shown_rate):
+    assert per_second(count, seconds) == shown_rate

@@ -130,7 +130,7 @@ def _stdin_is_terminal() -> bool:
 
 def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero, quiet, verbose, threads,
          batch, views, scheduler, scheduler_file, cluster) -> int:
-    from octoray.cli.fclassify_output import Printer, Screen, shown
+    from octoray.cli.fclassify_output import Printer, Screen, per_second, shown
     from octoray.engine.cluster import open_executor
     from octoray.formats.cnv_input import CLASS_NAMES
     from octoray.jobs.classify import classify as classified
@@ -167,7 +167,7 @@ def _run(paths, files_from, null, input_format, output, top_k, labels_only, zero
                 failed = f", {failures:,} failed" if failures else ""
                 passes = f", {views} views an image" if views > 1 else ""
                 sys.stderr.write(f"{PROGRAM}: {done:,} image{'' if done == 1 else 's'} in {seconds:.2f} s "
-                                 f"({done / max(seconds, 1e-9):,.0f}/s{passes}) on {where}{failed}\n")
+                                 f"({per_second(done, seconds)}/s{passes}) on {where}{failed}\n")
     finally:
         screen.close()
     return 1 if failures else 0

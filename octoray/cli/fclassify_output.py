@@ -17,7 +17,9 @@ import time
 
 PROGRAM = "fclassify"
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_SHOWN_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_SHOWN_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r",
+                                **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f) if c not in (9, 10, 13)}})
+# other control characters too (ESC would let a file's name recolour or move a terminal's text)
 
 
 def tsv_field(name: str) -> str:
@@ -25,6 +27,12 @@ def tsv_field(name: str) -> str:
     if "\\" in name or not name.isprintable():  # isprintable: no tab, newline, return...
         return name.translate(_TSV_ESCAPES)
     return name
+
+
+def per_second(count: int, seconds: float) -> str:
+    """A rate for people: whole numbers from 10 a second, two digits below (0.45, not 0)."""
+    rate = count / max(seconds, 1e-9)
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
 
 
 def csv_field(name: str) -> str:
@@ -167,7 +175,7 @@ class Screen:
         text = f"{PROGRAM}: {self.count:,} image{'' if self.count == 1 else 's'}"
         since, done = self._first
         if now - since >= self.MEASURE:
-            text += f", {(self.count - done) / (now - since):,.0f}/s"
+            text += f", {per_second(self.count - done, now - since)}/s"
         try:
             width = os.get_terminal_size(self.stderr.fileno()).columns or 80
         except (OSError, ValueError):

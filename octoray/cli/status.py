@@ -13,6 +13,7 @@ from octoray.cli.usage import run_app
 PROGRAM = "octoray"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="octoray: data-parallel jobs on a cluster of accelerators.")
 
 
