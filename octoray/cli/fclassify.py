@@ -66,7 +66,8 @@ def classify(
     null: bool = typer.Option(False, "--null", "-0", help="--files-from's paths end with NUL, not newline "
                                                           "(find -print0)"),
     input_format: InputFormat = typer.Option(InputFormat.auto, "--input-format",
-                                             help="what stdin and files hold; auto detects"),
+                                             help="what stdin and the files named hold; auto detects (a "
+                                                  "directory's files are images, or CIFAR-10 batches *.bin)"),
     output: OutputFormat = typer.Option(OutputFormat.tsv, "--format", help="output format"),
     top_k: int = typer.Option(0, "--top-k", min=0, max=10, metavar="K",
                               help="also print the K best classes with their scores (fc3 popcounts "
