@@ -75,10 +75,10 @@ def test_octoray_version_matches_fgzip_and_fclassify():
 
 
 @pytest.mark.parametrize("argv, first, hint", [
-    (["--bogus"], "octoray: No such option: --bogus", "Try 'octoray --help' for help."),
-    (["nope"], "octoray: No such command 'nope'.", "Try 'octoray --help' for help."),
-    (["status", "-p", "x"], "octoray: Invalid value for '--threads' / '-p': 'x' is not a valid int.",
-     "Try 'octoray status --help' for help."),
+    (["--bogus"], "octoray: No such option: --bogus", "Try 'octoray -h' for help."),
+    (["nope"], "octoray: No such command 'nope'.", "Try 'octoray -h' for help."),
+    (["status", "-p", "x"], "octoray: Invalid value for '--threads' / '-p': 'x' is not a valid integer.",
+     "Try 'octoray status -h' for help."),
 ])
 def test_octoray_usage_errors_name_the_program(argv, first, hint):
     result = run([*tool("octoray"), *argv])

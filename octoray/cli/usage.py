@@ -32,7 +32,8 @@ def run_app(app, program: str, args: Sequence[str]) -> int:
 
 def usage_error_text(program: str, error) -> str:
     """`PROGRAM: message`, and for a usage error the line that says how to get help."""
-    text = f"{program}: {error.format_message()}"
+    # Click calls a bounded integer's type "int range": `'x' is not a valid int range.`
+    text = f"{program}: {error.format_message().replace('is not a valid int range.', 'is not a valid integer.')}"
     ctx = getattr(error, "ctx", None)
     if ctx is not None and ctx.help_option_names:
         text += f"\nTry '{ctx.command_path} {ctx.help_option_names[0]}' for help."
