@@ -248,41 +248,58 @@ def _read_image_file(path: str, first: int = 1 << 16, seen: list | None = None):
 
 
 def _directory_items(top: str, batch: int, note: Note) -> Iterator[Item]:
-    """Each directory's regular files (links to them followed) in sorted order, then its
-    subdirectories in sorted order; a FIFO or a device is never opened (a read would wait
-    for ever), and a link to a directory is not followed (as find and gzip -r do not)."""
     found = False
-    for root, dirs, files in os.walk(top, onerror=lambda e: note(e.filename, e.strerror)):
-        dirs.sort()
-        for linked in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            note(os.path.join(root, linked), "a link to a directory, not followed")
-        for file in sorted(files):
-            path = os.path.join(root, file)
-            if not _is_regular(path):
-                note(path, "not a regular file, skipped")
-                continue
-            if _is_cifar(_first_byte(path), file):  # CIFAR-10 batches (cifar-10-batches-bin/)
-                found = True
-                yield from _file_items(path, "cifar", batch, note)
-                continue
-            seen: list = []
-            try:
-                data = _read_image_file(path, seen=seen)
-            except OSError as error:
-                found = True
-                yield Item(path, error=error.strerror or str(error))
-                continue
-            if data is None:
-                note(path, "not an image, skipped")
-                continue
+    for path in _walk(top, note):
+        if path.lower().endswith(".bin") and _is_cifar(_first_byte(path), path):  # cifar-10-batches-bin/
             found = True
-            if data is _LARGE:
-                with open(path, "rb") as file:
-                    yield _decoded_here(path, file)
-            else:
-                yield Item(path, data, source=(os.path.abspath(path), seen[0]) if seen else None)
+            yield from _file_items(path, "cifar", batch, note)
+            continue
+        seen: list = []
+        try:
+            data = _read_image_file(path, seen=seen)
+        except OSError as error:
+            found = True
+            yield Item(path, error=error.strerror or str(error))
+            continue
+        if data is None:
+            note(path, "not an image, skipped")
+            continue
+        found = True
+        if data is _LARGE:
+            with open(path, "rb") as file:
+                yield _decoded_here(path, file)
+        else:
+            yield Item(path, data, source=(os.path.abspath(path), seen[0]) if seen else None)
     if not found:
         yield Item(top, error="no images found")
+
+
+def _walk(top: str, note: Note) -> Iterator[str]:
+    """The files under `top`: each directory's regular files (links to them followed) in
+    sorted order, then its subdirectories, each walked the same way.  A FIFO or a device is
+    never opened (a read would wait for ever) and a link to a directory is not followed (as
+    find and gzip -r do not), each noted.  Directory entries' own types (scandir): no stat a
+    file, where the walk meets thousands."""
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            note(error.filename or folder, error.strerror)
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.path)
+            elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                yield entry.path  # a dangling link too: opening it says what is wrong
+            elif entry.is_dir():
+                note(entry.path, "a link to a directory, not followed")
+            else:
+                note(entry.path, "not a regular file, skipped")
+        pending.extend(reversed(subfolders))
 
 
 def _first_byte(path: str) -> bytes:
@@ -291,13 +308,6 @@ def _first_byte(path: str) -> bytes:
             return file.read(1)
     except OSError:
         return b""
-
-
-def _is_regular(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return True  # opening it says what is wrong
 
 
 def _path_items(path: str, input_format: str, batch: int, note: Note, stdin) -> Iterator[Item]:
