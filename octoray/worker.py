@@ -186,15 +186,16 @@ def _deflated_chunks(rows: list) -> list:
 
 
 def stat_path(path: str = ""):
-    """(size, mtime in ns) of `path` as this worker sees it, or None."""
+    """{"seen": [size, mtime in ns]} of `path` as this worker sees it, "seen" None where it
+    sees none: a reply either way (a worker without this handler gives none)."""
     import os
 
     from octoray.engine.file_ranges import identity
 
     try:
-        return list(identity(os.stat(path)))
+        return {"seen": list(identity(os.stat(path)))}
     except OSError:
-        return None
+        return {"seen": None}
 
 
 def _picklable(error: BaseException) -> BaseException:

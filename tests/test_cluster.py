@@ -126,6 +126,25 @@ def test_workers_started_without_the_preload_get_it_from_the_client(tmp_path, gz
         c.stop()
 
 
+def test_a_first_run_on_workers_without_the_preload_lets_them_read_the_files(tmp_path):
+    """Asked which file they see before any task was sent, workers without the preload had no
+    handler: "no worker sees ..." (the files' data sent) until the next run.  The client now
+    installs the plugin there too and asks again."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    blurry_pngs(pictures, 3, seed=5)
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker("plain", None, preload=False)
+        c.wait_for_workers(1)
+        result = run([*tool("fclassify"), "-v", "--scheduler", c.address, str(pictures)], timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert b"fclassify: 1 of 1 workers read the input files themselves\n" in result.stderr
+        assert len(result.stdout.splitlines()) == 3
+    finally:
+        c.stop()
+
+
 def test_status_lists_each_worker_and_its_accelerator(cluster):
     result = run([*tool("octoray"), "status", "--scheduler-file", str(cluster.scheduler_file)], check=True)
     lines = result.stdout.decode().splitlines()

@@ -239,10 +239,17 @@ class WorkerPool:
     async def who_sees(self, path: str, ident: tuple[int, int]) -> list[str]:
         """The workers that see `path` with the identity this host sees."""
         async def ask(slot: _Slot) -> None:
-            try:
-                seen = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=path), 5)
-            except (OSError, asyncio.TimeoutError):
-                seen = None
+            reply = None
+            for attempt in range(2):  # a worker without octoray's preload: its plugin, then once more
+                sent = time.monotonic()
+                try:
+                    reply = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=path), 5)
+                except (OSError, asyncio.TimeoutError):
+                    reply = None
+                if isinstance(reply, dict) or attempt:
+                    break
+                await self._install_plugin(slot, sent)
+            seen = reply.get("seen") if isinstance(reply, dict) else None
             slot.sees_file = seen is not None and tuple(seen) == tuple(ident)
 
         await asyncio.gather(*(ask(slot) for slot in list(self.slots.values())))
