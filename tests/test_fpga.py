@@ -19,7 +19,7 @@ from octoray.kernels import AcceleratorError, open_accelerator
 from octoray.formats.gzip import FINAL_EMPTY_BLOCK
 from octoray.kernels import fpga, fpga_drivers as drivers
 from octoray.kernels.fpga import FpgaAccelerator, FpgaUnavailable
-from octoray.kernels.fpga_drivers import finn_pack, finn_unpack
+from octoray.formats.finn_packing import finn_pack, finn_type, finn_unpack
 from octoray.kernels.fpga_emulator import EmulatedPynq
 
 
@@ -90,11 +90,11 @@ def test_finn_unpack_reads_int_types_as_twos_complement(bits):
 
 
 def test_finn_type_names_give_width_and_signedness():
-    assert [drivers.finn_type(n) for n in ("UINT8", "UINT10", "INT16", "BIPOLAR", "BINARY", "INT32")] == [
+    assert [finn_type(n) for n in ("UINT8", "UINT10", "INT16", "BIPOLAR", "BINARY", "INT32")] == [
         (8, False), (10, False), (16, True), (1, False), (1, False), (32, True)]
     for name in ("FLOAT32", "INT0", "UINT33", "INTX"):
-        with pytest.raises(FpgaUnavailable, match=name):
-            drivers.finn_type(name)
+        with pytest.raises(ValueError, match=name):
+            finn_type(name)
 
 
 # --- CNV driver --------------------------------------------------------------------------------
