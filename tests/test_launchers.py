@@ -5,6 +5,7 @@ version each tool prints."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -89,3 +90,17 @@ def test_octoray_usage_errors_name_the_program(argv, first, hint):
 def test_octoray_alone_shows_its_help():
     result = run([*tool("octoray")])
     assert result.returncode == 2 and b"status" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("shell, status, stderr", [
+    ("octoray status | true; exit ${PIPESTATUS[0]}", 141, ""),  # the reader gone: as SIGPIPE ends a tool
+    ("octoray status > /dev/full", 1, "octoray: stdout: No space left on device\n"),
+    ("octoray status >&-", 1, "octoray: stdout: Bad file descriptor\n"),
+    ("octoray --version > /dev/full", 1, "octoray: stdout: No space left on device\n"),
+])
+def test_octoray_output_that_cannot_be_written_is_one_line_or_quiet(shell, status, stderr):
+    """Click turned a broken pipe into a silent status 1, and a full disk into a traceback."""
+    octoray = " ".join(tool("octoray"))
+    result = subprocess.run(shell.replace("octoray", octoray, 1), shell=True, capture_output=True,
+                            executable="/bin/bash", timeout=120)
+    assert (result.returncode, result.stderr.decode()) == (status, stderr)

@@ -11,6 +11,7 @@ Standard library only: this module must import wherever the launchers run.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -99,6 +100,14 @@ def failure_text(program: str, failure: BaseException, unnamed: str | None = "st
     return describe(program, failure)
 
 
+SIGPIPE_STATUS = 128 + 13  # what a shell shows for a tool SIGPIPE ended (fgzip, cat)
+
+
+class ReaderGone(Exception):
+    """The reader of stdout went away (`... | head`): raised in place of a BrokenPipeError
+    that Click would turn into a silent status 1."""
+
+
 def reported(program: str, failure: BaseException, unnamed: str | None = "stdout") -> str:
     """failure_text, and where the failure was writing stdout (an OSError naming no file),
     stdout silenced: what its buffer still holds goes nowhere, not into a second message."""
@@ -120,8 +129,11 @@ def finish(status: int, program: str):
             sys.stdout.flush()
         except OSError:
             pass
-        _say(f"{program}: stdout: {failure.strerror or failure}")
-        status = 1
+        if failure.errno == errno.EPIPE:  # the reader went away (`| head`): quietly, as SIGPIPE ends a tool
+            status = SIGPIPE_STATUS
+        else:
+            _say(f"{program}: stdout: {failure.strerror or failure}")
+            status = 1
     except ValueError:  # stdout closed by the tool itself
         pass
     try:

@@ -19,7 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
 
-from octoray.cli.errors import leave, reported, silence_stdout  # noqa: E402
+from octoray.cli.errors import SIGPIPE_STATUS, ReaderGone, leave, reported, silence_stdout  # noqa: E402
 from octoray.cli.stdio import names_as_their_bytes  # noqa: E402
 from octoray.cli.usage import run_app  # noqa: E402
 from octoray.formats.cnv_views import DEFAULT_VIEWS, MAX_VIEWS  # noqa: E402
@@ -114,12 +114,6 @@ def classify(
         raise ReaderGone() from None
     raise typer.Exit(state)
 
-
-class ReaderGone(Exception):
-    """The reader of stdout went away (`fclassify ... | head`)."""
-
-
-SIGPIPE_STATUS = 128 + 13  # what a shell shows for a tool SIGPIPE ended, as it ends fgzip and cat
 
 
 def _stdin_is_terminal() -> bool:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from octoray import __version__
-from octoray.cli.errors import failure_text, leave
+from octoray.cli.errors import SIGPIPE_STATUS, ReaderGone, failure_text, leave, reported, silence_stdout
 from octoray.cli.usage import run_app
 
 PROGRAM = "octoray"
@@ -48,9 +48,13 @@ def status(
     except Exception as error:  # ClusterError and friends: a message, not a traceback
         typer.echo(failure_text(PROGRAM, error, unnamed=None), err=True)
         raise typer.Exit(1)
-    print(f"{'WORKER':<24} {'ACCELERATOR':<40} {'THREADS':>7} {'TASKS':>7}")
-    for row in rows:
-        print(f"{row['worker']:<24} {row['accelerator']:<40} {row['threads']:>7} {row.get('tasks', 0):>7}")
+    try:
+        print(f"{'WORKER':<24} {'ACCELERATOR':<40} {'THREADS':>7} {'TASKS':>7}")
+        for row in rows:
+            print(f"{row['worker']:<24} {row['accelerator']:<40} {row['threads']:>7} {row.get('tasks', 0):>7}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # before Click turns it into a silent status 1
+        raise ReaderGone() from None
 
 
 def main() -> int:
@@ -59,6 +63,12 @@ def main() -> int:
         status = run_app(app, PROGRAM, sys.argv[1:])
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
+    except ReaderGone:
+        silence_stdout()
+        status = SIGPIPE_STATUS
+    except OSError as failure:  # writing stdout (a full disk): one line, not a traceback
+        sys.stderr.write(reported(PROGRAM, failure) + "\n")
+        status = 1
     return leave(status)
 
 

@@ -1,9 +1,8 @@
 """The standard streams as the tools need them: a stand-in for each one the caller closed,
 and file names that are not UTF-8 written as their bytes.
 
-Streams the caller closed (`fgzip -k f >&-`, a daemon's closed stdin):
-
-Each closed descriptor gets a stand-in before the tool opens any file, so that no output file
+A caller may close a stream (`fgzip -k f >&-`, a daemon's stdin).  Each closed descriptor
+gets a stand-in before the tool opens any file, so that no output file
 becomes descriptor 1 and takes what was meant for stdout, and the tool meets the closed
 stream only where it uses it, as gzip does: reading stdin or writing stdout fails with "Bad
 file descriptor" (the stand-in is /dev/null opened the other way round), and messages to a
