@@ -185,9 +185,9 @@ def _deflated_chunks(rows: list) -> list:
     return [DeflatedChunk(*row) for row in rows]
 
 
-def stat_path(path: str = ""):
-    """{"seen": [size, mtime in ns]} of `path` as this worker sees it, "seen" None where it
-    sees none: a reply either way (a worker without this handler gives none)."""
+def stat_path(path: bytes | str = b""):
+    """{"seen": [size, mtime in ns]} of `path` (its bytes: any name) as this worker sees it,
+    "seen" None where it sees none: a reply either way (a worker without this handler gives none)."""
     import os
 
     from octoray.engine.file_ranges import identity

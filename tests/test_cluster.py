@@ -145,6 +145,20 @@ def test_a_first_run_on_workers_without_the_preload_lets_them_read_the_files(tmp
         c.stop()
 
 
+def test_a_file_whose_name_is_not_utf8_is_read_by_the_workers_too(cluster, tmp_path, gzip_bin):
+    """The workers were asked about the name through Dask's msgpack, which refuses os.fsdecode's
+    escapes: Dask's CRITICAL tracebacks and an internal error.  The name now goes as its bytes."""
+    data = text_like(3 << 20, seed=41)
+    name = os.path.join(os.fsencode(tmp_path), b"bad\xffname")
+    with open(name, "wb") as f:
+        f.write(data)
+    result = fgzip("-cv", "--scheduler", cluster.address, os.fsdecode(name), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr and b"CRITICAL" not in result.stderr
+    assert b"2 of 2 workers read" in result.stderr
+    assert run([gzip_bin, "-dc"], input=result.stdout, check=True).stdout == data
+
+
 def test_status_lists_each_worker_and_its_accelerator(cluster):
     result = run([*tool("octoray"), "status", "--scheduler-file", str(cluster.scheduler_file)], check=True)
     lines = result.stdout.decode().splitlines()

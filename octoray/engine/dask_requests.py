@@ -19,6 +19,7 @@ its ranges.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 
@@ -243,7 +244,8 @@ class WorkerPool:
             for attempt in range(2):  # a worker without octoray's preload: its plugin, then once more
                 sent = time.monotonic()
                 try:
-                    reply = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=path), 5)
+                    # as bytes: Dask's msgpack refuses a name that is not UTF-8 (os.fsdecode's escapes)
+                    reply = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=os.fsencode(path)), 5)
                 except (OSError, asyncio.TimeoutError):
                     reply = None
                 if isinstance(reply, dict) or attempt:
