@@ -90,7 +90,7 @@ class DaskExecutor:
 
     in_process = False
 
-    def __init__(self, client, address: str, cluster=None):
+    def __init__(self, client, address: str, cluster=None, jobs_asked: int | None = None):
         from octoray.engine.dask_requests import WorkerPool
 
         from octoray.engine.allocator import keep_freed_memory
@@ -105,7 +105,7 @@ class DaskExecutor:
         self._timeouts = _timeouts()
         self.lost = False  # the scheduler went away: closing need not wait for it
         self.pool = WorkerPool(self)
-        self._jobs_asked = jobs_per_task_asked()
+        self._jobs_asked = jobs_asked  # $OCTORAY_JOBS_PER_TASK, read (and checked) before connecting
         self.jobs_per_task = self._jobs_asked or JOBS_PER_TASK
         self.largest_jobs_per_task = self.jobs_per_task  # no growth but for fgzip's streams
         self.note = None  # how the data reached the workers, for -v
@@ -248,7 +248,7 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
     ClusterError if it cannot be reached (at once where the port refuses, else within
     `timeout`) or has no workers.  Nothing is sent to the cluster before that."""
     where = address or scheduler_file
-    jobs_per_task_asked()  # a bad value is said before any connection is made
+    jobs_asked = jobs_per_task_asked()  # a bad value is said before any connection is made
     if scheduler_file and not os.path.exists(scheduler_file):  # Client would wait forever
         raise ClusterError(f"cannot reach the cluster at {where}: no such scheduler file")
     target = address or _address_in(scheduler_file)
@@ -276,7 +276,7 @@ def connect(address: str | None = None, scheduler_file: str | None = None,
                            f"(what it sent is not Dask's protocol: {type(error).__name__})") from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, saved)
-    executor = DaskExecutor(client, client.scheduler.address)
+    executor = DaskExecutor(client, client.scheduler.address, jobs_asked=jobs_asked)
     try:
         executor.wait_for_workers(workers_timeout)
     except ClusterError:
@@ -360,7 +360,7 @@ def _check_tls(address: str, where: str, security) -> None:
 
 def start_local_cluster(threads: int | None = None) -> DaskExecutor:
     """An in-process Dask LocalCluster: Dask's machinery without a scheduler to run."""
-    jobs_per_task_asked()
+    jobs_asked = jobs_per_task_asked()
     quiet_dask()
     from distributed import Client, LocalCluster
 
@@ -370,4 +370,4 @@ def start_local_cluster(threads: int | None = None) -> DaskExecutor:
                            dashboard_address=None, silence_logs=False)
     client = Client(cluster, set_as_default=False)
     client.register_plugin(AcceleratorPlugin())
-    return DaskExecutor(client, cluster.scheduler_address, cluster)
+    return DaskExecutor(client, cluster.scheduler_address, cluster, jobs_asked)

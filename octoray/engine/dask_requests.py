@@ -245,7 +245,8 @@ class WorkerPool:
                 sent = time.monotonic()
                 try:
                     # as bytes: Dask's msgpack refuses a name that is not UTF-8 (os.fsdecode's escapes)
-                    reply = await asyncio.wait_for(self.client.rpc(slot.address).octoray_stat(path=os.fsencode(path)), 5)
+                    asked = self.client.rpc(slot.address).octoray_stat(path=os.fsencode(path))
+                    reply = await asyncio.wait_for(asked, 5)
                 except (OSError, asyncio.TimeoutError):
                     reply = None
                 if isinstance(reply, dict) or attempt:

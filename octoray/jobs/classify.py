@@ -103,7 +103,8 @@ def classify(stream: Iterable[Item], executor, batch: int = DEFAULT_BATCH, views
             if not decode_here:
                 for item in group:
                     item.payload = None  # encoded bytes: the batch holds them, until its task is done
-            yield JobGroup([(payload,) for payload in payloads]), views, popcounts  # one object: Dask would scatter a list
+            # one JobGroup object: Dask would scatter a list
+            yield JobGroup([(payload,) for payload in payloads]), views, popcounts
 
     for scores, reasons in ordered_map(classify_batch, jobs(), executor):
         group = sent.popleft()

@@ -338,10 +338,7 @@ class FpgaAccelerator:
         return body + FINAL_EMPTY_BLOCK if last else body
 
     def cnv_classes(self, images) -> np.ndarray:
-        import numpy as np
-
-        images = _checked_images(images)
-        return self._call("cnv", "classify", images) if len(images) else np.zeros(0, dtype=np.int64)
+        return self._cnv("classify", images, ())
 
     def cnv_scores(self, images, popcounts: bool = False):
         """(N, 10) int64: fc3's popcounts from a card whose overlay returns them, else one-hot
@@ -350,8 +347,7 @@ class FpgaAccelerator:
         import numpy as np
 
         if self._returns_popcounts():
-            images = _checked_images(images)
-            return self._call("cnv", "popcounts", images) if len(images) else np.zeros((0, 10), dtype=np.int64)
+            return self._cnv("popcounts", images, (10,))
         other = self._fallback_for("cnv", "fc3 scores, which --top-k and summing views need: the card returns "
                                           "only its top-1 class" if popcounts else None)
         if other is not None:
@@ -362,6 +358,13 @@ class FpgaAccelerator:
             raise RuntimeError(f"{self.name}: the card returned a class outside 0..9")
         scores[np.arange(len(classes)), classes] = 1
         return scores
+
+    def _cnv(self, method: str, images, row: tuple) -> np.ndarray:
+        """The CNV driver's `method` on a checked batch; an empty batch loads no overlay."""
+        import numpy as np
+
+        images = _checked_images(images)
+        return self._call("cnv", method, images) if len(images) else np.zeros((0, *row), dtype=np.int64)
 
     def _returns_popcounts(self) -> bool:
         if "cnv" not in self.available:

@@ -1,6 +1,6 @@
 """The drivers of octoray's FPGA overlays (PYNQ 3.0.1 API), one class per kernel interface
-(FINN's buffer packing is octoray.formats.finn_packing).  They run on the card's thread (octoray.kernels.fpga's
-CardThread); octoray.kernels.fpga chooses and opens them.  No card was available to verify
+(FINN's buffer packing is octoray.formats.finn_packing).  They run on the card's thread
+(octoray.kernels.fpga's CardThread); octoray.kernels.fpga chooses and opens them.  No card was available to verify
 them on hardware: they are tested against the PYNQ emulator (fpga_emulator.py).
 """
 
