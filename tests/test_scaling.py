@@ -290,6 +290,28 @@ def test_a_file_that_changes_under_the_workers_is_reported_not_mixed(card_cluste
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("input")) == ["input"]
 
 
+def test_a_file_removed_while_the_workers_read_it_is_finished_from_the_clients_copy(tmp_path, gzip_bin):
+    """gzip keeps reading a file removed under it (its descriptor holds it), and so does fgzip,
+    whose workers can no longer open it: the client sends them the bytes from its own
+    descriptor, every request that was in flight included (a two-thread worker: four)."""
+    c = Cluster(tmp_path, env=cards_env(1, OCTORAY_EMULATED_GZIP_MBPS="12"))
+    try:
+        c.add_worker("card0", 0, accelerator="fpga-emulator", threads=2)
+        c.wait_for_workers(1)
+        data = text_like(40 << 20, seed=35)  # one card at 12 MB/s: about 3 s
+        path = tmp_path / "input"
+        path.write_bytes(data)
+        proc = subprocess.Popen([*tool("fgzip"), "-c", "--scheduler", c.address, str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(1))
+        time.sleep(1.2)
+        path.unlink()
+        out, err = proc.communicate(timeout=180)
+        assert (proc.returncode, err) == (0, b"")
+        assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+    finally:
+        c.stop()
+
+
 # --- fclassify: workers read the image files themselves ---------------------------------------
 
 def write_images(top, count: int, seed: int) -> None:

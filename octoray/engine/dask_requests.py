@@ -171,8 +171,9 @@ class WorkerPool:
         while True:
             slot = await self._take()
             sent = time.monotonic()
+            as_ranges = self.reading and bool(slot.sees_file)  # decided per request: replies come back later
             try:
-                payload = (task.fn, self._arguments_for(slot, task.args))
+                payload = (task.fn, self._arguments_for(as_ranges, task.args))
                 reply = await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
             except (OSError, asyncio.TimeoutError) as error:
                 slot.left_out_until = time.monotonic() + LEFT_OUT
@@ -195,16 +196,16 @@ class WorkerPool:
 
                 return DeflatedChunks.unwrap(reply["result"])
             error = reply["exception"]
-            if isinstance(error, FileChanged) and self.reading and slot.sees_file:
+            if isinstance(error, FileChanged) and as_ranges:
                 self._check_files(task.args)  # raises if a file changed here too
-                slot.sees_file = False  # that worker sees other files: send it the bytes
+                slot.sees_file = False  # that worker sees other files (or none now): send it the bytes
                 continue
             raise error
 
-    def _arguments_for(self, slot: _Slot, args: tuple) -> tuple:
-        """The task's arguments for `slot`: file ranges stay ranges where the worker reads the
-        file itself, else they become bytes read here."""
-        if not self.reading or slot.sees_file:
+    def _arguments_for(self, as_ranges: bool, args: tuple) -> tuple:
+        """The task's arguments: file ranges stay ranges where the worker reads the file
+        itself (`as_ranges`), else they become bytes read here."""
+        if as_ranges or not self.reading:
             return args
         from octoray.engine.file_ranges import FileChunk
         from octoray.engine.stream import map_values
