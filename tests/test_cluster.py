@@ -183,9 +183,9 @@ def slow_feed(proc, data: bytes, piece: int, pause: float, on_progress=None) -> 
     return thread
 
 
-def feed_killing_a_worker(cluster, argv: list[str], data: bytes, piece: int):
-    """Run `argv` on the cluster, fed `data` slowly in pieces; SIGKILL worker fpga1 once half
-    of it is sent.  (exit status, stdout, stderr)."""
+def feed_killing_a_worker(cluster, argv: list[str], data: bytes, piece: int, sig: int = signal.SIGKILL):
+    """Run `argv` on the cluster, fed `data` slowly in pieces; send worker fpga1 `sig` once
+    half of it is sent.  (exit status, stdout, stderr)."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=with_cluster_env(cluster))
     killed = threading.Event()
@@ -193,7 +193,7 @@ def feed_killing_a_worker(cluster, argv: list[str], data: bytes, piece: int):
     def kill_at_half(sent):
         if sent >= len(data) // 2 and not killed.is_set():
             killed.set()
-            cluster.workers["fpga1"].send_signal(signal.SIGKILL)
+            cluster.workers["fpga1"].send_signal(sig)
 
     feeder = slow_feed(proc, data, piece, 0.05, kill_at_half)
     out = proc.stdout.read()  # not communicate(): it would close stdin under the feeder
@@ -209,6 +209,21 @@ def test_a_worker_killed_mid_stream_does_not_break_the_output(cluster, gzip_bin)
     status, out, err = feed_killing_a_worker(cluster, [*tool("fgzip"), "-b", "64"], data, 1 << 20)
     assert status == 0, err
     assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+
+
+def test_a_worker_frozen_mid_stream_is_worked_around_in_seconds(cluster, gzip_bin):
+    """A stopped worker keeps its connections open, and Dask gives it up only after minutes:
+    its requests go to the other worker too once they run far longer than the others did."""
+    data = text_like(16 << 20, seed=14)
+    started = time.monotonic()
+    try:
+        status, out, err = feed_killing_a_worker(cluster, [*tool("fgzip"), "-b", "64"], data, 1 << 20,
+                                                 signal.SIGSTOP)
+    finally:
+        cluster.workers["fpga1"].send_signal(signal.SIGCONT)
+    assert (status, err) == (0, b"")
+    assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+    assert time.monotonic() - started < 60  # the patience floor is 10 s; Dask's worker TTL 300 s
 
 
 def test_decompression_on_the_cluster_survives_a_killed_worker(cluster, gzip_bin):

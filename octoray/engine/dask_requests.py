@@ -13,7 +13,8 @@ A worker lost mid-request (its connection breaks) is left out for a few seconds 
 goes to another one; after RESUBMISSIONS such losses the run fails.  A worker whose card
 cannot be opened yet (held by another process) answers so, and is left out for as long.  A
 worker that sees the input file differently from this host gets that task's bytes instead of
-its ranges.
+its ranges.  A request that runs far longer than the others did goes to a second worker too
+(a frozen worker's connection stays open): the first answer wins.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ RESUBMISSIONS = 4
 
 PER_THREAD = 2  # requests in flight per worker thread
 LEFT_OUT = 5.0  # seconds a worker whose connection broke is not sent anything
+FIRST_PATIENCE = 60.0  # seconds a request may take before a few have answered
+STALL_FLOOR = 10.0  # the least time a request may take before another worker is asked too
+STALL_FACTOR = 8  # ... or this many times the slowest of the last requests
+STALLED_LEFT_OUT = 30.0  # seconds a worker that did not answer in time is not sent anything
 
 
 class _Slot:
@@ -45,6 +50,24 @@ class _Slot:
         self.unavailable: str | None = None  # why its card could not be opened, last time
 
 
+class _Request:
+    """One request in flight: where it went, when, and how its file ranges travelled."""
+
+    __slots__ = ("slot", "sent", "overdue_at", "as_ranges", "future")
+
+    def __init__(self, slot: _Slot, sent: float, overdue_at: float, as_ranges: bool, future: asyncio.Future):
+        self.slot, self.sent, self.overdue_at, self.as_ranges, self.future = slot, sent, overdue_at, as_ranges, future
+
+
+class _Outcome:
+    """A task's result once a worker gave it, and the workers lost on the way."""
+
+    __slots__ = ("done", "result", "losses")
+
+    def __init__(self):
+        self.done, self.result, self.losses = False, None, 0
+
+
 class WorkerPool:
     def __init__(self, executor):
         self.executor = executor
@@ -55,6 +78,7 @@ class WorkerPool:
         self._asked = 0.0
         self._queue: deque = deque()  # futures of the requests waiting for a worker, oldest first
         self._plugin_install: asyncio.Future | None = None  # done: when the plugin was in place
+        self._durations: deque = deque(maxlen=32)  # seconds the last requests took
         self._update(self.client.scheduler_info()["workers"])
 
     def threads(self) -> int:
@@ -161,46 +185,103 @@ class WorkerPool:
         return ClusterError(f"the cluster at {self.executor.address} has no workers left{why}")
 
     async def run(self, task):
-        """Send `task` to a worker and return its result; see the module docstring."""
+        """Send `task` to a worker and return its result; see the module docstring.  A request
+        that runs much longer than the others did (``patience``) is sent to a second worker
+        as well, and the first answer wins: a frozen worker (stopped, swapping, a hung card)
+        keeps its TCP connection open, and Dask would wait minutes before giving it up."""
+        outcome = _Outcome()
+        requests: list[_Request] = []
+        taking: asyncio.Future | None = asyncio.ensure_future(self._take())
+        try:
+            while True:
+                waits = [r.future for r in requests] + ([taking] if taking is not None else [])
+                overdue_at = min([r.overdue_at for r in requests] + [float("inf")]) if taking is None else float("inf")
+                timeout = None if overdue_at == float("inf") else max(0.0, overdue_at - time.monotonic())
+                done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if taking is not None and taking.done():
+                    slot, taking = taking.result(), None
+                    requests.append(self._send(slot, task))
+                    continue
+                if not done:  # every request in flight is overdue: ask one more worker
+                    for request in requests:
+                        request.overdue_at = float("inf")
+                        request.slot.left_out_until = time.monotonic() + STALLED_LEFT_OUT
+                    taking = asyncio.ensure_future(self._take())
+                    continue
+                for request in [r for r in requests if r.future.done()]:
+                    requests.remove(request)
+                    await self._judge(request, task, outcome)
+                    if outcome.done:
+                        return outcome.result
+                if not requests and taking is None:
+                    taking = asyncio.ensure_future(self._take())
+        finally:
+            for request in requests:
+                request.future.cancel()
+            if taking is not None:
+                taking.cancel()
+                if taking.done() and not taking.cancelled() and taking.exception() is None:
+                    taking.result().busy -= 1  # handed a slot it will not use
+                    self._hand_out()
+
+    def _send(self, slot: _Slot, task) -> _Request:
         from distributed.protocol import to_serialize
 
-        from octoray.engine.file_ranges import FileChanged
-        from octoray.worker import UNAVAILABLE
+        as_ranges = self.reading and bool(slot.sees_file)  # decided per request: replies come back later
+        payload = (task.fn, self._arguments_for(as_ranges, task.args))
 
-        losses, failure = 0, None
-        while True:
-            slot = await self._take()
-            sent = time.monotonic()
-            as_ranges = self.reading and bool(slot.sees_file)  # decided per request: replies come back later
+        async def call():
             try:
-                payload = (task.fn, self._arguments_for(as_ranges, task.args))
-                reply = await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
-            except (OSError, asyncio.TimeoutError) as error:
-                slot.left_out_until = time.monotonic() + LEFT_OUT
-                losses, failure = losses + 1, error
-                if losses > RESUBMISSIONS:
-                    raise ClusterError(f"a task failed on {losses} workers: {failure}") from None
-                continue
+                return await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
             finally:
                 slot.busy -= 1
                 self._hand_out()
-            if reply is None:  # the worker runs without octoray's preload
-                await self._install_plugin(slot, sent)
-                continue
-            if reply.get("status") == UNAVAILABLE:  # its card cannot be opened now: try another
-                slot.left_out_until, slot.unavailable = time.monotonic() + LEFT_OUT, reply.get("reason")
-                continue
-            slot.unavailable = None
-            if reply.get("status") == "OK":
-                from octoray.worker import DeflatedChunks
 
-                return DeflatedChunks.unwrap(reply["result"])
-            error = reply["exception"]
-            if isinstance(error, FileChanged) and as_ranges:
-                self._check_files(task.args)  # raises if a file changed here too
-                slot.sees_file = False  # that worker sees other files (or none now): send it the bytes
-                continue
-            raise error
+        sent = time.monotonic()
+        return _Request(slot, sent, sent + self.patience(), as_ranges, asyncio.ensure_future(call()))
+
+    def patience(self) -> float:
+        """How long a request may run before it is sent to another worker too: many times the
+        slowest of the last requests (a stream's tasks grow as they prove long), never under
+        STALL_FLOOR, and FIRST_PATIENCE until a few have answered (cards load their overlays)."""
+        if len(self._durations) < 4:
+            return FIRST_PATIENCE
+        return max(STALL_FLOOR, STALL_FACTOR * max(self._durations))
+
+    async def _judge(self, request: _Request, task, outcome: _Outcome) -> None:
+        """Take a finished request's reply: `outcome` done with the result, or nothing (another
+        worker is needed), or raise what ends the run."""
+        from octoray.engine.file_ranges import FileChanged
+        from octoray.worker import UNAVAILABLE
+
+        slot = request.slot
+        try:
+            reply = request.future.result()
+        except (OSError, asyncio.TimeoutError) as error:
+            slot.left_out_until = time.monotonic() + LEFT_OUT
+            outcome.losses += 1
+            if outcome.losses > RESUBMISSIONS:
+                raise ClusterError(f"a task failed on {outcome.losses} workers: {error}") from None
+            return
+        if reply is None:  # the worker runs without octoray's preload
+            await self._install_plugin(slot, request.sent)
+            return
+        if reply.get("status") == UNAVAILABLE:  # its card cannot be opened now: try another
+            slot.left_out_until, slot.unavailable = time.monotonic() + LEFT_OUT, reply.get("reason")
+            return
+        slot.unavailable = None
+        if reply.get("status") == "OK":
+            from octoray.worker import DeflatedChunks
+
+            self._durations.append(time.monotonic() - request.sent)
+            outcome.done, outcome.result = True, DeflatedChunks.unwrap(reply["result"])
+            return
+        error = reply["exception"]
+        if isinstance(error, FileChanged) and request.as_ranges:
+            self._check_files(task.args)  # raises if a file changed here too
+            slot.sees_file = False  # that worker sees other files (or none now): send it the bytes
+            return
+        raise error
 
     def _arguments_for(self, as_ranges: bool, args: tuple) -> tuple:
         """The task's arguments: file ranges stay ranges where the worker reads the file
