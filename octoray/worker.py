@@ -186,16 +186,18 @@ def _deflated_chunks(rows: list) -> list:
 
 
 def stat_path(path: bytes | str = b""):
-    """{"seen": [size, mtime in ns]} of `path` (its bytes: any name) as this worker sees it,
-    "seen" None where it sees none: a reply either way (a worker without this handler gives none)."""
+    """{"seen": [size, mtime in ns], "sample": digest} of `path` (its bytes: any name) as this
+    worker sees it (octoray.engine.file_ranges.sample_digest), "seen" None where it sees none:
+    a reply either way (a worker without this handler gives none)."""
     import os
 
-    from octoray.engine.file_ranges import identity
+    from octoray.engine.file_ranges import identity, sample_digest
 
     try:
-        return {"seen": list(identity(os.stat(path)))}
+        seen = list(identity(os.stat(path)))
     except OSError:
         return {"seen": None}
+    return {"seen": seen, "sample": sample_digest(path)}
 
 
 def _picklable(error: BaseException) -> BaseException:

@@ -42,15 +42,16 @@ class Cluster:
         self.address = json.loads(self.scheduler_file.read_text())["address"]
 
     def add_worker(self, name: str, device: int | None, accelerator: str = "cpu", threads: int = 1,
-                   preload: bool = True) -> None:
-        """A worker bound to card `device` (None: OCTORAY_DEVICE unset, every free card)."""
+                   preload: bool = True, prefix: tuple = ()) -> None:
+        """A worker bound to card `device` (None: OCTORAY_DEVICE unset, every free card), its
+        command run by `prefix` (another mount namespace, say)."""
         env = dict(self.env, OCTORAY_ACCELERATOR=accelerator)
         env.pop("OCTORAY_DEVICE", None)
         if device is not None:
             env["OCTORAY_DEVICE"] = str(device)
         self.workers[name] = subprocess.Popen(
             # no nanny: the process killed in the tests is the worker itself
-            [*dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads), "--no-dashboard",
+            [*prefix, *dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads), "--no-dashboard",
              "--no-nanny", *(["--preload", "octoray.worker"] if preload else []), *self.tls],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 

@@ -312,6 +312,42 @@ def test_a_file_removed_while_the_workers_read_it_is_finished_from_the_clients_c
         c.stop()
 
 
+def bind_mount_prefix(source, target) -> tuple:
+    """A command prefix that runs the command where `source` is mounted over `target` (its
+    own mount namespace), or skips the test where this machine allows none."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind '{source}' '{target}'"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
+    return ("unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
+            str(source), str(target))
+
+
+def test_a_worker_that_sees_another_file_with_the_same_size_and_mtime_gets_the_bytes(tmp_path, gzip_bin):
+    """Node-local copies at one path can match in size and mtime and still differ: the workers
+    must also give the digest of three pieces of the file this host gives, or get the bytes."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    data, other = text_like(12 << 20, seed=36), text_like(12 << 20, seed=37)
+    (here / "input").write_bytes(data)
+    (elsewhere / "input").write_bytes(other)
+    stamp = os.stat(here / "input").st_mtime_ns
+    os.utime(elsewhere / "input", ns=(stamp, stamp))
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker("w0", 0)
+        c.add_worker("w1", 1, prefix=bind_mount_prefix(elsewhere, here))
+        c.wait_for_workers(2)
+        result = fgzip("-cv", "-b", "256", "--scheduler", c.address, here / "input",
+                       env=dict(os.environ, OCTORAY_ACCELERATOR="cpu"), check=True)
+        assert result.stderr.decode().endswith(f"fgzip: 1 of 2 workers read {here / 'input'} themselves\n")
+        assert run([gzip_bin, "-dc"], input=result.stdout, check=True).stdout == data
+        assert set(c.status()) == {"w0", "w1"} and min(c.status().values()) >= 1  # both took tasks
+    finally:
+        c.stop()
+
+
 # --- fclassify: workers read the image files themselves ---------------------------------------
 
 def write_images(top, count: int, seed: int) -> None:

@@ -320,7 +320,11 @@ class WorkerPool:
             map_values(arg, check)
 
     async def who_sees(self, path: str, ident: tuple[int, int]) -> list[str]:
-        """The workers that see `path` with the identity this host sees."""
+        """The workers that see `path` with the identity and sample digest this host sees."""
+        from octoray.engine.file_ranges import sample_digest
+
+        sample = sample_digest(path)
+
         async def ask(slot: _Slot) -> None:
             reply = None
             for attempt in range(2):  # a worker without octoray's preload: its plugin, then once more
@@ -335,7 +339,8 @@ class WorkerPool:
                     break
                 await self._install_plugin(slot, sent)
             seen = reply.get("seen") if isinstance(reply, dict) else None
-            slot.sees_file = seen is not None and tuple(seen) == tuple(ident)
+            slot.sees_file = seen is not None and tuple(seen) == tuple(ident) and \
+                sample is not None and reply.get("sample") == sample
 
         await asyncio.gather(*(ask(slot) for slot in list(self.slots.values())))
         return [slot.address for slot in self.slots.values() if slot.sees_file]

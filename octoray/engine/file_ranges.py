@@ -80,6 +80,32 @@ class FileChunk:
             raise changed(self.path)
 
 
+SAMPLE_PIECE = 4096
+
+
+def sample_digest(path: str | bytes) -> str | None:
+    """A digest of three 4 KiB pieces of the file (start, middle, end): the workers' view of a
+    file must give the one this host gives before they read it themselves, so that another
+    file with the same size and mtime (node-local copies, say) is not compressed in its place.
+    None where the file cannot be read."""
+    import hashlib
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+        for offset in sorted({0, max(0, size // 2 - SAMPLE_PIECE // 2), max(0, size - SAMPLE_PIECE)}):
+            digest.update(os.pread(fd, SAMPLE_PIECE, offset))
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def resolve(value):
     """A job argument as the task needs it: a FileChunk becomes its bytes."""
     return value.read() if isinstance(value, FileChunk) else value
