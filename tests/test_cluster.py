@@ -51,7 +51,8 @@ class Cluster:
             env["OCTORAY_DEVICE"] = str(device)
         self.workers[name] = subprocess.Popen(
             # no nanny: the process killed in the tests is the worker itself
-            [*prefix, *dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads), "--no-dashboard",
+            [*prefix, *dask_command(), "worker", self.address, "--name", name, "--nthreads", str(threads),
+             "--no-dashboard",
              "--no-nanny", *(["--preload", "octoray.worker"] if preload else []), *self.tls],
             stdout=open(self.where / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
 

@@ -244,6 +244,10 @@ def test_workers_read_a_shared_file_themselves_with_the_same_output(tmp_path, gz
         shared = fgzip("-cnv", *on, path, env=cpu, check=True)
         assert shared.stdout == embedded
         assert shared.stderr.decode().endswith(f"fgzip: 2 of 2 workers read {path} themselves\n")
+        relative = subprocess.run([*tool("fgzip"), "-cnv", *on, "input"], capture_output=True, env=cpu,
+                                  cwd=tmp_path, timeout=120)
+        assert relative.stdout == embedded
+        assert relative.stderr.endswith(b"fgzip: 2 of 2 workers read input themselves\n")
         piped = subprocess.run(f"cat {path} | {' '.join(tool('fgzip'))} -nv {' '.join(on)}", shell=True,
                                capture_output=True, env=cpu, timeout=120)
         assert piped.returncode == 0 and piped.stdout == embedded
@@ -279,14 +283,15 @@ def test_a_file_that_changes_under_the_workers_is_reported_not_mixed(card_cluste
     data = text_like(64 << 20, seed=34)  # two cards at 12 MB/s: about 3 s
     path = tmp_path / "input"
     path.write_bytes(data)
-    proc = subprocess.Popen([*tool("fgzip"), "-k", "--scheduler", card_cluster.address, str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(2))
+    proc = subprocess.Popen([*tool("fgzip"), "-kv", "--scheduler", card_cluster.address, "input"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(2), cwd=tmp_path)
     time.sleep(1.5)
     with open(path, "r+b") as f:  # rewrite a piece of the last task's range, not read yet
         f.seek(60 << 20)
         f.write(b"X" * 4096)
     out, err = proc.communicate(timeout=180)
-    assert (proc.returncode, err) == (1, f"fgzip: {path}: changed while the workers were reading it\n".encode())
+    # the name as given (the engine knows the absolute path), on a line of its own after -v's "input:\t"
+    assert (proc.returncode, err) == (1, b"input:\t\nfgzip: input: changed while the workers were reading it\n")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("input")) == ["input"]
 
 

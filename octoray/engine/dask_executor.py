@@ -109,6 +109,7 @@ class DaskExecutor:
         self.jobs_per_task = self._jobs_asked or JOBS_PER_TASK
         self.largest_jobs_per_task = self.jobs_per_task  # no growth but for fgzip's streams
         self.note = None  # how the data reached the workers, for -v
+        self.note_subject = None  # the path the note names, absolute
 
     @property
     def workers(self) -> int:
@@ -166,6 +167,7 @@ class DaskExecutor:
         """Ask the workers whether they see `path` as this host does; if any does, tasks carry
         file ranges from now on.  The answer goes to `note`, for -v."""
         seeing = self._sync(self.pool.who_sees(path, ident))
+        self.note_subject = path
         if not seeing:
             self.note = f"no worker sees {path} as this host does: {data} is sent to the workers"
             return False

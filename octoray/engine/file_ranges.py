@@ -22,16 +22,16 @@ class FileChanged(ClusterError):
     the run fails (the tools print "NAME: PATH: changed ...", exit 1), never mixes.  Raised on
     a worker, it sends the client to look: changed there too, or only another file here."""
 
-    def __init__(self, text: str, path: str = ""):
+    def __init__(self, text: str, path: str = "", reason: str = CHANGED):
         super().__init__(text)
-        self.path = path
+        self.path, self.reason = path, reason
 
     def __reduce__(self):
-        return FileChanged, (str(self), self.path)
+        return FileChanged, (str(self), self.path, self.reason)
 
 
 def changed(path: str, reason: str = CHANGED) -> FileChanged:
-    return FileChanged(f"{path}: {reason}", path)
+    return FileChanged(f"{path}: {reason}", path, reason)
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:

@@ -45,9 +45,15 @@ def _compression(fd_in: int, write, run: Run, label: str, name: bytes | None, mt
         name = None
     wrapper = Wrapper(options.form, name=name, mtime=mtime, level=options.level,
                       comment=options.comment, mode=mode)
-    return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
-                           strategy=options.strategy,
-                           rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
+    try:
+        return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
+                               strategy=options.strategy,
+                               rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
+    except Exception as failure:
+        file_ranges = sys.modules.get("octoray.engine.file_ranges")  # loaded where workers read files
+        if file_ranges is not None and isinstance(failure, file_ranges.FileChanged) and label != "stdin":
+            raise Fatal(f"{label}: {failure.reason}") from None  # the name as given, as gzip's messages
+        raise
 
 
 def _header_time(run: Run, label: str, mtime: int | None) -> int:
@@ -72,10 +78,14 @@ def _decompression(fd_in: int, write, run: Run, label: str, on_header=None, stdi
                              on_extra=extra_note(run, label), executor=lambda: _executor(run))
 
 
-def _cluster_note(run: Run) -> None:
-    """-v on a cluster: how the data reached the workers (read by them, or sent)."""
+def _cluster_note(run: Run, label: str = "stdin") -> None:
+    """-v on a cluster: how the data reached the workers (read by them, or sent), naming a
+    file as it was given (the engine knows its absolute path)."""
     note = getattr(run.executor, "note", None)
     if run.options.verbose and note:
+        subject = getattr(run.executor, "note_subject", None)
+        if subject and label != "stdin":
+            note = note.replace(subject, label, 1)
         message(f"{PROGRAM}: {note}")
         run.executor.note = None
 
@@ -197,7 +207,7 @@ def _compress_file(path: str, run: Run) -> None:
         if done is not None and options.verbose:
             verb = "created" if options.keep else "replaced with"
             message(f"{_compressed_ratio(done)} -- {verb} {out_path}")
-            _cluster_note(run)
+            _cluster_note(run, path)
     finally:
         os.close(fd)
 
@@ -318,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         status = ERROR
     except Fatal as failure:
         text = str(failure)
-        message(text if text.startswith("\n") else f"{PROGRAM}: {text}")
+        message(text if text.startswith("\n") else on_a_new_line(f"{PROGRAM}: {text}"))
         status = ERROR
     except Exception as failure:  # the engine's faults, system errors, and bugs: never a traceback
         message(on_a_new_line(reported(PROGRAM, failure)))
