@@ -298,3 +298,22 @@ def test_damaged_chunked_output_reports_as_gzip_does_serially_and_in_parallel(tm
     for threads in ("1", "2"):
         ours = subprocess.run([*tool("fgzip"), "-t", "-p", threads, "x.gz"], cwd=tmp_path, capture_output=True)
         assert (ours.returncode, ours.stderr.replace(b"fgzip", b"gzip")) == (theirs.returncode, theirs.stderr)
+
+
+@pytest.mark.parametrize("args", [["-c", "/proc/version"], ["-cv", "/proc/version"], ["-cq", "/proc/version"]])
+def test_a_file_that_holds_more_than_its_size_is_noted_as_gzip_notes_it(tmp_path, args):
+    """A /proc file says size 0 and holds text (so does a log that grows while it is read):
+    gzip compresses what it reads and says "file size changed while zipping", status 0."""
+    ours, _ = assert_same(tmp_path, args, lambda where: None, stdout="gunzip", ratios=False)
+    assert b"file size changed while zipping" in ours.stderr
+
+
+def test_stdin_from_such_a_file_is_noted_too():
+    outcomes = []
+    for argv in (["gzip", "-c"], [*tool("fgzip"), "-c"]):
+        with open("/proc/version", "rb") as stdin:
+            outcomes.append(subprocess.run(argv, stdin=stdin, capture_output=True, env=GZIP_ENV, timeout=60))
+    (theirs, ours) = outcomes
+    assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr.replace(b"gzip", b"fgzip"))
+    assert ours.stderr == b"fgzip: stdin: file size changed while zipping\n"
+    assert pygzip.decompress(ours.stdout) == pygzip.decompress(theirs.stdout)

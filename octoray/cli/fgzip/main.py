@@ -45,15 +45,19 @@ def _compression(fd_in: int, write, run: Run, label: str, name: bytes | None, mt
         name = None
     wrapper = Wrapper(options.form, name=name, mtime=mtime, level=options.level,
                       comment=options.comment, mode=mode)
+    st = os.fstat(fd_in)
     try:
-        return compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
-                               strategy=options.strategy,
-                               rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
+        totals = compress_stream(fd_in, write, _executor(run), level=options.level, block_size=options.block_size,
+                                 strategy=options.strategy,
+                                 rsyncable=options.rsyncable, wrapper=wrapper, index=seekable)
     except Exception as failure:
         file_ranges = sys.modules.get("octoray.engine.file_ranges")  # loaded where workers read files
         if file_ranges is not None and isinstance(failure, file_ranges.FileChanged) and label != "stdin":
             raise Fatal(f"{label}: {failure.reason}") from None  # the name as given, as gzip's messages
         raise
+    if stat.S_ISREG(st.st_mode) and totals.bytes_in != st.st_size:  # gzip's note (a /proc file, a growing log)
+        message(f"{PROGRAM}: {label}: file size changed while zipping")
+    return totals
 
 
 def _header_time(run: Run, label: str, mtime: int | None) -> int:
