@@ -213,6 +213,11 @@ class DaskExecutor:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         try:
+            if not self.lost and getattr(self, "pool", None) is not None:
+                import asyncio
+
+                asyncio.run_coroutine_threadsafe(self.pool.drop_stragglers(),
+                                                 self.client.loop.asyncio_loop).result(timeout=5)
             self.client.close(timeout=0.5 if self.lost else 5)
             if self._cluster is not None:
                 self._cluster.close(timeout=5)

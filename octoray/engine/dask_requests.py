@@ -35,17 +35,18 @@ LEFT_OUT = 5.0  # seconds a worker whose connection broke is not sent anything
 FIRST_PATIENCE = 60.0  # seconds a request may take before a few have answered
 STALL_FLOOR = 10.0  # the least time a request may take before another worker is asked too
 STALL_FACTOR = 8  # ... or this many times the slowest of the last requests
-STALLED_LEFT_OUT = 30.0  # seconds a worker that did not answer in time is not sent anything
+COPIES = 2  # a task is in flight on at most this many workers at once
 
 
 class _Slot:
     """What the client knows of one worker."""
 
-    __slots__ = ("address", "name", "threads", "busy", "left_out_until", "sees_file", "unavailable")
+    __slots__ = ("address", "name", "threads", "busy", "overdue", "left_out_until", "sees_file", "unavailable")
 
     def __init__(self, address: str):
         self.address, self.name = address, address
         self.threads, self.busy, self.left_out_until = 1, 0, 0.0
+        self.overdue = 0  # its requests that ran past their patience: none more until they answer
         self.sees_file: bool | None = None  # None: not asked
         self.unavailable: str | None = None  # why its card could not be opened, last time
 
@@ -53,10 +54,22 @@ class _Slot:
 class _Request:
     """One request in flight: where it went, when, and how its file ranges travelled."""
 
-    __slots__ = ("slot", "sent", "overdue_at", "as_ranges", "future")
+    __slots__ = ("slot", "sent", "overdue_at", "overdue", "as_ranges", "future")
 
-    def __init__(self, slot: _Slot, sent: float, overdue_at: float, as_ranges: bool, future: asyncio.Future):
-        self.slot, self.sent, self.overdue_at, self.as_ranges, self.future = slot, sent, overdue_at, as_ranges, future
+    def __init__(self, slot: _Slot, sent: float, overdue_at: float, as_ranges: bool):
+        self.slot, self.sent, self.overdue_at, self.as_ranges = slot, sent, overdue_at, as_ranges
+        self.overdue = False
+        self.future: asyncio.Future | None = None
+
+    def mark_overdue(self) -> None:
+        if not self.overdue:
+            self.overdue, self.overdue_at = True, float("inf")
+            self.slot.overdue += 1
+
+    def finished(self) -> None:
+        if self.overdue:  # it answered (or was given up): the worker is no longer suspect for it
+            self.overdue = False
+            self.slot.overdue -= 1
 
 
 class _Outcome:
@@ -79,6 +92,7 @@ class WorkerPool:
         self._queue: deque = deque()  # futures of the requests waiting for a worker, oldest first
         self._plugin_install: asyncio.Future | None = None  # done: when the plugin was in place
         self._durations: deque = deque(maxlen=32)  # seconds the last requests took
+        self._stragglers: set = set()  # overdue requests whose task another worker answered
         self._update(self.client.scheduler_info()["workers"])
 
     def threads(self) -> int:
@@ -126,7 +140,7 @@ class WorkerPool:
     def _free(self) -> _Slot | None:
         now, best = time.monotonic(), None
         for slot in self.slots.values():
-            if slot.left_out_until > now or slot.busy >= PER_THREAD * slot.threads:
+            if slot.left_out_until > now or slot.overdue or slot.busy >= PER_THREAD * slot.threads:
                 continue
             if best is None or slot.busy * best.threads < best.busy * slot.threads:
                 best = slot
@@ -202,11 +216,12 @@ class WorkerPool:
                     slot, taking = taking.result(), None
                     requests.append(self._send(slot, task))
                     continue
-                if not done:  # every request in flight is overdue: ask one more worker
+                if not done:  # a request is overdue: its worker gets nothing more, and one more is asked
                     for request in requests:
-                        request.overdue_at = float("inf")
-                        request.slot.left_out_until = time.monotonic() + STALLED_LEFT_OUT
-                    taking = asyncio.ensure_future(self._take())
+                        if request.overdue_at <= time.monotonic() + 0.01:
+                            request.mark_overdue()
+                    if len(requests) < COPIES:
+                        taking = asyncio.ensure_future(self._take())
                     continue
                 for request in [r for r in requests if r.future.done()]:
                     requests.remove(request)
@@ -217,12 +232,22 @@ class WorkerPool:
                     taking = asyncio.ensure_future(self._take())
         finally:
             for request in requests:
-                request.future.cancel()
+                if request.overdue:  # left to answer: until it does, its worker gets nothing more
+                    self._stragglers.add(request.future)
+                    request.future.add_done_callback(self._stragglers.discard)
+                else:
+                    request.future.cancel()
             if taking is not None:
                 taking.cancel()
                 if taking.done() and not taking.cancelled() and taking.exception() is None:
                     taking.result().busy -= 1  # handed a slot it will not use
                     self._hand_out()
+
+    async def drop_stragglers(self) -> None:
+        """Give up the overdue requests still in flight (the run is over)."""
+        for future in list(self._stragglers):
+            future.cancel()
+        await asyncio.gather(*self._stragglers, return_exceptions=True)
 
     def _send(self, slot: _Slot, task) -> _Request:
         from distributed.protocol import to_serialize
@@ -230,15 +255,19 @@ class WorkerPool:
         as_ranges = self.reading and bool(slot.sees_file)  # decided per request: replies come back later
         payload = (task.fn, self._arguments_for(as_ranges, task.args))
 
+        sent = time.monotonic()
+        request = _Request(slot, sent, sent + self.patience(), as_ranges)
+
         async def call():
             try:
                 return await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
             finally:
                 slot.busy -= 1
+                request.finished()
                 self._hand_out()
 
-        sent = time.monotonic()
-        return _Request(slot, sent, sent + self.patience(), as_ranges, asyncio.ensure_future(call()))
+        request.future = asyncio.ensure_future(call())
+        return request
 
     def patience(self) -> float:
         """How long a request may run before it is sent to another worker too: many times the
