@@ -168,6 +168,21 @@ def test_status_lists_each_worker_and_its_accelerator(cluster):
     assert [line.split()[:3] for line in lines[1:]] == [["fpga0", "cpu", "1"], ["fpga1", "cpu", "1"]]
 
 
+def test_status_names_a_frozen_worker_instead_of_waiting_for_it(cluster):
+    cluster.workers["fpga1"].send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = run([*tool("octoray"), "status", "--scheduler", cluster.address], timeout=60)
+        took = time.monotonic() - started
+    finally:
+        cluster.workers["fpga1"].send_signal(signal.SIGCONT)
+    assert (result.returncode, result.stderr) == (0, b"")
+    rows = [line.split(None, 1) for line in result.stdout.decode().splitlines()[1:]]
+    assert rows[0][0] == "fpga0" and rows[0][1].startswith("cpu")
+    assert rows[1][0] == "fpga1" and rows[1][1].startswith("not answering (nothing in 5 s)")
+    assert took < 30  # was: no answer at all (Dask's run waits for every worker)
+
+
 def slow_feed(proc, data: bytes, piece: int, pause: float, on_progress=None) -> threading.Thread:
     def feed():
         try:

@@ -195,10 +195,16 @@ class DaskExecutor:
         self._sync(self.pool.wait_for_workers(timeout))
 
     def describe(self) -> list[dict]:
+        """A row per lane of every worker; a worker that does not answer within
+        STATUS_TIMEOUT (stopped, swapping) gets a row that says so, not a wait without end."""
         from octoray.worker import describe_worker
 
-        rows = []
-        for address, info in self.client.run(describe_worker).items():
+        answering = self._sync(self.pool.answering(STATUS_TIMEOUT))
+        rows = [{"worker": slot.name, "accelerator": f"not answering (nothing in {STATUS_TIMEOUT:g} s)",
+                 "threads": slot.threads, "tasks": 0} for slot in self.pool.slots.values()
+                if slot.address not in answering]
+        replies = self.client.run(describe_worker, workers=answering) if answering else {}
+        for address, info in replies.items():
             lanes = info.get("lanes") or [{"accelerator": info["accelerator"], "tasks": info.get("tasks", 0)}]
             threads = info.get("threads", 1)
             for i, lane in enumerate(lanes):  # a worker that drives several cards: a row each
@@ -236,6 +242,7 @@ class DaskExecutor:
 
 
 JOBS_ENV = "OCTORAY_JOBS_PER_TASK"
+STATUS_TIMEOUT = 5.0  # seconds a worker has to answer `octoray status`
 
 
 def jobs_per_task_asked() -> int | None:

@@ -374,6 +374,20 @@ class WorkerPool:
         await asyncio.gather(*(ask(slot) for slot in list(self.slots.values())))
         return [slot.address for slot in self.slots.values() if slot.sees_file]
 
+    async def answering(self, timeout: float) -> set[str]:
+        """The workers that answer Dask's identity call within `timeout` seconds."""
+        await self.refresh(force=True)
+
+        async def ping(slot: _Slot) -> str | None:
+            try:
+                await asyncio.wait_for(self.client.rpc(slot.address).identity(), timeout)
+            except (OSError, asyncio.TimeoutError):
+                return None
+            return slot.address
+
+        return {address for address in await asyncio.gather(*(ping(s) for s in list(self.slots.values())))
+                if address}
+
     async def _install_plugin(self, slot: _Slot, sent: float) -> None:
         """Register octoray's worker plugin with the cluster (once): workers started without
         ``--preload octoray.worker`` then answer the requests too.  Every request refused
