@@ -347,3 +347,21 @@ def test_a_long_tail_shrinks_to_single_jobs_in_few_tasks():
     assert sizes[-4:] == [1, 1, 1, 1]
     tail_tasks = [n for n in sizes if n < 32]
     assert sum(tail_tasks) >= 100 and len(tail_tasks) < 60
+
+
+def test_a_request_may_run_eight_times_the_slowest_recent_one_before_a_second_worker_is_asked():
+    from collections import deque
+
+    from octoray.engine.dask_requests import FIRST_PATIENCE, STALL_FACTOR, STALL_FLOOR, WorkerPool
+
+    pool = WorkerPool.__new__(WorkerPool)  # its patience needs no cluster
+    pool._durations = deque(maxlen=32)
+    assert pool.patience() == FIRST_PATIENCE == 60  # cards load their overlays first
+    pool._durations.extend([0.1, 0.3, 0.2])
+    assert pool.patience() == FIRST_PATIENCE  # three answers are not yet a measure
+    pool._durations.append(0.4)
+    assert pool.patience() == STALL_FLOOR == 10
+    pool._durations.append(5.0)
+    assert pool.patience() == STALL_FACTOR * 5.0 == 40
+    pool._durations.extend([0.1] * 32)  # the slow one has left the window
+    assert pool.patience() == STALL_FLOOR
