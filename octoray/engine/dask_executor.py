@@ -203,7 +203,7 @@ class DaskExecutor:
         rows = [{"worker": slot.name, "accelerator": f"not answering (nothing in {STATUS_TIMEOUT:g} s)",
                  "threads": slot.threads, "tasks": 0} for slot in self.pool.slots.values()
                 if slot.address not in answering]
-        replies = self.client.run(describe_worker, workers=answering) if answering else {}
+        replies = self.client.run(describe_worker, workers=sorted(answering)) if answering else {}
         for address, info in replies.items():
             lanes = info.get("lanes") or [{"accelerator": info["accelerator"], "tasks": info.get("tasks", 0)}]
             threads = info.get("threads", 1)
@@ -219,11 +219,7 @@ class DaskExecutor:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         try:
-            if not self.lost and getattr(self, "pool", None) is not None:
-                import asyncio
-
-                asyncio.run_coroutine_threadsafe(self.pool.drop_stragglers(),
-                                                 self.client.loop.asyncio_loop).result(timeout=5)
+            self._drop_stragglers()
             self.client.close(timeout=0.5 if self.lost else 5)
             if self._cluster is not None:
                 self._cluster.close(timeout=5)
@@ -233,6 +229,17 @@ class DaskExecutor:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
+
+    def _drop_stragglers(self) -> None:
+        """Cancel the overdue requests another worker answered for, before the loop stops."""
+        if self.lost or getattr(self, "pool", None) is None:
+            return
+        import asyncio
+
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.drop_stragglers(), self.client.loop.asyncio_loop).result(5)
+        except Exception:  # a loop already gone has nothing left to cancel
+            pass
 
     def __enter__(self):
         return self
