@@ -308,11 +308,11 @@ def test_a_file_removed_while_the_workers_read_it_is_finished_from_the_clients_c
         path.write_bytes(data)
         proc = subprocess.Popen([*tool("fgzip"), "-c", "--scheduler", c.address, str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cards_env(1))
-        time.sleep(1.2)
+        first = os.read(proc.stdout.fileno(), 1)  # the first task answered: the workers read ranges
         path.unlink()
         out, err = proc.communicate(timeout=180)
         assert (proc.returncode, err) == (0, b"")
-        assert run([gzip_bin, "-dc"], input=out, check=True).stdout == data
+        assert run([gzip_bin, "-dc"], input=first + out, check=True).stdout == data
     finally:
         c.stop()
 
