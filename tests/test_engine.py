@@ -365,3 +365,61 @@ def test_a_request_may_run_eight_times_the_slowest_recent_one_before_a_second_wo
     assert pool.patience() == STALL_FACTOR * 5.0 == 40
     pool._durations.extend([0.1] * 32)  # the slow one has left the window
     assert pool.patience() == STALL_FLOOR
+
+
+def test_a_frozen_workers_requests_are_answered_by_another_and_it_gets_no_more(monkeypatch):
+    """In-process, with a stand-in for Dask's client: one worker never answers.  Each of its
+    requests goes to the other worker once overdue, every task gets its own result, the frozen
+    worker gets nothing after its first requests, and closing drops what it still holds."""
+    import asyncio
+
+    from octoray.engine import dask_requests
+
+    monkeypatch.setattr(dask_requests, "FIRST_PATIENCE", 0.2)
+    monkeypatch.setattr(dask_requests, "STALL_FLOOR", 0.2)
+    frozen, sent = "tcp://frozen:1", []
+
+    class Worker:
+        def __init__(self, address):
+            self.address = address
+
+        async def octoray_run(self, payload):
+            sent.append(self.address)
+            await asyncio.sleep(3600 if self.address == frozen else 0.001)
+            fn, args = payload.data
+            return {"status": "OK", "result": fn(*args)}
+
+    class Client:
+        def scheduler_info(self):
+            return {"workers": {frozen: {"nthreads": 1}, "tcp://alive:1": {"nthreads": 1}}}
+
+        def rpc(self, address):
+            return Worker(address)
+
+    class Executor:
+        client, address, lost = Client(), "tcp://scheduler:1", False
+
+        def _check_alive(self):
+            pass
+
+    class Task:
+        fn = staticmethod(lambda value: value * 2)
+
+        def __init__(self, value):
+            self.args = (value,)
+
+    async def main():
+        pool = dask_requests.WorkerPool(Executor())
+        started = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*(pool.run(Task(i)) for i in range(12))), 10)
+        took = time.monotonic() - started
+        stragglers = len(pool._stragglers)
+        await pool.drop_stragglers()
+        return results, took, stragglers, pool
+
+    results, took, stragglers, pool = asyncio.run(main())
+    assert results == [2 * i for i in range(12)]
+    assert sent.count(frozen) == dask_requests.PER_THREAD  # its first requests, then nothing
+    assert stragglers == dask_requests.PER_THREAD and not pool._stragglers
+    assert pool.slots[frozen].busy == pool.slots[frozen].overdue == 0  # released once dropped
+    assert took < 5
