@@ -184,7 +184,7 @@ import gc, pickle, sys
 import numpy as np
 from octoray.engine.stream import JobGroup
 from octoray.formats.gzip import DeflatedChunk
-from octoray.worker import DeflatedChunks
+from octoray.engine.dask_worker import DeflatedChunks
 sys.unraisablehook = lambda hook: print("unraisable:", hook.exc_value, file=sys.stderr)
 for _ in range(3):
     view = memoryview(np.empty(1 << 20, dtype=np.uint8)).cast("B")[:100_000]

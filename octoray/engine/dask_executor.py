@@ -197,7 +197,7 @@ class DaskExecutor:
     def describe(self) -> list[dict]:
         """A row per lane of every worker; a worker that does not answer within
         STATUS_TIMEOUT (stopped, swapping) gets a row that says so, not a wait without end."""
-        from octoray.worker import describe_worker
+        from octoray.engine.dask_worker import describe_worker
 
         answering = self._sync(self.pool.answering(STATUS_TIMEOUT))
         rows = [{"worker": slot.name, "accelerator": f"not answering (nothing in {STATUS_TIMEOUT:g} s)",
@@ -385,7 +385,7 @@ def start_local_cluster(threads: int | None = None) -> DaskExecutor:
     quiet_dask()
     from distributed import Client, LocalCluster
 
-    from octoray.worker import AcceleratorPlugin
+    from octoray.engine.dask_worker import AcceleratorPlugin
 
     cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=threads or os.cpu_count() or 1,
                            dashboard_address=None, silence_logs=False)

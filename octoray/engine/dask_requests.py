@@ -281,7 +281,7 @@ class WorkerPool:
         """Take a finished request's reply: `outcome` done with the result, or nothing (another
         worker is needed), or raise what ends the run."""
         from octoray.engine.file_ranges import FileChanged
-        from octoray.worker import UNAVAILABLE
+        from octoray.engine.dask_worker import UNAVAILABLE
 
         slot = request.slot
         try:
@@ -300,7 +300,7 @@ class WorkerPool:
             return
         slot.unavailable = None
         if reply.get("status") == "OK":
-            from octoray.worker import DeflatedChunks
+            from octoray.engine.dask_worker import DeflatedChunks
 
             self._durations.append(time.monotonic() - request.sent)
             outcome.done, outcome.result = True, DeflatedChunks.unwrap(reply["result"])
@@ -393,7 +393,7 @@ class WorkerPool:
         ``--preload octoray.worker`` then answer the requests too.  Every request refused
         before the plugin was in place waits for it and tries again."""
         if self._plugin_install is None:
-            from octoray.worker import AcceleratorPlugin
+            from octoray.engine.dask_worker import AcceleratorPlugin
 
             async def install() -> float:
                 loop = asyncio.get_running_loop()
