@@ -346,10 +346,13 @@ def probe_scheduler(address: str, where: str, timeout: float = PROBE_TIMEOUT,
             spoke = None
         except OSError:  # reset: let Dask say what it makes of it
             return
+    if spoke is None:  # a scheduler speaks first: silence is another service, or a scheduler that hangs
+        raise ClusterError(f"cannot reach the cluster at {where}: no Dask scheduler answers ({host} port {port} "
+                           f"accepts connections but sends nothing in {answer_timeout:g} s: the dashboard's "
+                           f"port or another service, or a scheduler that is stopped or stuck?)")
     if not spoke:
         raise ClusterError(f"cannot reach the cluster at {where}: not a Dask scheduler ({host} port {port} "
-                           f"accepts connections but {'sends nothing' if spoke is None else 'closes them'}; "
-                           f"the dashboard's port, or another service?)")
+                           f"accepts connections but closes them; another service?)")
 
 
 def _address_in(scheduler_file: str) -> str:
