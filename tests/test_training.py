@@ -353,3 +353,34 @@ def test_a_staged_recipe_trains_a_real_stage_then_seeds_a_binary_run(tiny_archiv
     assert second.returncode == 0, second.stderr
     assert checkpoint(tmp_path / "b")["recipe"][stage] == "binary"
     assert train(tiny_archive, tmp_path, "--epochs", "2").returncode == 1  # stage one resumes only as itself
+
+
+def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp_path):
+    """training/resume.sh, as each session starts the campaign's run: a stand-in python
+    records what it was asked; the pid file names that process itself (it is the one to
+    stop), its nice value is 19, and a second start is refused while it lives."""
+    ROOT = Path(__file__).resolve().parents[1]
+    seen = tmp_path / "argv"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\necho \"$@\" > {seen}\nexec sleep 30\n")
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), PIDFILE=str(tmp_path / "pid"), LOG=str(tmp_path / "log"))
+    script = ["bash", str(ROOT / "training" / "resume.sh")]
+    started = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "pid").read_text())
+    try:
+        deadline = time.monotonic() + 10
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        argv = seen.read_text().split()
+        assert argv[:2] == ["-m", "octoray.models.train"] and "--run" in argv and "--threads" in argv
+        state = argv[argv.index("--run") + 1] + "-state.npz"
+        assert argv[-2:] == ["--resume-from", f"training/{state}"]  # committed: a fresh machine resumes
+        assert (ROOT / "training" / state).exists()
+        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) == 19
+        again = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
+        assert again.returncode == 1 and b"a trainer already runs: pid %d" % pid in again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert subprocess.run([*script, "frobnicate"], capture_output=True, env=env).returncode == 2
