@@ -362,10 +362,15 @@ def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp
     ROOT = Path(__file__).resolve().parents[1]
     seen = tmp_path / "argv"
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\necho \"$@\" > {seen}\nexec sleep 30\n")
+    python.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit \"$NO_TORCH\"\necho \"$@\" > {seen}\nexec sleep 30\n")
     python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(python), PIDFILE=str(tmp_path / "pid"), LOG=str(tmp_path / "log"))
     script = ["bash", str(ROOT / "training" / "resume.sh")]
+    bare = subprocess.run([*script, "start"], capture_output=True, env=dict(env, NO_TORCH="1"), timeout=30)
+    assert (bare.returncode, bare.stderr) == (1, f"resume.sh: {python} has no PyTorch: pip install -e "
+                                                 f"'.[train]' first\n".encode())
+    assert not (tmp_path / "pid").exists()
+    env["NO_TORCH"] = "0"
     started = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int((tmp_path / "pid").read_text())

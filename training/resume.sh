@@ -25,6 +25,10 @@ start)
         echo "resume.sh: a trainer already runs: pid $(cat "$PIDFILE") ($PIDFILE)" >&2
         exit 1
     fi
+    if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+        echo "resume.sh: $PYTHON has no PyTorch: pip install -e '.[train]' first" >&2
+        exit 1
+    fi
     resume=()
     if [ -f "$STATE" ]; then
         resume=(--resume-from "$STATE")  # used only where this machine has no last.pt
