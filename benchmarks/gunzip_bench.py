@@ -3,12 +3,13 @@
     python benchmarks/gunzip_bench.py                    # Silesia from ../shared/data, x2 (224 MB)
     python benchmarks/gunzip_bench.py --memory-gb 3      # also peak RSS on a 3 GB stream
     python benchmarks/gunzip_bench.py --levels           # -1..-3: fgzip's kernels and others vs gzip
+    python benchmarks/gunzip_bench.py --input BGZF       # only bgzip's layout (htslib, samtools)
 
 Every decoder reads `cat FILE |` (a pipe) and writes to /dev/null; a figure is the median of
 --runs runs, the commands taking turns.  Ratios are taken within this run.  The inputs are
 fgzip's default output (level 6, independent 1 MiB chunks announced in the header) as it
-writes it to a file (with an index of the chunks) and to a pipe (without), and gzip -6's
-output.  rapidgzip (pip install '.[bench]') is measured where it is installed.
+writes it to a file (with an index of the chunks) and to a pipe (without), gzip -6's output,
+and BGZF (bgzip's members of 64 KiB, each giving its size).  rapidgzip (pip install '.[bench]') is measured where it is installed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gzip_bench import SILESIA, build_corpus, fgzip_command, median_times, precompile  # noqa: E402
 
 CHUNK = 1 << 20  # fgzip's default block size, for the -1..-3 table
+BGZF = "BGZF (bgzip's layout: zlib -6, 64 KiB members)"
 
 
 # --- measurements ----------------------------------------------------------------------
@@ -50,6 +52,10 @@ def inputs(corpus: Path, workdir: Path) -> dict[str, Path]:
     for shell in (f"{fg} -c {source} > {indexed}", f"cat {source} | {fg} | cat > {piped}",
                   f"gzip -6 -c {source} > {gzip6}"):
         subprocess.run(shell, shell=True, check=True)
+    from octoray.formats import bgzf  # no bgzip here: its layout, written the way it writes it
+
+    made[BGZF] = workdir / "bgzf.gz"
+    made[BGZF].write_bytes(bgzf.compress(corpus.read_bytes()))
     return made
 
 
@@ -165,6 +171,7 @@ def main() -> int:
     p.add_argument("-p", "--threads", type=int, default=2)
     p.add_argument("--memory-gb", type=float, default=0, help="also decode a stream this large (peak RSS)")
     p.add_argument("--levels", action="store_true", help="also the -1..-3 size table")
+    p.add_argument("--input", metavar="TEXT", help="only the inputs whose label holds TEXT (BGZF, say)")
     p.add_argument("--quick", action="store_true",
                    help="only fgzip's output as written to a pipe, against fgzip -d -p 1 and rapidgzip")
     args = p.parse_args()
@@ -179,7 +186,8 @@ def main() -> int:
         with open(corpus, "wb") as out:
             for _ in range(args.repeat):
                 out.write(one.read_bytes())
-        files = inputs(corpus, workdir)
+        files = {label: path for label, path in inputs(corpus, workdir).items()
+                 if not args.input or args.input in label}
         print(f"corpus: {len(paths)} files x{args.repeat}, {corpus.stat().st_size:,} bytes; median of {args.runs} "
               f"runs; {os.cpu_count()} CPUs; sizes: "
               + ", ".join(f"{label} {path.stat().st_size:,}" for label, path in files.items()) + "\n")
@@ -187,7 +195,7 @@ def main() -> int:
         print("| --- | --- | --- | --- | --- | --- |")
         for row in decompression_rows(corpus, files, args.runs, args.threads, args.quick):
             print(row, flush=True)
-        if not args.quick:
+        if not args.quick and "gzip -6" in files:
             print("\n| input | decoder | seconds | MB/s | vs fgzip -d -p 1 |\n| --- | --- | --- | --- | --- |")
             for row in seekable_rows(corpus, files, args.runs, args.threads):
                 print(row, flush=True)

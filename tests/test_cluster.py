@@ -255,6 +255,16 @@ def test_decompression_on_the_cluster_survives_a_killed_worker(cluster, gzip_bin
     assert cluster.status()["fpga0"] >= 5  # the chunks were decoded on the workers
 
 
+def test_bgzf_input_is_decoded_on_the_workers(cluster):
+    from octoray.formats import bgzf
+
+    data = text_like(4 << 20, seed=15)
+    before = sum(cluster.status().values())
+    out = fgzip("-dc", input=bgzf.compress(data), env=with_cluster_env(cluster), check=True)
+    assert (out.stdout, out.stderr) == (data, b"")
+    assert sum(cluster.status().values()) - before >= 2  # batches of members ran there, not here
+
+
 def test_testing_on_the_cluster_finds_damage_as_gzip_does(cluster, gzip_bin, tmp_path):
     data = text_like(4 << 20, seed=14)
     packed = bytearray(fgzip("-b", "64", input=data, check=True).stdout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from octoray.formats import faults
+from octoray.formats import bgzf, faults
 from octoray.formats import gzip as gz
 from octoray.jobs.gzip import Totals
 from octoray.streams import read_full_bytes
@@ -161,19 +161,29 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
             return faults.TrailingGarbage()
         if isinstance(header, faults.HeaderFault):
             return header  # a fault in a later member's header
+        if executor is not None and on_extra is None and bgzf.member_size(source.buffer) is not None:
+            _first_header(totals, header, on_header)
+            from octoray.jobs.gunzip_bgzf import inflate_run
+
+            if inflate_run(source, write, totals, executor(), _count_member):
+                continue  # else its first member is damaged: decoded below, as gzip reports it
         head = source.take(header.length)
         if on_extra is not None and header.flags & gz.FLAG_EXTRA:
             _note_extra(head, on_extra)
-        if totals.first_header is None:
-            totals.first_header = header
-            if on_header is not None:
-                on_header()
+        _first_header(totals, header, on_header)
         totals.mtime = header.mtime or totals.mtime
         layout = _parallel_layout(head, header, executor)
         if layout is not None:
             _inflate_chunked(source, layout, write, totals, executor())
         else:
             _inflate_member(source, write, totals)
+
+
+def _first_header(totals: Totals, header: gz.MemberHeader, on_header) -> None:
+    if totals.first_header is None:
+        totals.first_header = header
+        if on_header is not None:
+            on_header()
 
 
 def _next_header(source: _Input, totals: Totals, passthrough: bool, forced: bool):
