@@ -7,7 +7,7 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from conftest import text_like
+from conftest import run, text_like
 from octoray.formats import bgzf
 
 DATA = text_like(300_000, seed=42)
@@ -23,7 +23,7 @@ def cut(blob: bytes) -> list[int]:
     return sizes
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(length=st.integers(0, 300_000), block=st.integers(1, bgzf.BLOCK), level=st.integers(0, 9))
 def test_members_cut_by_their_sizes_decode_to_the_data(length, block, level):
     blob = bgzf.compress(DATA[:length], level, block)
@@ -34,16 +34,20 @@ def test_members_cut_by_their_sizes_decode_to_the_data(length, block, level):
     assert [size for _, size, _ in members] == [min(block, length - i) for i in range(0, length, block)] + [0]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(hit=st.integers(0, 10), offset=st.integers(0, 10**6), flip=st.integers(1, 255))
 def test_a_changed_byte_in_a_members_data_or_trailer_stops_the_batch_there(hit, offset, flip):
-    """(A changed header is no longer cut as a member at all: the test below.)"""
+    """Or changes nothing decoded.  (A changed header is no longer cut as a member at all:
+    the test below.)"""
     blob = bytearray(bgzf.compress(DATA[:100_000], 6, 10_000))
     sizes = cut(bytes(blob))
     start = sum(sizes[:hit])
     blob[start + 18 + offset % (sizes[hit] - 18)] ^= flip
     output, members, failed = bgzf.inflate_members(bytes(blob), sizes)
-    assert failed == hit and output == DATA[:10_000 * hit] and len(members) == hit
+    if failed is None:  # a padding bit after a block's end: gzip reads it the same
+        assert output == DATA[:100_000] and run(["gzip", "-dc"], input=bytes(blob)).returncode == 0
+    else:
+        assert failed == hit and output == DATA[:10_000 * hit] and len(members) == hit
 
 
 def test_only_a_plain_bgzf_header_is_cut():

@@ -14,6 +14,7 @@ import struct
 
 MAGIC = b"\x1f\x8b\x08\x04"  # gzip, deflate, FLG = FEXTRA only
 MAX_MEMBER = 1 << 16  # BSIZE - 1 is a 16-bit field
+MAX_OUTPUT = 1 << 16  # what the format allows a member to hold (SAMv1: at most 64 KiB)
 
 
 BLOCK = 65280  # input bytes in a member, as bgzip writes them
@@ -54,6 +55,11 @@ def member_size(buffer, pos: int = 0) -> int | None:
             return size if size >= 12 + xlen + 2 + 8 else None  # the empty deflate stream is 2 bytes
         at += 4 + length
     return None
+
+
+def output_size(buffer, pos: int, size: int) -> int:
+    """ISIZE of the whole member of `size` bytes at ``buffer[pos]``: what it decodes to."""
+    return struct.unpack_from("<I", buffer, pos + size - 4)[0]
 
 
 def inflate_members(data: bytes, sizes: list[int]) -> tuple[bytes, list[tuple[int, int, int]], int | None]:

@@ -14,7 +14,8 @@ from collections import deque
 from octoray.engine.stream import ordered_map
 from octoray.formats import bgzf
 
-BATCH = 1 << 20  # compressed bytes a task decodes
+BATCH = 1 << 20  # compressed bytes a task decodes, at most
+BATCH_OUTPUT = 4 << 20  # ... and output bytes (64 KiB of zeros are a member of 80 bytes)
 
 
 def inflate_run(source, write, totals, executor, count_member) -> int:
@@ -46,13 +47,17 @@ def _batches(source, batches: deque):
     the source holds, and it reads more only for a member it holds part of: each byte is
     copied once into the buffer and once out of it."""
     while True:
-        buffer, sizes, pos = source.buffer, [], 0
-        while pos < BATCH:
+        buffer, sizes, pos, output = source.buffer, [], 0, 0
+        while pos < BATCH and output < BATCH_OUTPUT:
             size = bgzf.member_size(buffer, pos)
             if size is None or pos + size > len(buffer):
                 break
+            length = bgzf.output_size(buffer, pos, size)
+            if length > bgzf.MAX_OUTPUT:  # not bgzip's: its own reader bounds memory
+                break
             sizes.append(size)
             pos += size
+            output += length
         if not sizes:
             if source.eof or len(buffer) >= bgzf.MAX_MEMBER or not source.fill(len(buffer) + 1):
                 return  # not BGZF, or cut off: the sequential decoder says what it is
