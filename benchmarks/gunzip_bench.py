@@ -4,17 +4,20 @@
     python benchmarks/gunzip_bench.py --memory-gb 3      # also peak RSS on a 3 GB stream
     python benchmarks/gunzip_bench.py --levels           # -1..-3: fgzip's kernels and others vs gzip
     python benchmarks/gunzip_bench.py --input BGZF       # only bgzip's layout (htslib, samtools)
+    python benchmarks/gunzip_bench.py --input appended   # only the stream of small members
 
 Every decoder reads `cat FILE |` (a pipe) and writes to /dev/null; a figure is the median of
 --runs runs, the commands taking turns.  Ratios are taken within this run.  The inputs are
 fgzip's default output (level 6, independent 1 MiB chunks announced in the header) as it
 writes it to a file (with an index of the chunks) and to a pipe (without), gzip -6's output,
-and BGZF (bgzip's members of 64 KiB, each giving its size).  rapidgzip (pip install '.[bench]') is measured where it is installed.
+BGZF (bgzip's members of 64 KiB, each giving its size), and a stream of small members (as
+`gzip -c piece >> FILE` appends them).  rapidgzip (pip install '.[bench]') is measured where it is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shlex
 import shutil
@@ -29,6 +32,7 @@ from gzip_bench import SILESIA, build_corpus, fgzip_command, median_times, preco
 
 CHUNK = 1 << 20  # fgzip's default block size, for the -1..-3 table
 BGZF = "BGZF (bgzip's layout: zlib -6, 64 KiB members)"
+MEMBERS = "gzip members of 4 KiB each (appended logs)"
 
 
 # --- measurements ----------------------------------------------------------------------
@@ -56,6 +60,10 @@ def inputs(corpus: Path, workdir: Path) -> dict[str, Path]:
 
     made[BGZF] = workdir / "bgzf.gz"
     made[BGZF].write_bytes(bgzf.compress(corpus.read_bytes()))
+    made[MEMBERS] = workdir / "members.gz"
+    with open(made[MEMBERS], "wb") as out, open(corpus, "rb") as source:  # as `gzip -c piece >> FILE` makes it
+        for piece in iter(lambda: source.read(4096), b""):
+            out.write(gzip.compress(piece, 6, mtime=0))
     return made
 
 

@@ -190,6 +190,20 @@ def header_crc_fault(buf, header: MemberHeader) -> faults.HeaderChecksum | None:
     return faults.HeaderChecksum(stored, computed) if stored != computed else None
 
 
+def _zero_terminated(buf, pos: int) -> tuple[bytes, int]:
+    """The zero-terminated field at `pos` and the position after it; Truncated without its
+    zero.  Looked for in growing pieces: a name is short, what follows it may be megabytes."""
+    window = 256
+    while True:
+        piece = bytes(buf[pos:pos + window])
+        end = piece.find(b"\0")
+        if end >= 0:
+            return piece[:end], pos + end + 1
+        if pos + window >= len(buf):
+            raise Truncated
+        window *= 16
+
+
 def parse_header(buf: bytes | bytearray | memoryview) -> MemberHeader:
     """Parse a member header at the start of `buf`; raise Truncated if it needs more bytes,
     faults.NotCompressed without the magic, faults.UnknownMethod for another method."""
@@ -212,17 +226,9 @@ def parse_header(buf: bytes | bytearray | memoryview) -> MemberHeader:
         pos += 2 + xlen
     name = comment = None
     if flags & FLAG_NAME:
-        end = bytes(buf[pos:]).find(b"\0")
-        if end < 0:
-            raise Truncated
-        name = bytes(buf[pos:pos + end])
-        pos += end + 1
+        name, pos = _zero_terminated(buf, pos)
     if flags & FLAG_COMMENT:
-        end = bytes(buf[pos:]).find(b"\0")
-        if end < 0:
-            raise Truncated
-        comment = bytes(buf[pos:pos + end])
-        pos += end + 1
+        comment, pos = _zero_terminated(buf, pos)
     if flags & FLAG_HCRC:
         pos += 2
     if len(buf) < pos:

@@ -16,6 +16,8 @@ from octoray.streams import read_full_bytes
 
 READ_SIZE = 1 << 20
 MAX_OUTPUT_PIECE = 1 << 20  # bounds memory however well the data compresses
+FIRST_PIECE = 16 << 10  # a member's first input piece, doubling: a small member's rest comes back small
+FIRST_OUTPUT = 64 << 10  # its first output piece, doubling: the inflater allocates what it may write
 
 
 class _Input:
@@ -23,46 +25,78 @@ class _Input:
 
     Plain reads on this thread (docs/design.md: a read-ahead thread cost more than it
     saved), each waiting for a whole READ_SIZE or the end: a pipe's odd-sized pieces made
-    the inflater's outputs odd-sized too, and glibc's heap grew with the stream."""
+    the inflater's outputs odd-sized too, and glibc's heap grew with the stream.  What was
+    taken is skipped by a position, not cut off, so that a stream of small members does not
+    copy the rest of a 1 MiB read for each one; `buffer` (the bytes not taken) cuts only
+    when asked for, and `view` never."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.buffer = b""
+        self._data = b""
+        self._pos = 0  # _data[:_pos] is taken
         self.eof = False
         self.consumed = 0
 
+    @property
+    def buffer(self) -> bytes:
+        if self._pos:
+            self._data, self._pos = self._data[self._pos:], 0
+        return self._data
+
+    @buffer.setter
+    def buffer(self, value: bytes) -> None:
+        self._data, self._pos = value, 0
+
+    def view(self) -> memoryview:
+        return memoryview(self._data)[self._pos:]
+
+    def available(self) -> int:
+        return len(self._data) - self._pos
+
+    def _append(self, data: bytes) -> None:
+        self._data, self._pos = (self.buffer + data if self.available() else data), 0
+
     def fill(self, n: int) -> bool:
         """Try to hold at least `n` bytes; False at end of input with fewer."""
-        while len(self.buffer) < n and not self.eof:
+        while self.available() < n and not self.eof:
             data = read_full_bytes(self.fd, READ_SIZE)
             if data:
-                self.buffer = self.buffer + data if self.buffer else data
+                self._append(data)
             else:
                 self.eof = True
-        return len(self.buffer) >= n
+        return self.available() >= n
 
     def take(self, n: int) -> bytes:
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        if self._pos == 0 and n >= len(self._data):  # all of it: the bytes themselves
+            out, self._data = self._data, b""
+        else:
+            out = self._data[self._pos:self._pos + n]
+            self._pos += len(out)
         self.consumed += len(out)
         return out
 
     def give_back(self, data: bytes) -> None:
-        if data:
-            self.buffer = data + self.buffer
-            self.consumed -= len(data)
+        if not data:
+            return
+        start = self._pos - len(data)
+        if start >= 0 and self._data.startswith(data, start):  # what was just taken: no copy
+            self._pos = start
+        else:
+            self._data, self._pos = data + self.buffer, 0
+        self.consumed -= len(data)
 
     def rest_is_zeros(self) -> bool:
         while True:
             if self.buffer.strip(b"\0"):
                 return False
-            self.take(len(self.buffer))
+            self.take(self.available())
             if not self.fill(1):
                 return True
 
     def copy_rest(self, write) -> int:
         copied = 0
         while self.fill(1):
-            piece = self.take(len(self.buffer))
+            piece = self.take(self.available())
             copied += len(piece)
             write(piece)
         return copied
@@ -72,13 +106,13 @@ class _Peek(_Input):
     """An _Input that reads with pread from the file's start: the offset does not move."""
 
     def fill(self, n: int) -> bool:
-        while len(self.buffer) < n and not self.eof:
-            data = os.pread(self.fd, READ_SIZE, self.consumed + len(self.buffer))
+        while self.available() < n and not self.eof:
+            data = os.pread(self.fd, READ_SIZE, self.consumed + self.available())
             if data:
-                self.buffer += data
+                self._append(data)
             else:
                 self.eof = True
-        return len(self.buffer) >= n
+        return self.available() >= n
 
 
 def first_header_fault(fd: int) -> faults.Fault | None:
@@ -116,17 +150,52 @@ def decompress_stream(fd_in: int, write, *, passthrough: bool = False, forced: b
     """
     source = _Input(fd_in)
     totals = Totals()
+    joined = _Joined(write)
     try:
-        outcome = _decompress_members(source, write, totals, passthrough, forced or passthrough, on_header,
+        outcome = _decompress_members(source, joined, totals, passthrough, forced or passthrough, on_header,
                                       on_extra, executor)
-        totals.bytes_in = source.consumed + len(source.buffer)
+        totals.bytes_in = source.consumed + source.available()
         return totals, outcome
     except faults.Fault as failure:
         failure.totals = totals  # what came before the fault (gzip -l's figures)
         raise
+    finally:
+        joined.flush()  # what was decoded before a fault is written before it is reported, as gzip does
 
 
-def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool, forced: bool,
+JOINED = 256 << 10
+
+
+class _Joined:
+    """Small members' outputs joined into pieces of about JOINED bytes before they are written:
+    a stream of thousands of small members (logs appended to one file) made a write, and a
+    handoff to the writer thread, for each.  `raw` is the writer itself, after the pieces held:
+    for the paths that write large pieces (or in place, octoray.streams.in_place)."""
+
+    def __init__(self, write):
+        self._write, self._pieces, self._size = write, [], 0
+
+    def __call__(self, data: bytes) -> None:
+        if len(data) >= JOINED:
+            self.raw()(data)
+            return
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size >= JOINED:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pieces:
+            data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            self._pieces, self._size = [], 0
+            self._write(data)
+
+    def raw(self):
+        self.flush()
+        return self._write
+
+
+def _decompress_members(source: _Input, write: _Joined, totals: Totals, passthrough: bool, forced: bool,
                         on_header, on_extra, executor) -> faults.Notice | faults.HeaderFault | None:
     while True:
         if not source.fill(1):
@@ -138,13 +207,13 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
                 totals.copied = True
             return None
         totals.more = totals.members > 0
-        if totals.members and source.buffer[:1] == b"\0" and not passthrough:
+        if totals.members and source.view()[:1] == b"\0" and not passthrough:
             return faults.TrailingZeros() if source.rest_is_zeros() else faults.TrailingGarbage()
-        if source.buffer[:2] != gz.MAGIC:  # LZW, pack, zip or zlib, as gzip and pigz read them
+        if source.view()[:2] != gz.MAGIC:  # LZW, pack, zip or zlib, as gzip and pigz read them
             from octoray.jobs import foreign
 
             kind = foreign.identify(source.buffer, first=totals.members == 0)
-            decoded = kind and foreign.decode_member(kind, source, write, totals, on_header, passthrough)
+            decoded = kind and foreign.decode_member(kind, source, write.raw(), totals, on_header, passthrough)
             if decoded:
                 last, outcome = decoded
                 if last:
@@ -156,16 +225,16 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
                 if totals.members == 0 and on_header is not None:
                     on_header()  # gzip names the file before it copies, as before a member
                 totals.copied = True
-                totals.copied_bytes = source.copy_rest(write)
+                totals.copied_bytes = source.copy_rest(write.raw())
                 return None
             return faults.TrailingGarbage()
         if isinstance(header, faults.HeaderFault):
             return header  # a fault in a later member's header
-        if executor is not None and on_extra is None and bgzf.member_size(source.buffer) is not None:
+        if executor is not None and on_extra is None and bgzf.member_size(source.view()) is not None:
             _first_header(totals, header, on_header)
             from octoray.jobs.gunzip_bgzf import inflate_run
 
-            if inflate_run(source, write, totals, executor(), _count_member):
+            if inflate_run(source, write.raw(), totals, executor(), _count_member):
                 continue  # else its first member is damaged: decoded below, as gzip reports it
         head = source.take(header.length)
         if on_extra is not None and header.flags & gz.FLAG_EXTRA:
@@ -174,7 +243,7 @@ def _decompress_members(source: _Input, write, totals: Totals, passthrough: bool
         totals.mtime = header.mtime or totals.mtime
         layout = _parallel_layout(head, header, executor)
         if layout is not None:
-            _inflate_chunked(source, layout, write, totals, executor())
+            _inflate_chunked(source, layout, write.raw(), totals, executor())
         else:
             _inflate_member(source, write, totals)
 
@@ -190,14 +259,15 @@ def _next_header(source: _Input, totals: Totals, passthrough: bool, forced: bool
     """The next member's header; None where the data is not gzip (after a member, or under
     -cdf); a later member's HeaderFault.  The first member's faults are raised."""
     while True:
-        fault = gz.header_start_fault(source.buffer) if source.buffer[:2] == gz.MAGIC else None
+        view = source.view()  # no copy of the rest of the read for each member's header
+        fault = gz.header_start_fault(view) if view[:2] == gz.MAGIC else None
         try:
             if fault is None:
-                header = gz.parse_header(source.buffer)
-                fault = gz.header_crc_fault(source.buffer, header)
+                header = gz.parse_header(view)
+                fault = gz.header_crc_fault(view, header)
         except gz.Truncated:
-            if not source.fill(len(source.buffer) + 1):
-                if passthrough and len(source.buffer) < 2:
+            if not source.fill(source.available() + 1):
+                if passthrough and source.available() < 2:
                     return None
                 raise faults.UnexpectedEnd from None
             continue
@@ -248,7 +318,7 @@ def _inflate_chunked(source: _Input, layout, write, totals: Totals, executor) ->
 
     def pieces():
         while source.fill(1):
-            yield source.take(len(source.buffer))
+            yield source.take(source.available())
 
     inflated = inflate_member(layout, pieces(), in_place(write), executor)  # this thread only collects
     source.give_back(inflated.unused)
@@ -268,14 +338,17 @@ def _inflate_member(source: _Input, write, totals: Totals) -> None:
 
     inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_DEFLATE, zdict=gz.GZIP_START_WINDOW)
     crc = size = 0
+    limit, most = FIRST_PIECE, FIRST_OUTPUT
     while not inflater.eof:
         piece = b""
         if inflater.needs_input:
             if not source.fill(1):
                 raise faults.UnexpectedEnd
-            piece = source.take(len(source.buffer))
+            piece = source.take(min(source.available(), limit))
+            limit = min(2 * limit, READ_SIZE)
         try:
-            out = inflater.decompress(piece, MAX_OUTPUT_PIECE)
+            out = inflater.decompress(piece, most)
+            most = min(2 * most, MAX_OUTPUT_PIECE)
         except igzip_lib.IsalError:
             raise faults.CorruptData from None
         if out:
