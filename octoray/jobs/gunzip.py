@@ -1,5 +1,7 @@
 """gzip decompression as a job: every member of a stream, inflated in order, checked against
-its trailer, with gzip's rules for what may follow the last member.
+its trailer, with gzip's rules for what may follow the last member.  fgzip's own chunked
+members (octoray.jobs.gunzip_parallel) and runs of BGZF members (octoray.jobs.gunzip_bgzf)
+decode on the engine's workers; everything else here, member by member.
 
 Faults are the types of octoray.formats.faults: raised where gzip stops with an error,
 returned (with the totals) where gzip warns or keeps what it wrote.
