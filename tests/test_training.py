@@ -203,6 +203,73 @@ def test_a_portable_file_carries_adams_second_moment_and_the_random_stream(tiny_
         assert torch.allclose(restored["exp_avg_sq"], moments["exp_avg_sq"], rtol=2e-3, atol=1e-12)
 
 
+def average(archive: Path, cache: Path, *extra: str):
+    argv = [sys.executable, "-m", "octoray.models.average", "--data", str(archive), "--run", "t", *extra]
+    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+
+
+def test_the_last_epochs_average_into_one_model_that_exports(tiny_archive, tmp_path):
+    """train --keep-epochs-from keeps each later epoch; average folds epochs 2-3 into one model
+    whose latent weights are their mean, with statistics measured anew, and export takes it."""
+    from octoray.models.train import load_portable
+
+    ran = train(tiny_archive, tmp_path, "--epochs", "3", "--keep-epochs-from", "2")
+    assert ran.returncode == 0, ran.stderr
+    kept = sorted(p.name for p in (tmp_path / "train" / "t" / "epochs").iterdir())
+    assert kept == ["epoch-2.pt", "epoch-3.pt"]
+    out = tmp_path / "averaged.npz"
+    done = average(tiny_archive, tmp_path, "--epochs", "3-3", "--epochs", "2-3", "--save-portable", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("epochs 3-3 of t: validation ") and lines[1].startswith("epochs 2-3 of t: ")
+    snapshots = [torch.load(tmp_path / "train" / "t" / "epochs" / f"epoch-{e}.pt", weights_only=False)["model"]
+                 for e in (2, 3)]
+    model = CNV()
+    meta = load_portable(out, model)
+    assert meta["epoch"] == 3 and meta["averaged"]["epochs"] == [2, 3] and meta["averaged"]["run"] == "t"
+    for key, value in model.state_dict().items():
+        if key.endswith("weight") and value.dim() > 1:  # latent weights: the mean (stored as fp16)
+            mean = (snapshots[0][key] + snapshots[1][key]) / 2
+            assert torch.allclose(value, mean, atol=1e-3), key
+            assert torch.equal(value >= 0, mean >= 0), key  # fp16 keeps every sign
+    first_bn = model.state_dict()["conv_bns.0.running_mean"]
+    assert not torch.allclose(first_bn, (snapshots[0]["conv_bns.0.running_mean"]
+                                         + snapshots[1]["conv_bns.0.running_mean"]) / 2)
+    exported = export_command(tiny_archive, tmp_path / "elsewhere", tmp_path / "cnv.npz", "--from-portable", str(out))
+    assert exported.returncode == 0, exported.stderr
+    info = CnvModel.load(tmp_path / "cnv.npz").metadata
+    assert info["averaged"]["epochs"] == [2, 3]
+    assert "octoray.models.average" in info["averaged"]["command"] and "--epochs 2-3" in info["averaged"]["command"]
+    assert info["validation"]["integer_float_agreement"] == 1.0
+
+
+def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_path):
+    assert train(tiny_archive, tmp_path, "--epochs", "2", "--keep-epochs-from", "2").returncode == 0
+    refused = average(tiny_archive, tmp_path, "--epochs", "1-2")
+    assert refused.returncode == 1
+    assert b"no snapshot of epoch 1 (train --keep-epochs-from)" in refused.stderr and b"Traceback" not in refused.stderr
+
+
+def test_recalibration_measures_each_norm_over_the_training_batches():
+    """After recalibrate, conv1's BatchNorm holds the mean of its batch means over the
+    augmented images, batch by batch, whatever its running statistics were before."""
+    from octoray.models.average import RECALIBRATION_SEED, recalibrate
+    from octoray.models.runs import augment
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    model = CNV()
+    model.conv_bns[0].running_mean.fill_(5.0)
+    recalibrate(model, images, batch_size=10)
+    generator = torch.Generator().manual_seed(RECALIBRATION_SEED)
+    with torch.no_grad():
+        means = [model.convs[0](model.quantize_input(augment(images[i:i + 10], generator))).mean(dim=(0, 2, 3))
+                 for i in range(0, 40, 10)]
+    assert torch.allclose(model.conv_bns[0].running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert not model.training and model.conv_bns[0].momentum == 0.1
+
+
 def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "1").returncode == 0
     portable = tmp_path / "start.npz"

@@ -212,6 +212,11 @@ def main(argv=None) -> int:
                        "float_accuracy": round(float_acc, 4)},
         "exported": datetime.date.today().isoformat(),
     }
+    if "averaged" in state:  # octoray.models.average: the mean of several epochs' weights
+        first, last = state["averaged"]["epochs"]
+        metadata["averaged"] = {**state["averaged"], "command": "python -m octoray.models.average --data "
+                                f"cifar10-train.tar.gz --run {state['averaged']['run']} --epochs {first}-{last} "
+                                "--save-portable FILE"}
     int_model = CnvModel(packed, thresholds, metadata)
     int_pred = np.concatenate([cnv_reference.classify(int_model, x_val[i:i + 100])
                                for i in range(0, len(x_val), 100)])

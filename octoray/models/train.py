@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
 from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
@@ -33,6 +34,7 @@ RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh",
                    "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
                    "activations": "binary"}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
+PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="fit the schedule into this run's time: after its first epoch, --epochs shrinks "
                         "to what ends within MINUTES (for a lent GPU, whose speed is not known beforehand)")
+    p.add_argument("--keep-epochs-from", type=int, default=None, metavar="E",
+                   help="keep the weights of every epoch from E on (<run>/epochs/), for "
+                        "python -m octoray.models.average; training itself is unchanged")
     p.add_argument("--save-portable", type=Path, metavar="FILE",
                    help="write the run's last checkpoint as a small portable file (fp16 weights, Adam's "
                         "second moment, the random state) and exit: training can move to another machine with it")
@@ -99,7 +104,13 @@ def save_portable(last: Path, path: Path) -> None:
     root in fp16 (which fp16 can hold) and step counts, the random generator and the history.
     Adam's first moment is left out (half the file): it rebuilds itself within ~10 steps,
     where a lost second moment would make the first few hundred steps far too large."""
-    state = torch.load(last, weights_only=False, map_location="cpu")
+    write_portable(torch.load(last, weights_only=False, map_location="cpu"), path)
+
+
+def write_portable(state: dict, path: Path) -> None:
+    """A checkpoint's state (weights, and the optimizer and random state where it has them) as
+    save_portable's file; keys of its metadata beyond the recipe, epoch and history (such as
+    what an averaged model was averaged over) travel with it."""
     arrays = {}
     for key, value in state["model"].items():
         value = value.detach().cpu()
@@ -113,7 +124,7 @@ def save_portable(last: Path, path: Path) -> None:
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
     if "generator" in state:
         arrays["generator"] = state["generator"].cpu().numpy()
-    meta = {k: state[k] for k in ("recipe", "epoch", "history")}
+    meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
     meta["device_type"] = state.get("device_type", "cpu")
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
@@ -272,6 +283,10 @@ def main(argv=None) -> int:
         if val_acc >= max(h["val_acc"] for h in history):
             save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
                              "model": model.state_dict()}, out / "best.pt")
+        if args.keep_epochs_from is not None and epoch + 1 >= args.keep_epochs_from:
+            kept = snapshot_path(args.run, epoch + 1)
+            kept.parent.mkdir(exist_ok=True)
+            save_atomically({"recipe": recipe, "epoch": epoch + 1, "model": model.state_dict()}, kept)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         if time.time() - plotted > 60 or epoch + 1 == stop_at:  # a plot costs ~0.2 s; GPU epochs take seconds
             plot_learning_curve(history, out / "learning-curve.png")

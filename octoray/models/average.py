@@ -1,0 +1,144 @@
+"""Average a run's last epochs into one CNV-W1A1 (stochastic weight averaging for +-1 weights).
+
+    python -m octoray.models.average --data ../shared/data/cifar10-train.tar.gz --run RUN --epochs 131-150
+
+A binary network flips thousands of weights every epoch even late in a schedule: latent weights
+near zero cross it back and forth, and each epoch's model is one draw of that noise.  The
+mean of the latent weights over several epochs keeps, for each weight, the sign it held
+most firmly: one model that no single epoch is.  Its BatchNorm statistics are then measured
+again on the training images (the averaged running statistics belong to no model), and it
+folds into integers as any other epoch does (``export --from-portable``).  The epochs come
+from the snapshots ``train --keep-epochs-from E`` leaves in ``<run>/epochs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from octoray.models.cnv import CNV, TensorNorm
+from octoray.models.runs import augment, load_split, run_dir
+
+RECALIBRATION_SEED = 0  # the augmentation draws the statistics are measured on
+
+
+def snapshot_path(run: str, epoch: int) -> Path:
+    return run_dir(run) / "epochs" / f"epoch-{epoch}.pt"
+
+
+def mean_state(states: list[dict]) -> dict:
+    """The element-wise mean of several state dicts of one network (counters: the last one's)."""
+    mean = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            mean[key] = sum(s[key].float() for s in states) / len(states)
+        else:
+            mean[key] = last.clone()
+    return mean
+
+
+def _norms(model: CNV) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, TensorNorm))]
+
+
+@torch.no_grad()
+def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> None:
+    """Replace every BatchNorm's and the TensorNorm's running statistics by the mean of their
+    batch statistics over all the images, augmented as in training and in batches of the
+    training's size (what the network learned to see), instead of a recent moving average."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    norms = _norms(model)
+    saved = [m.momentum for m in norms]
+    model.train()
+    try:
+        for index, start in enumerate(range(0, len(images) - batch_size + 1, batch_size)):
+            for m in norms:
+                m.momentum = 1.0 / (index + 1)  # a running mean of the batches so far
+            x = augment(images[start:start + batch_size], generator)
+            model(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+
+
+def averaged_model(run: str, first: int, last: int, x_train: torch.Tensor,
+                   batch_size: int = 100) -> CNV:
+    """The mean of epochs first..last of the run, recalibrated."""
+    snapshots = []
+    for epoch in range(first, last + 1):
+        path = snapshot_path(run, epoch)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no snapshot of epoch {epoch} (train --keep-epochs-from)")
+        snapshots.append(torch.load(path, weights_only=False, map_location="cpu"))
+    model = CNV()
+    model.load_state_dict(mean_state([s["model"] for s in snapshots]))
+    model.to(x_train.device, memory_format=torch.channels_last)
+    recalibrate(model, x_train, batch_size)
+    return model
+
+
+def _epoch_range(text: str) -> tuple[int, int]:
+    try:
+        first, _, last = text.partition("-")
+        a, b = int(first), int(last or first)
+    except ValueError:
+        a = b = 0
+    if not 1 <= a <= b:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range of epochs such as 131-150")
+    return a, b
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="octoray-average", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, type=Path, help="cifar10-train.tar.gz (the run's split)")
+    p.add_argument("--run", required=True, help="the run whose epoch snapshots are averaged")
+    p.add_argument("--epochs", required=True, type=_epoch_range, metavar="A-B", action="append",
+                   help="the epochs to average (repeat to compare several windows)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-portable", type=Path, metavar="FILE",
+                   help="write the average (of the last --epochs given) as a portable file that "
+                        "export --from-portable folds")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from octoray.models.train import evaluate, write_portable
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    last_state = torch.load(run_dir(args.run) / "last.pt", weights_only=False, map_location="cpu") \
+        if (run_dir(args.run) / "last.pt").exists() else None
+    recipe = (last_state or {}).get("recipe", {})
+    split = argparse.Namespace(data=args.data, val_per_class=recipe.get("val_per_class", 500),
+                               split_seed=recipe.get("split_seed", 0))
+    x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
+    for first, last in args.epochs:
+        try:
+            model = averaged_model(args.run, first, last, x_train, recipe.get("batch_size", 100))
+        except FileNotFoundError as error:
+            print(f"average: {error}", file=sys.stderr)
+            return 1
+        accuracy, _ = evaluate(model, x_val, y_val)
+        print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
+    if args.save_portable:
+        if last_state is None:
+            print(f"average: {run_dir(args.run) / 'last.pt'}: the run's checkpoint (its recipe) is missing",
+                  file=sys.stderr)
+            return 1
+        history = [h for h in last_state["history"] if h["epoch"] <= last]
+        state = {"recipe": recipe, "epoch": last, "history": history, "model": model.state_dict(),
+                 "averaged": {"run": args.run, "epochs": [first, last], "val_acc": accuracy,
+                              "recalibrated": "BatchNorm and TensorNorm statistics: the mean over all training "
+                                              f"images, augmented (seed {RECALIBRATION_SEED}), in batches of "
+                                              f"{recipe.get('batch_size', 100)}"}}
+        write_portable(state, args.save_portable)
+        print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
