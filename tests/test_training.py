@@ -251,6 +251,25 @@ def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_pat
     assert b"no snapshot of epoch 1 (train --keep-epochs-from)" in refused.stderr and b"Traceback" not in refused.stderr
 
 
+def test_frozen_norms_keep_their_statistics_while_the_rest_learns_at_a_constant_rate(tiny_archive, tmp_path):
+    """--norms frozen trains in inference's normalisation: the running statistics of the model
+    it starts from stay as they were, scales and weights move; --schedule constant holds the
+    peak learning rate after the warm-up."""
+    assert train(tiny_archive, tmp_path, "--epochs", "1").returncode == 0
+    start = tmp_path / "start.npz"
+    assert train(tiny_archive, tmp_path, "--save-portable", str(start)).returncode == 0
+    ran = train(tiny_archive, tmp_path / "b", "--epochs", "2", "--lr", "0.003", "--warmup-epochs", "0.5",
+                "--norms", "frozen", "--schedule", "constant", "--init-from", str(start))
+    assert ran.returncode == 0, ran.stderr
+    before, after = checkpoint(tmp_path)["model"], checkpoint(tmp_path / "b")
+    assert after["recipe"]["norms"] == "frozen" and after["recipe"]["schedule"] == "constant"
+    assert [h["lr"] for h in after["history"]] == [0.003, 0.003]
+    for key in ("conv_bns.0.running_mean", "fc_bns.1.running_var", "tensor_norm.running_mean"):
+        assert torch.equal(after["model"][key], before[key]), key
+    assert not torch.equal(after["model"]["conv_bns.0.bias"], before["conv_bns.0.bias"])
+    assert not torch.equal(after["model"]["convs.2.weight"], before["convs.2.weight"])
+
+
 def test_recalibration_measures_each_norm_over_the_training_batches():
     """After recalibrate, conv1's BatchNorm holds the mean of its batch means over the
     augmented images, batch by batch, whatever its running statistics were before."""

@@ -28,11 +28,11 @@ from octoray.models.runs import augment, choose_device, load_split, run_dir, sav
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
-               "weights", "activations")
+               "weights", "activations", "norms", "schedule")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
-                   "activations": "binary"}
+                   "activations": "binary", "norms": "batch", "schedule": "cosine"}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "recipe (its weights then seed a binary run through --init-from; it is never exported)")
     p.add_argument("--activations", choices=("binary", "real"), default="binary",
                    help="real: hardtanh instead of sign, a first stage of a staged recipe (as --weights real)")
+    p.add_argument("--norms", choices=("batch", "frozen"), default="batch",
+                   help="frozen: BatchNorm and TensorNorm normalise with their running statistics, which "
+                        "stay fixed, so training sees the thresholds inference folds (their scales and "
+                        "offsets still learn); for a run that starts from a trained model")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="the learning rate after the warm-up: cosine down to zero at the last epoch, or "
+                        "constant (for runs whose epochs are averaged: python -m octoray.models.average)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -160,11 +167,14 @@ def _same_recipe(saved: dict, recipe: dict) -> bool:
 
 
 def learning_rate(step: int, steps_per_epoch: int, args) -> float:
-    """Linear warm-up, then cosine decay to zero over the whole run."""
+    """Linear warm-up, then cosine decay to zero over the whole run (or, with --schedule
+    constant, the peak from then on)."""
     warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
     total = args.epochs * steps_per_epoch
     if step < warmup:
         return args.lr * (0.1 + 0.9 * step / warmup)
+    if args.schedule == "constant":
+        return args.lr
     progress = (step - warmup) / max(1, total - warmup)
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -304,6 +314,8 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
     With a teacher, the loss mixes the labels' cross-entropy with the KL divergence from the
     teacher's softened outputs on the same augmented batch (run now, or kept in a kd_bank)."""
     model.train()
+    if args.norms == "frozen":
+        model.freeze_norms()
     device = x_train.device
     steps = len(x_train) // args.batch_size
     order = torch.randperm(len(x_train), generator=generator, device=device)
