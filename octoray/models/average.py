@@ -8,7 +8,9 @@ mean of the latent weights over several epochs keeps, for each weight, the sign 
 most firmly: one model that no single epoch is.  Its BatchNorm statistics are then measured
 again on the training images (the averaged running statistics belong to no model), and it
 folds into integers as any other epoch does (``export --from-portable``).  The epochs come
-from the snapshots ``train --keep-epochs-from E`` leaves in ``<run>/epochs/``.
+from the snapshots ``train --keep-epochs-from E`` leaves in ``<run>/epochs/`` (any window, on
+the machine that ran them), or from the running mean ``train --average-from E`` keeps in the
+run's checkpoint and portable file (epoch E to the last, across machines).
 """
 
 from __future__ import annotations
@@ -29,15 +31,22 @@ def snapshot_path(run: str, epoch: int) -> Path:
     return run_dir(run) / "epochs" / f"epoch-{epoch}.pt"
 
 
-def mean_state(states: list[dict]) -> dict:
-    """The element-wise mean of several state dicts of one network (counters: the last one's)."""
+def accumulate(average: dict | None, state: dict) -> dict:
+    """A running mean of state dicts, {"count": n, "model": mean}, with one more state in it
+    (train --average-from keeps one in its checkpoint, so the mean survives a move to
+    another machine with the run's portable file)."""
+    if average is None:
+        return {"count": 1, "model": {k: v.detach().float().clone() if v.is_floating_point() else v.clone()
+                                      for k, v in state.items()}}
+    count = average["count"] + 1
     mean = {}
-    for key, last in states[-1].items():
-        if last.is_floating_point():
-            mean[key] = sum(s[key].float() for s in states) / len(states)
+    for key, value in state.items():
+        if value.is_floating_point():
+            before = average["model"][key].to(value.device)
+            mean[key] = before + (value.detach().float() - before) / count
         else:
-            mean[key] = last.clone()
-    return mean
+            mean[key] = value.clone()
+    return {"count": count, "model": mean}
 
 
 def _norms(model: CNV) -> list[torch.nn.Module]:
@@ -65,17 +74,21 @@ def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: i
         model.eval()
 
 
-def averaged_model(run: str, first: int, last: int, x_train: torch.Tensor,
-                   batch_size: int = 100) -> CNV:
-    """The mean of epochs first..last of the run, recalibrated."""
-    snapshots = []
+def snapshots_mean(run: str, first: int, last: int) -> dict:
+    """The mean of the kept weights of epochs first..last of the run."""
+    average = None
     for epoch in range(first, last + 1):
         path = snapshot_path(run, epoch)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no snapshot of epoch {epoch} (train --keep-epochs-from)")
-        snapshots.append(torch.load(path, weights_only=False, map_location="cpu"))
+        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"])
+    return average["model"]
+
+
+def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100) -> CNV:
+    """A CNV with the mean weights and statistics measured anew on the training images."""
     model = CNV()
-    model.load_state_dict(mean_state([s["model"] for s in snapshots]))
+    model.load_state_dict(mean)
     model.to(x_train.device, memory_format=torch.channels_last)
     recalibrate(model, x_train, batch_size)
     return model
@@ -95,14 +108,28 @@ def _epoch_range(text: str) -> tuple[int, int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="octoray-average", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="cifar10-train.tar.gz (the run's split)")
-    p.add_argument("--run", required=True, help="the run whose epoch snapshots are averaged")
-    p.add_argument("--epochs", required=True, type=_epoch_range, metavar="A-B", action="append",
-                   help="the epochs to average (repeat to compare several windows)")
+    p.add_argument("--run", required=True, help="the run whose epochs are averaged")
+    p.add_argument("--epochs", type=_epoch_range, metavar="A-B", action="append",
+                   help="average the snapshots of these epochs (train --keep-epochs-from; repeat to compare "
+                        "windows); without it, the mean the run's checkpoint keeps (train --average-from)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-portable", type=Path, metavar="FILE",
-                   help="write the average (of the last --epochs given) as a portable file that "
+                   help="write the average (of the last window) as a portable file that "
                         "export --from-portable folds")
     return p.parse_args(argv)
+
+
+def _windows(args, checkpoint: dict | None):
+    """(first, last, mean weights) for each window asked for."""
+    if args.epochs:
+        for first, last in args.epochs:
+            yield first, last, snapshots_mean(args.run, first, last)
+        return
+    average = (checkpoint or {}).get("average")
+    if not average:
+        raise FileNotFoundError(f"{run_dir(args.run) / 'last.pt'}: no running mean of the weights "
+                                "(train --average-from E; or --epochs A-B for kept snapshots)")
+    yield checkpoint["epoch"] - average["count"] + 1, checkpoint["epoch"], average["model"]
 
 
 def main(argv=None) -> int:
@@ -110,31 +137,31 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    last_state = torch.load(run_dir(args.run) / "last.pt", weights_only=False, map_location="cpu") \
-        if (run_dir(args.run) / "last.pt").exists() else None
-    recipe = (last_state or {}).get("recipe", {})
+    path = run_dir(args.run) / "last.pt"
+    checkpoint = torch.load(path, weights_only=False, map_location="cpu") if path.exists() else None
+    if checkpoint is None and (args.save_portable or not args.epochs):
+        print(f"average: {path}: no such checkpoint (the run's recipe and history)", file=sys.stderr)
+        return 1
+    recipe = (checkpoint or {}).get("recipe", {})
+    batch_size = recipe.get("batch_size", 100)
     split = argparse.Namespace(data=args.data, val_per_class=recipe.get("val_per_class", 500),
                                split_seed=recipe.get("split_seed", 0))
     x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
-    for first, last in args.epochs:
-        try:
-            model = averaged_model(args.run, first, last, x_train, recipe.get("batch_size", 100))
-        except FileNotFoundError as error:
-            print(f"average: {error}", file=sys.stderr)
-            return 1
-        accuracy, _ = evaluate(model, x_val, y_val)
-        print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
+    try:
+        for first, last, mean in _windows(args, checkpoint):
+            model = recalibrated(mean, x_train, batch_size)
+            accuracy, _ = evaluate(model, x_val, y_val)
+            print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
+    except FileNotFoundError as error:
+        print(f"average: {error}", file=sys.stderr)
+        return 1
     if args.save_portable:
-        if last_state is None:
-            print(f"average: {run_dir(args.run) / 'last.pt'}: the run's checkpoint (its recipe) is missing",
-                  file=sys.stderr)
-            return 1
-        history = [h for h in last_state["history"] if h["epoch"] <= last]
+        history = [h for h in checkpoint["history"] if h["epoch"] <= last]
         state = {"recipe": recipe, "epoch": last, "history": history, "model": model.state_dict(),
                  "averaged": {"run": args.run, "epochs": [first, last], "val_acc": accuracy,
                               "recalibrated": "BatchNorm and TensorNorm statistics: the mean over all training "
                                               f"images, augmented (seed {RECALIBRATION_SEED}), in batches of "
-                                              f"{recipe.get('batch_size', 100)}"}}
+                                              f"{batch_size}"}}
         write_portable(state, args.save_portable)
         print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
     return 0

@@ -22,17 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from octoray.models.average import snapshot_path
+from octoray.models.average import accumulate, snapshot_path
 from octoray.models.cnv import CNV
 from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
-               "weights", "activations", "norms", "schedule")
+               "weights", "activations", "norms", "schedule", "average_from")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
-                   "activations": "binary", "norms": "batch", "schedule": "cosine"}
+                   "activations": "binary", "norms": "batch", "schedule": "cosine",
+                   "average_from": None}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
@@ -79,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="fit the schedule into this run's time: after its first epoch, --epochs shrinks "
                         "to what ends within MINUTES (for a lent GPU, whose speed is not known beforehand)")
+    p.add_argument("--average-from", type=int, default=None, metavar="E",
+                   help="keep the mean of the weights of every epoch from E on in the checkpoint (and its "
+                        "portable file), for python -m octoray.models.average; training itself is unchanged")
     p.add_argument("--keep-epochs-from", type=int, default=None, metavar="E",
                    help="keep the weights of every epoch from E on (<run>/epochs/), for "
                         "python -m octoray.models.average; training itself is unchanged")
@@ -131,8 +135,15 @@ def write_portable(state: dict, path: Path) -> None:
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
     if "generator" in state:
         arrays["generator"] = state["generator"].cpu().numpy()
+    if state.get("average"):
+        for key, value in state["average"]["model"].items():
+            value = value.detach().cpu()
+            arrays[f"avg.{key}"] = (_half_keeping_sign(value) if value.is_floating_point() and value.dim() > 1
+                                    else value).numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
     meta["device_type"] = state.get("device_type", "cpu")
+    if state.get("average"):
+        meta["average_count"] = state["average"]["count"]
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
 
@@ -144,7 +155,7 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         arrays = {k: z[k] for k in z.files if k != "metadata"}
     as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
     model.load_state_dict({k: as_tensor(v) for k, v in arrays.items()
-                           if not k.startswith("adam.") and k != "generator"})
+                           if not k.startswith(("adam.", "avg.")) and k != "generator"})
     if optimizer is not None and any(k.startswith("adam.") for k in arrays):
         state = optimizer.state_dict()
         params = [n for n, _ in model.named_parameters()]
@@ -157,6 +168,9 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         meta["optimizer"] = True
     if "generator" in arrays:
         meta["generator"] = torch.from_numpy(arrays["generator"])
+    if "average_count" in meta:
+        meta["average"] = {"count": meta.pop("average_count"),
+                           "model": {k[4:]: as_tensor(v) for k, v in arrays.items() if k.startswith("avg.")}}
     return meta
 
 
@@ -236,7 +250,7 @@ def main(argv=None) -> int:
     if args.teacher:
         from octoray.models.teacher import load_teacher
         teacher, _ = load_teacher(args.teacher, device)
-    start_epoch, history, generator_state = 0, [], None
+    start_epoch, history, generator_state, average = 0, [], None, None
     if last.exists() or args.resume_from:
         if last.exists():
             state = torch.load(last, weights_only=False, map_location=device)
@@ -255,7 +269,7 @@ def main(argv=None) -> int:
         if last.exists():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, average = state["epoch"], state["history"], state.get("average")
         if state.get("generator") is not None:
             if state.get("device_type", "cpu") == device.type:
                 generator_state = state["generator"]
@@ -286,9 +300,11 @@ def main(argv=None) -> int:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
+        if args.average_from is not None and epoch + 1 >= args.average_from:
+            average = accumulate(average, model.state_dict())
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                 "device_type": device.type}
+                 "device_type": device.type, "average": average}
         save_atomically(state, last)
         if val_acc >= max(h["val_acc"] for h in history):
             save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
