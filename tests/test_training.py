@@ -269,6 +269,24 @@ def test_the_running_mean_moves_with_the_run_and_equals_the_kept_epochs_mean(tin
     assert done.stdout.decode().startswith("epochs 2-4 of t: validation ")
 
 
+def test_a_running_run_starts_its_mean_from_the_epochs_kept_here(tiny_archive, tmp_path):
+    """A run that kept its epochs but did not average can start the mean from one of them when
+    resumed; from then on every resume goes on with it, and another start epoch is refused."""
+    kept = ("--epochs", "4", "--keep-epochs-from", "2")
+    assert train(tiny_archive, tmp_path, *kept, "--max-epochs-this-run", "3").returncode == 0
+    assert train(tiny_archive, tmp_path, *kept, "--average-from", "2", "--max-epochs-this-run", "0").returncode == 0
+    assert checkpoint(tmp_path)["average"]["count"] == 2  # epochs 2 and 3, before any more training
+    assert train(tiny_archive, tmp_path, *kept).returncode == 0  # no flag: the mean goes on
+    average = checkpoint(tmp_path)["average"]
+    assert (average["from"], average["count"]) == (2, 3)
+    epochs = [torch.load(tmp_path / "train" / "t" / "epochs" / f"epoch-{e}.pt", weights_only=False)["model"]
+              for e in (2, 3, 4)]
+    for key in ("convs.1.weight", "fcs.2.weight", "tensor_norm.bias"):
+        assert torch.allclose(average["model"][key], sum(e[key] for e in epochs) / 3, atol=1e-6), key
+    other = train(tiny_archive, tmp_path, *kept, "--average-from", "3")
+    assert other.returncode == 1 and b"train: the run already averages from epoch 2, not 3" in other.stderr
+
+
 def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--keep-epochs-from", "2").returncode == 0
     refused = average(tiny_archive, tmp_path, "--epochs", "1-2")

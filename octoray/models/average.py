@@ -31,13 +31,14 @@ def snapshot_path(run: str, epoch: int) -> Path:
     return run_dir(run) / "epochs" / f"epoch-{epoch}.pt"
 
 
-def accumulate(average: dict | None, state: dict) -> dict:
-    """A running mean of state dicts, {"count": n, "model": mean}, with one more state in it
-    (train --average-from keeps one in its checkpoint, so the mean survives a move to
-    another machine with the run's portable file)."""
+def accumulate(average: dict | None, state: dict, epoch: int = 0) -> dict:
+    """A running mean of state dicts, {"from": first epoch, "count": n, "model": mean}, with
+    one more state (that of `epoch`) in it.  train --average-from keeps one in its checkpoint,
+    so the mean survives a move to another machine with the run's portable file."""
     if average is None:
-        return {"count": 1, "model": {k: v.detach().float().clone() if v.is_floating_point() else v.clone()
-                                      for k, v in state.items()}}
+        return {"from": epoch, "count": 1,
+                "model": {k: v.detach().float().clone() if v.is_floating_point() else v.clone()
+                          for k, v in state.items()}}
     count = average["count"] + 1
     mean = {}
     for key, value in state.items():
@@ -46,7 +47,23 @@ def accumulate(average: dict | None, state: dict) -> dict:
             mean[key] = before + (value.detach().float() - before) / count
         else:
             mean[key] = value.clone()
-    return {"count": count, "model": mean}
+    return {"from": average["from"], "count": count, "model": mean}
+
+
+def start_average(run: str, first: int, average: dict | None, done: int) -> dict | None:
+    """The running mean a run resumed with --average-from FIRST continues, after `done` epochs:
+    the one its checkpoint has, else one made of the epochs FIRST..done kept on this machine."""
+    if average is not None:
+        if average["from"] != first:
+            raise ValueError(f"the run already averages from epoch {average['from']}, not {first}")
+        return average
+    for epoch in range(first, done + 1):
+        path = snapshot_path(run, epoch)
+        if not path.exists():
+            raise ValueError(f"{path}: no snapshot of epoch {epoch} to start the mean from epoch {first} "
+                             "(train --keep-epochs-from)")
+        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"], epoch)
+    return average
 
 
 def _norms(model: CNV) -> list[torch.nn.Module]:
@@ -81,7 +98,7 @@ def snapshots_mean(run: str, first: int, last: int) -> dict:
         path = snapshot_path(run, epoch)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no snapshot of epoch {epoch} (train --keep-epochs-from)")
-        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"])
+        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"], epoch)
     return average["model"]
 
 
@@ -129,7 +146,7 @@ def _windows(args, checkpoint: dict | None):
     if not average:
         raise FileNotFoundError(f"{run_dir(args.run) / 'last.pt'}: no running mean of the weights "
                                 "(train --average-from E; or --epochs A-B for kept snapshots)")
-    yield checkpoint["epoch"] - average["count"] + 1, checkpoint["epoch"], average["model"]
+    yield average["from"], checkpoint["epoch"], average["model"]
 
 
 def main(argv=None) -> int:

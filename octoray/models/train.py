@@ -22,18 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from octoray.models.average import accumulate, snapshot_path
+from octoray.models.average import accumulate, snapshot_path, start_average
 from octoray.models.cnv import CNV
 from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
-               "weights", "activations", "norms", "schedule", "average_from")
+               "weights", "activations", "norms", "schedule")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
-                   "activations": "binary", "norms": "batch", "schedule": "cosine",
-                   "average_from": None}
+                   "activations": "binary", "norms": "batch", "schedule": "cosine"}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
@@ -81,8 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fit the schedule into this run's time: after its first epoch, --epochs shrinks "
                         "to what ends within MINUTES (for a lent GPU, whose speed is not known beforehand)")
     p.add_argument("--average-from", type=int, default=None, metavar="E",
-                   help="keep the mean of the weights of every epoch from E on in the checkpoint (and its "
-                        "portable file), for python -m octoray.models.average; training itself is unchanged")
+                   help="keep the mean of the weights of every epoch from E on in the checkpoint and its "
+                        "portable file (once started, every resume goes on with it), for python -m "
+                        "octoray.models.average; an E already run is taken from the epochs kept here "
+                        "(--keep-epochs-from); training itself is unchanged")
     p.add_argument("--keep-epochs-from", type=int, default=None, metavar="E",
                    help="keep the weights of every epoch from E on (<run>/epochs/), for "
                         "python -m octoray.models.average; training itself is unchanged")
@@ -143,7 +144,7 @@ def write_portable(state: dict, path: Path) -> None:
     meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
     meta["device_type"] = state.get("device_type", "cpu")
     if state.get("average"):
-        meta["average_count"] = state["average"]["count"]
+        meta["average_count"], meta["average_from"] = state["average"]["count"], state["average"]["from"]
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
 
@@ -169,7 +170,7 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
     if "generator" in arrays:
         meta["generator"] = torch.from_numpy(arrays["generator"])
     if "average_count" in meta:
-        meta["average"] = {"count": meta.pop("average_count"),
+        meta["average"] = {"count": meta.pop("average_count"), "from": meta.pop("average_from"),
                            "model": {k[4:]: as_tensor(v) for k, v in arrays.items() if k.startswith("avg.")}}
     return meta
 
@@ -281,6 +282,15 @@ def main(argv=None) -> int:
         load_portable(args.init_from, model)
         print(f"{args.run}: a new run from the weights of {args.init_from}", flush=True)
 
+    if args.average_from is not None:
+        try:
+            average = start_average(args.run, args.average_from, average, start_epoch)
+        except ValueError as error:
+            print(f"train: {error}", file=sys.stderr)
+            return 1
+        if average is not None and last.exists() and state.get("average") is None:
+            save_atomically({**state, "average": average}, last)  # the epochs so far, kept now
+
     bank = None
     if teacher is not None and recipe["kd_bank"]:  # built (minutes) only once the recipe is known to fit
         from octoray.models import kd_bank
@@ -300,8 +310,8 @@ def main(argv=None) -> int:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
-        if args.average_from is not None and epoch + 1 >= args.average_from:
-            average = accumulate(average, model.state_dict())
+        if average is not None or (args.average_from is not None and epoch + 1 >= args.average_from):
+            average = accumulate(average, model.state_dict(), epoch + 1)
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "device_type": device.type, "average": average}
