@@ -102,12 +102,12 @@ def snapshots_mean(run: str, first: int, last: int) -> dict:
     return average["model"]
 
 
-def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100) -> CNV:
+def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> CNV:
     """A CNV with the mean weights and statistics measured anew on the training images."""
     model = CNV()
     model.load_state_dict(mean)
     model.to(x_train.device, memory_format=torch.channels_last)
-    recalibrate(model, x_train, batch_size)
+    recalibrate(model, x_train, batch_size, seed)
     return model
 
 
@@ -129,6 +129,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=_epoch_range, metavar="A-B", action="append",
                    help="average the snapshots of these epochs (train --keep-epochs-from; repeat to compare "
                         "windows); without it, the mean the run's checkpoint keeps (train --average-from)")
+    p.add_argument("--seed", type=int, default=RECALIBRATION_SEED,
+                   help="the augmentation draws the statistics are measured on (default %(default)s): "
+                        "another seed shows how much the accuracy owes to them")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-portable", type=Path, metavar="FILE",
                    help="write the average (of the last window) as a portable file that "
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
     x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
     try:
         for first, last, mean in _windows(args, checkpoint):
-            model = recalibrated(mean, x_train, batch_size)
+            model = recalibrated(mean, x_train, batch_size, args.seed)
             accuracy, _ = evaluate(model, x_val, y_val)
             print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
     except FileNotFoundError as error:
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
         state = {"recipe": recipe, "epoch": last, "history": history, "model": model.state_dict(),
                  "averaged": {"run": args.run, "epochs": [first, last], "val_acc": accuracy,
                               "recalibrated": "BatchNorm and TensorNorm statistics: the mean over all training "
-                                              f"images, augmented (seed {RECALIBRATION_SEED}), in batches of "
+                                              f"images, augmented (seed {args.seed}), in batches of "
                                               f"{batch_size}"}}
         write_portable(state, args.save_portable)
         print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
