@@ -244,56 +244,11 @@ def test_the_last_epochs_average_into_one_model_that_exports(tiny_archive, tmp_p
     assert info["validation"]["integer_float_agreement"] == 1.0
 
 
-def test_the_running_mean_moves_with_the_run_and_equals_the_kept_epochs_mean(tiny_archive, tmp_path):
-    """--average-from keeps the mean in the checkpoint: carried by the portable file to a fresh
-    cache, it goes on there, and ends as the mean of the epochs each machine ran."""
-    here, there = tmp_path / "here", tmp_path / "there"
-    recipe = ("--epochs", "4", "--average-from", "2", "--keep-epochs-from", "2")
-    assert train(tiny_archive, here, *recipe, "--max-epochs-this-run", "2").returncode == 0
-    portable = tmp_path / "moving.npz"
-    assert train(tiny_archive, here, "--save-portable", str(portable)).returncode == 0
-    moved = train(tiny_archive, there, *recipe, "--resume-from", str(portable))
-    assert moved.returncode == 0, moved.stderr
-    assert checkpoint(there)["average"]["count"] == 3
-
-    def kept(cache, epoch):
-        return torch.load(cache / "train" / "t" / "epochs" / f"epoch-{epoch}.pt", weights_only=False)["model"]
-
-    epochs = [kept(here, 2), kept(there, 3), kept(there, 4)]
-    mean = checkpoint(there)["average"]["model"]
-    for key in ("convs.3.weight", "fcs.0.weight", "conv_bns.2.bias"):
-        expected = sum(e[key] for e in epochs) / 3
-        assert torch.allclose(mean[key], expected, atol=1e-3), key  # epoch 2's share travelled as fp16
-    done = average(tiny_archive, there)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.decode().startswith("epochs 2-4 of t: validation ")
-
-
-def test_a_running_run_starts_its_mean_from_the_epochs_kept_here(tiny_archive, tmp_path):
-    """A run that kept its epochs but did not average can start the mean from one of them when
-    resumed; from then on every resume goes on with it, and another start epoch is refused."""
-    kept = ("--epochs", "4", "--keep-epochs-from", "2")
-    assert train(tiny_archive, tmp_path, *kept, "--max-epochs-this-run", "3").returncode == 0
-    assert train(tiny_archive, tmp_path, *kept, "--average-from", "2", "--max-epochs-this-run", "0").returncode == 0
-    assert checkpoint(tmp_path)["average"]["count"] == 2  # epochs 2 and 3, before any more training
-    assert train(tiny_archive, tmp_path, *kept).returncode == 0  # no flag: the mean goes on
-    average = checkpoint(tmp_path)["average"]
-    assert (average["from"], average["count"]) == (2, 3)
-    epochs = [torch.load(tmp_path / "train" / "t" / "epochs" / f"epoch-{e}.pt", weights_only=False)["model"]
-              for e in (2, 3, 4)]
-    for key in ("convs.1.weight", "fcs.2.weight", "tensor_norm.bias"):
-        assert torch.allclose(average["model"][key], sum(e[key] for e in epochs) / 3, atol=1e-6), key
-    other = train(tiny_archive, tmp_path, *kept, "--average-from", "3")
-    assert other.returncode == 1 and b"train: the run already averages from epoch 2, not 3" in other.stderr
-
-
 def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--keep-epochs-from", "2").returncode == 0
     refused = average(tiny_archive, tmp_path, "--epochs", "1-2")
     assert refused.returncode == 1
     assert b"no snapshot of epoch 1 (train --keep-epochs-from)" in refused.stderr and b"Traceback" not in refused.stderr
-    no_mean = average(tiny_archive, tmp_path)
-    assert no_mean.returncode == 1 and b"no running mean of the weights (train --average-from" in no_mean.stderr
 
 
 def test_frozen_norms_keep_their_statistics_while_the_rest_learns_at_a_constant_rate(tiny_archive, tmp_path):

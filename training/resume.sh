@@ -18,7 +18,7 @@ LOG=${LOG:-/tmp/octoray-train.log}
 TRAIN=(--data "$DATA" --run "$RUN" --threads 2 --init-from training/cnv-w1a1-st1-last.npz
        --teacher training/teacher2.npz --kd-weight 0.9 --kd-temperature 1 --epochs 150 --lr 0.005
        --warmup-epochs 2
-       --keep-epochs-from 101 --average-from 101)  # neither changes training: they keep its last epochs
+       --keep-epochs-from 101)  # training is the same: it keeps its last epochs for the average
 
 case "${1:-}" in
 start)

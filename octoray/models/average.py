@@ -8,9 +8,8 @@ mean of the latent weights over several epochs keeps, for each weight, the sign 
 most firmly: one model that no single epoch is.  Its BatchNorm statistics are then measured
 again on the training images (the averaged running statistics belong to no model), and it
 folds into integers as any other epoch does (``export --from-portable``).  The epochs come
-from the snapshots ``train --keep-epochs-from E`` leaves in ``<run>/epochs/`` (any window, on
-the machine that ran them), or from the running mean ``train --average-from E`` keeps in the
-run's checkpoint and portable file (epoch E to the last, across machines).
+from the snapshots ``train --keep-epochs-from E`` leaves in ``<run>/epochs/`` on the machine
+that ran them (kept out of the portable file, which stays a few MiB).
 """
 
 from __future__ import annotations
@@ -29,41 +28,6 @@ RECALIBRATION_SEED = 0  # the augmentation draws the statistics are measured on
 
 def snapshot_path(run: str, epoch: int) -> Path:
     return run_dir(run) / "epochs" / f"epoch-{epoch}.pt"
-
-
-def accumulate(average: dict | None, state: dict, epoch: int = 0) -> dict:
-    """A running mean of state dicts, {"from": first epoch, "count": n, "model": mean}, with
-    one more state (that of `epoch`) in it.  train --average-from keeps one in its checkpoint,
-    so the mean survives a move to another machine with the run's portable file."""
-    if average is None:
-        return {"from": epoch, "count": 1,
-                "model": {k: v.detach().float().clone() if v.is_floating_point() else v.clone()
-                          for k, v in state.items()}}
-    count = average["count"] + 1
-    mean = {}
-    for key, value in state.items():
-        if value.is_floating_point():
-            before = average["model"][key].to(value.device)
-            mean[key] = before + (value.detach().float() - before) / count
-        else:
-            mean[key] = value.clone()
-    return {"from": average["from"], "count": count, "model": mean}
-
-
-def start_average(run: str, first: int, average: dict | None, done: int) -> dict | None:
-    """The running mean a run resumed with --average-from FIRST continues, after `done` epochs:
-    the one its checkpoint has, else one made of the epochs FIRST..done kept on this machine."""
-    if average is not None:
-        if average["from"] != first:
-            raise ValueError(f"the run already averages from epoch {average['from']}, not {first}")
-        return average
-    for epoch in range(first, done + 1):
-        path = snapshot_path(run, epoch)
-        if not path.exists():
-            raise ValueError(f"{path}: no snapshot of epoch {epoch} to start the mean from epoch {first} "
-                             "(train --keep-epochs-from)")
-        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"], epoch)
-    return average
 
 
 def _norms(model: CNV) -> list[torch.nn.Module]:
@@ -92,14 +56,17 @@ def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: i
 
 
 def snapshots_mean(run: str, first: int, last: int) -> dict:
-    """The mean of the kept weights of epochs first..last of the run."""
-    average = None
+    """The mean of the kept weights of epochs first..last of the run (counters: the last one's)."""
+    total = None
     for epoch in range(first, last + 1):
         path = snapshot_path(run, epoch)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no snapshot of epoch {epoch} (train --keep-epochs-from)")
-        average = accumulate(average, torch.load(path, weights_only=False, map_location="cpu")["model"], epoch)
-    return average["model"]
+        weights = torch.load(path, weights_only=False, map_location="cpu")["model"]
+        total = weights if total is None else {
+            k: total[k] + v if v.is_floating_point() else v for k, v in weights.items()}
+    count = last - first + 1
+    return {k: v.float() / count if v.is_floating_point() else v for k, v in total.items()}
 
 
 def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> CNV:
@@ -126,9 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="octoray-average", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="cifar10-train.tar.gz (the run's split)")
     p.add_argument("--run", required=True, help="the run whose epochs are averaged")
-    p.add_argument("--epochs", type=_epoch_range, metavar="A-B", action="append",
+    p.add_argument("--epochs", required=True, type=_epoch_range, metavar="A-B", action="append",
                    help="average the snapshots of these epochs (train --keep-epochs-from; repeat to compare "
-                        "windows); without it, the mean the run's checkpoint keeps (train --average-from)")
+                        "windows)")
     p.add_argument("--seed", type=int, default=RECALIBRATION_SEED,
                    help="the augmentation draws the statistics are measured on (default %(default)s): "
                         "another seed shows how much the accuracy owes to them")
@@ -139,19 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _windows(args, checkpoint: dict | None):
-    """(first, last, mean weights) for each window asked for."""
-    if args.epochs:
-        for first, last in args.epochs:
-            yield first, last, snapshots_mean(args.run, first, last)
-        return
-    average = (checkpoint or {}).get("average")
-    if not average:
-        raise FileNotFoundError(f"{run_dir(args.run) / 'last.pt'}: no running mean of the weights "
-                                "(train --average-from E; or --epochs A-B for kept snapshots)")
-    yield average["from"], checkpoint["epoch"], average["model"]
-
-
 def main(argv=None) -> int:
     from octoray.models.train import evaluate, write_portable
 
@@ -159,7 +113,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     path = run_dir(args.run) / "last.pt"
     checkpoint = torch.load(path, weights_only=False, map_location="cpu") if path.exists() else None
-    if checkpoint is None and (args.save_portable or not args.epochs):
+    if checkpoint is None and args.save_portable:
         print(f"average: {path}: no such checkpoint (the run's recipe and history)", file=sys.stderr)
         return 1
     recipe = (checkpoint or {}).get("recipe", {})
@@ -168,8 +122,8 @@ def main(argv=None) -> int:
                                split_seed=recipe.get("split_seed", 0))
     x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
     try:
-        for first, last, mean in _windows(args, checkpoint):
-            model = recalibrated(mean, x_train, batch_size, args.seed)
+        for first, last in args.epochs:
+            model = recalibrated(snapshots_mean(args.run, first, last), x_train, batch_size, args.seed)
             accuracy, _ = evaluate(model, x_val, y_val)
             print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
     except FileNotFoundError as error:

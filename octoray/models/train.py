@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from octoray.models.average import accumulate, snapshot_path, start_average
+from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
 from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
 
@@ -79,11 +79,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="fit the schedule into this run's time: after its first epoch, --epochs shrinks "
                         "to what ends within MINUTES (for a lent GPU, whose speed is not known beforehand)")
-    p.add_argument("--average-from", type=int, default=None, metavar="E",
-                   help="keep the mean of the weights of every epoch from E on in the checkpoint and its "
-                        "portable file (once started, every resume goes on with it), for python -m "
-                        "octoray.models.average; an E already run is taken from the epochs kept here "
-                        "(--keep-epochs-from); training itself is unchanged")
     p.add_argument("--keep-epochs-from", type=int, default=None, metavar="E",
                    help="keep the weights of every epoch from E on (<run>/epochs/), for "
                         "python -m octoray.models.average; training itself is unchanged")
@@ -136,15 +131,8 @@ def write_portable(state: dict, path: Path) -> None:
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
     if "generator" in state:
         arrays["generator"] = state["generator"].cpu().numpy()
-    if state.get("average"):
-        for key, value in state["average"]["model"].items():
-            value = value.detach().cpu()
-            arrays[f"avg.{key}"] = (_half_keeping_sign(value) if value.is_floating_point() and value.dim() > 1
-                                    else value).numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
     meta["device_type"] = state.get("device_type", "cpu")
-    if state.get("average"):
-        meta["average_count"], meta["average_from"] = state["average"]["count"], state["average"]["from"]
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
 
@@ -156,7 +144,7 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         arrays = {k: z[k] for k in z.files if k != "metadata"}
     as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
     model.load_state_dict({k: as_tensor(v) for k, v in arrays.items()
-                           if not k.startswith(("adam.", "avg.")) and k != "generator"})
+                           if not k.startswith("adam.") and k != "generator"})
     if optimizer is not None and any(k.startswith("adam.") for k in arrays):
         state = optimizer.state_dict()
         params = [n for n, _ in model.named_parameters()]
@@ -169,9 +157,6 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         meta["optimizer"] = True
     if "generator" in arrays:
         meta["generator"] = torch.from_numpy(arrays["generator"])
-    if "average_count" in meta:
-        meta["average"] = {"count": meta.pop("average_count"), "from": meta.pop("average_from"),
-                           "model": {k[4:]: as_tensor(v) for k, v in arrays.items() if k.startswith("avg.")}}
     return meta
 
 
@@ -251,7 +236,7 @@ def main(argv=None) -> int:
     if args.teacher:
         from octoray.models.teacher import load_teacher
         teacher, _ = load_teacher(args.teacher, device)
-    start_epoch, history, generator_state, average = 0, [], None, None
+    start_epoch, history, generator_state = 0, [], None
     if last.exists() or args.resume_from:
         if last.exists():
             state = torch.load(last, weights_only=False, map_location=device)
@@ -270,7 +255,7 @@ def main(argv=None) -> int:
         if last.exists():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, average = state["epoch"], state["history"], state.get("average")
+        start_epoch, history = state["epoch"], state["history"]
         if state.get("generator") is not None:
             if state.get("device_type", "cpu") == device.type:
                 generator_state = state["generator"]
@@ -281,15 +266,6 @@ def main(argv=None) -> int:
     elif args.init_from:
         load_portable(args.init_from, model)
         print(f"{args.run}: a new run from the weights of {args.init_from}", flush=True)
-
-    if args.average_from is not None:
-        try:
-            average = start_average(args.run, args.average_from, average, start_epoch)
-        except ValueError as error:
-            print(f"train: {error}", file=sys.stderr)
-            return 1
-        if average is not None and last.exists() and state.get("average") is None:
-            save_atomically({**state, "average": average}, last)  # the epochs so far, kept now
 
     bank = None
     if teacher is not None and recipe["kd_bank"]:  # built (minutes) only once the recipe is known to fit
@@ -310,11 +286,9 @@ def main(argv=None) -> int:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
-        if average is not None or (args.average_from is not None and epoch + 1 >= args.average_from):
-            average = accumulate(average, model.state_dict(), epoch + 1)
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                 "device_type": device.type, "average": average}
+                 "device_type": device.type}
         save_atomically(state, last)
         if val_acc >= max(h["val_acc"] for h in history):
             save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
