@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from octoray.models.cnv import CNV, TensorNorm
+from octoray.models.cnv import CNV
 from octoray.models.runs import augment, load_split, run_dir
 
 RECALIBRATION_SEED = 0  # the augmentation draws the statistics are measured on
@@ -30,17 +30,13 @@ def snapshot_path(run: str, epoch: int) -> Path:
     return run_dir(run) / "epochs" / f"epoch-{epoch}.pt"
 
 
-def _norms(model: CNV) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, TensorNorm))]
-
-
 @torch.no_grad()
 def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> None:
     """Replace every BatchNorm's and the TensorNorm's running statistics by the mean of their
     batch statistics over all the images, augmented as in training and in batches of the
     training's size (what the network learned to see), instead of a recent moving average."""
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    norms = _norms(model)
+    norms = model.norms()
     saved = [m.momentum for m in norms]
     model.train()
     try:

@@ -169,10 +169,14 @@ class CNV(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.tensor_norm(self.fcs[-1](self.features(pixels)))
 
+    def norms(self) -> list[nn.Module]:
+        """Every BatchNorm and the TensorNorm: what inference folds into thresholds."""
+        return [*self.conv_bns, *self.fc_bns, self.tensor_norm]
+
     def freeze_norms(self) -> None:
-        """Every BatchNorm and the TensorNorm in evaluation mode (their running statistics,
-        not the batch's, and left as they are) while the rest of the network trains."""
-        for norm in (*self.conv_bns, *self.fc_bns, self.tensor_norm):
+        """Every norm in evaluation mode (their running statistics, not the batch's, and left
+        as they are) while the rest of the network trains."""
+        for norm in self.norms():
             norm.eval()
 
     @torch.no_grad()
