@@ -304,14 +304,15 @@ def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
     assert state["recipe"]["ste"] == "approxsign"
 
 
-def saved_teacher(archive: Path, cache: Path, epochs: int, *extra: str) -> Path:
-    """Train a teacher on the archive for `epochs` (with the extra options) and save it as
-    cache/teacher.npz."""
+def saved_teacher(archive: Path, cache: Path, epochs: int, *extra: str, name: str = "teacher") -> Path:
+    """Train a teacher (run `name`) on the archive for `epochs` (with the extra options) and
+    save it as cache/<name>.npz."""
     env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(archive),
+    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(archive), "--run", name,
             "--batch-size", "20", "--val-per-class", "2", "--epochs", str(epochs)]
-    assert subprocess.run([*base, *extra], env=env, capture_output=True, timeout=300).returncode == 0
-    teacher = cache / "teacher.npz"
+    trained = subprocess.run([*base, *extra], env=env, capture_output=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    teacher = cache / f"{name}.npz"
     saved = subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300)
     assert saved.returncode == 0, saved.stderr
     return teacher
@@ -475,3 +476,85 @@ def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp
     finally:
         os.kill(pid, signal.SIGTERM)
     assert subprocess.run([*script, "frobnicate"], capture_output=True, env=env).returncode == 2
+
+
+def test_cutout_blacks_out_one_square_clipped_at_the_border():
+    from octoray.models.runs import cutout
+
+    images = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    out = cutout(images, 8, torch.Generator().manual_seed(0))
+    holes = (out == 0).all(1)  # all three channels black
+    assert ((out == 0) == holes[:, None]).all()  # a hole is black in every channel, nothing else is
+    sizes = holes.sum((1, 2))
+    assert sizes.max() == 64 and sizes.min() >= 16  # 8x8 inside; at least a quarter of it at a corner
+    for hole in holes:
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert hole[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle
+    assert (images == 200).all()  # the input is left alone
+
+
+def test_mixup_blends_each_image_with_a_partner_of_the_batch():
+    from octoray.models.runs import mixup
+
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mixed, partner, weight = mixup(images, torch.Generator().manual_seed(2))
+    assert mixed.dtype == torch.uint8 and sorted(partner.tolist()) == list(range(16))
+    assert ((weight >= 0) & (weight < 1)).all() and weight.std() > 0.1
+    w = weight[:, None, None, None]
+    expected = w * images.float() + (1 - w) * images[partner].float()
+    assert (mixed.float() - expected).abs().max() <= 0.5
+
+
+def test_a_student_trains_on_cutout_and_mixup_images_a_live_teacher_labels(tiny_archive, tmp_path):
+    teacher = saved_teacher(tiny_archive, tmp_path, epochs=1)
+    done = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(teacher), "--cutout", "16", "--mixup")
+    assert done.returncode == 0, done.stderr
+    recipe = checkpoint(tmp_path)["recipe"]
+    assert recipe["cutout"] == 16 and recipe["mixup"] is True
+    banked = train(tiny_archive, tmp_path / "b", "--epochs", "1", "--teacher", str(teacher), "--kd-bank", "2",
+                   "--mixup")
+    assert banked.returncode == 2 and banked.stderr.decode().startswith("train: --cutout and --mixup")
+
+
+def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_archive, tmp_path):
+    """Two teachers, each holding one half of the training images out; the student asks, for
+    each image, the one that never saw it."""
+    from octoray.models.runs import folds
+    from octoray.models.teacher import CrossFitted, load_teacher, load_teachers
+
+    first = saved_teacher(tiny_archive, tmp_path, 1, "--fold", "1/2", name="t1")
+    second = saved_teacher(tiny_archive, tmp_path, 1, "--fold", "2/2", name="t2")
+    one, meta = load_teacher(first)
+    two, _ = load_teacher(second)
+    assert meta["fold"] == [1, 2] and "held_out_acc" in meta["history"][-1]
+    fold = folds(100, 2)
+    assert sorted(fold.bincount().tolist()) == [50, 50] and fold.equal(folds(100, 2))  # fixed halves
+    both = load_teachers([second, first], 100)  # in any order
+    assert isinstance(both, CrossFitted)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    index = torch.arange(8) * 12
+    with torch.no_grad():
+        answered = both(x, index)
+        for i in range(8):
+            own = one if fold[index[i]] == 0 else two  # fold 1/2 holds fold 0 out
+            assert torch.allclose(answered[i], own(x[i:i + 1])[0], atol=1e-5)
+    student = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(first), "--teacher", str(second),
+                    "--cutout", "8")
+    assert student.returncode == 0, student.stderr
+    assert checkpoint(tmp_path)["recipe"]["teacher"] == "t1.npz+t2.npz"
+    twice = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--teacher", str(first), "--teacher", str(first))
+    assert twice.returncode == 2 and b"folds 1/N .. N/N" in twice.stderr
+    blended = train(tiny_archive, tmp_path / "y", "--epochs", "1", "--teacher", str(first), "--teacher",
+                    str(second), "--mixup")
+    assert blended.returncode == 2 and b"not with --kd-bank or --mixup" in blended.stderr
+
+
+def test_a_teacher_keeps_its_fold(tiny_archive, tmp_path):
+    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive), "--run", "f",
+            "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
+    assert subprocess.run([*base, "--fold", "1/2"], env=env, capture_output=True, timeout=300).returncode == 0
+    other = subprocess.run([*base, "--fold", "2/2"], env=env, capture_output=True, timeout=300)
+    assert other.returncode == 1 and b"holds out fold 1/2, not 2/2" in other.stderr
+    bad = subprocess.run([*base, "--fold", "3/2"], env=env, capture_output=True, timeout=300)
+    assert bad.returncode == 2 and b"is not a fold such as 1/2" in bad.stderr

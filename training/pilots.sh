@@ -1,20 +1,38 @@
 #!/bin/bash
-# Short pilots that choose the long run's recipe: each fine-tunes the shipped run's weights
-# (training/cnv-w1a1-epoch61.npz) for EPOCHS epochs on one short cosine, and prints its
-# validation accuracy.  Needs the teacher file (python -m octoray.models.teacher ... --save).
-#   nice -n 19 bash training/pilots.sh 2>&1 | tee pilots.log
+# Short pilots that choose a long run's recipe: each fine-tunes the same weights ($INIT) for
+# $EPOCHS epochs on one short cosine from $LR, and prints its last epoch (validation accuracy).
+#   nice -n 19 bash training/pilots.sh [recipe|generalisation] 2>&1 | tee pilots.log
+# recipe (2 December; INIT the epoch-61 weights, the first teacher): the loss and backward pass.
+# generalisation (5 December; INIT stage two's best, the stronger teacher): what regularises
+# a network that fits its training images 7 points better than the validation images.
 set -euo pipefail
+SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
-TEACHER=${TEACHER:-training/teacher.npz}
-EPOCHS=${EPOCHS:-2}
 THREADS=${THREADS:-2}
 pilot() {  # name, extra options
     local name=$1; shift
     python -m octoray.models.train --data "$DATA" --run "pilot-$name" --threads "$THREADS" \
-        --init-from training/cnv-w1a1-epoch61.npz --epochs "$EPOCHS" --lr 0.003 --warmup-epochs 0.2 "$@" \
+        --init-from "$INIT" --epochs "$EPOCHS" --lr "$LR" --warmup-epochs 0.2 "$@" \
         | grep '^{' | tail -1 | sed "s/^/$name /"
 }
-pilot ce
-pilot smooth --label-smoothing 0.1
-pilot kd --teacher "$TEACHER"
-pilot kd-approxsign --teacher "$TEACHER" --ste approxsign
+case "$SET" in
+recipe)
+    INIT=${INIT:-training/cnv-w1a1-epoch61.npz} LR=${LR:-0.003} EPOCHS=${EPOCHS:-2}
+    TEACHER=${TEACHER:-training/teacher.npz}
+    pilot ce
+    pilot smooth --label-smoothing 0.1
+    pilot kd --teacher "$TEACHER"
+    pilot kd-approxsign --teacher "$TEACHER" --ste approxsign
+    ;;
+generalisation)
+    INIT=${INIT:-training/cnv-w1a1-st2-best.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
+    TEACHER=${TEACHER:-training/teacher2.npz}
+    pilot g-kd --teacher "$TEACHER"
+    pilot g-cutout --teacher "$TEACHER" --cutout 16
+    pilot g-mixup --teacher "$TEACHER" --mixup
+    ;;
+*)
+    echo "usage: bash training/pilots.sh [recipe|generalisation]" >&2
+    exit 2
+    ;;
+esac

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +24,15 @@ def load_split(args, device: torch.device) -> tuple[torch.Tensor, ...]:
                 torch.from_numpy(labels[idx]).to(device))
 
     return (*put(train_idx), *put(val_idx))
+
+
+def folds(n: int, count: int, seed: int = 0) -> torch.Tensor:
+    """The fold (0 .. count-1) of each of n training images: a fixed random partition into
+    nearly equal parts, for teachers that each hold one part out (teacher.py --fold)."""
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, dtype=np.int64)
+    fold[order] = np.arange(n) % count
+    return torch.from_numpy(fold)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -51,6 +61,32 @@ def crop(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.T
     out = out.gather(3, cols)
     out[flip] = out[flip].flip(3)
     return out
+
+
+def cutout(images: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image with a side x side square set to pixel 0 (black, like a crop's padding) at a
+    random centre, clipped at the border (DeVries & Taylor 2017); a regulariser for a network
+    that fits its training images better than it generalises."""
+    n, device = images.shape[0], images.device
+    cy = torch.randint(0, 32, (n,), generator=generator, device=device)
+    cx = torch.randint(0, 32, (n,), generator=generator, device=device)
+    steps = torch.arange(32, device=device)
+    rows = (steps[None, :] >= (cy - side // 2)[:, None]) & (steps[None, :] < (cy - side // 2 + side)[:, None])
+    cols = (steps[None, :] >= (cx - side // 2)[:, None]) & (steps[None, :] < (cx - side // 2 + side)[:, None])
+    hole = rows[:, :, None] & cols[:, None, :]
+    return images.masked_fill(hole[:, None], 0)
+
+
+def mixup(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mixed images, partner index, weight): each image blended with a random other one of
+    the batch, weight ~ U(0, 1) (mixup with alpha 1), rounded back to pixels. With a live
+    teacher, which answers for the blend itself, this is "function matching" (Beyer et al. 2022)."""
+    n, device = images.shape[0], images.device
+    partner = torch.randperm(n, generator=generator, device=device)
+    weight = torch.rand(n, generator=generator, device=device)
+    w = weight[:, None, None, None]
+    mixed = (w * images.float() + (1 - w) * images[partner].float()).round().to(images.dtype)
+    return mixed, partner, weight
 
 
 def choose_device(name: str) -> torch.device:

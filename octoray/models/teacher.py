@@ -7,6 +7,11 @@ labels alone.  The teacher trains on the same 45,000 training images as the stud
 the validation split), checkpoints every epoch outside the repository and resumes, and is
 saved as a small fp16 file (``--save FILE``) that the student's training runs forward on
 each augmented batch.
+
+A teacher that has learnt its training images by heart answers for them with little more
+than their labels: ``--fold K/N`` holds fold K of a fixed partition of the training images
+out of its training, and the student, given the N teachers of the N folds, takes each
+image's soft labels from the teacher that never saw it (cross-fitting).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
+from octoray.models.runs import augment, choose_device, folds, load_split, run_dir, save_atomically
 
 WIDTHS = (32, 64, 128, 128)  # stem, then three groups that halve the resolution
 
@@ -66,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--widths", type=_widths, metavar="W,W,W,W",
                    help=f"the stem's channels, then each group's (default: {','.join(map(str, WIDTHS))}); "
                         "a run keeps its own")
+    p.add_argument("--fold", type=_fold, metavar="K/N",
+                   help="hold fold K of N (a fixed partition of the training images) out of this teacher's "
+                        "training, so that its outputs on them are predictions, not memories; a run keeps its own")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     return p.parse_args(argv)
 
@@ -78,6 +86,24 @@ def _widths(text: str) -> tuple[int, ...]:
     if len(widths) < 2 or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of channel counts such as 32,64,128,128")
     return widths
+
+
+def _fold(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n or n < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold such as 1/2 (fold K of N, 1 <= K <= N, N >= 2)")
+    return k, n
+
+
+def held_out(fold: tuple[int, int] | None, n: int) -> torch.Tensor:
+    """Which of the n training images a teacher of this fold never trains on (none without one)."""
+    if fold is None:
+        return torch.zeros(n, dtype=torch.bool)
+    k, count = fold
+    return folds(n, count) == k - 1
 
 
 def learning_rate(step: int, total: int, peak: float) -> float:
@@ -100,6 +126,43 @@ def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[Teache
     model = Teacher(tuple(meta["widths"]))
     model.load_state_dict(state)
     return model.to(device, memory_format=torch.channels_last).eval(), meta
+
+
+
+class CrossFitted(nn.Module):
+    """The teachers of the N folds as one: each training image (by its index in the training
+    set) is answered by the teacher that held its fold out."""
+
+    def __init__(self, teachers: list[Teacher], fold_of_image: torch.Tensor):
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        self.register_buffer("fold_of_image", fold_of_image)
+
+    def forward(self, pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        fold = self.fold_of_image[index]
+        out = torch.empty(len(pixels), 10, device=pixels.device)
+        for k, teacher in enumerate(self.teachers):
+            mine = fold == k
+            if mine.any():
+                out[mine] = teacher(pixels[mine])
+        return out
+
+
+def load_teachers(paths: list[Path], n_train: int, device: torch.device | str = "cpu"):
+    """One teacher (called with the pixels alone), or the N teachers of N folds as one
+    CrossFitted (called with the pixels and the images' indices); ValueError when several
+    files are not the teachers of one partition's N folds."""
+    loaded = [load_teacher(path, device) for path in paths]
+    if len(loaded) == 1:
+        return loaded[0][0]
+    folds_of = {path.name: tuple(meta.get("fold") or ()) for path, (_, meta) in zip(paths, loaded)}
+    counts = {fold[1] for fold in folds_of.values() if fold}
+    held = sorted(fold[0] for fold in folds_of.values() if fold)
+    if len(counts) != 1 or held != list(range(1, len(paths) + 1)) or len(paths) != counts.pop():
+        described = ", ".join(f"{name}: {'/'.join(map(str, f)) if f else 'no fold'}" for name, f in folds_of.items())
+        raise ValueError(f"several teachers must be the teachers of folds 1/N .. N/N of one partition ({described})")
+    ordered = sorted(zip(paths, loaded), key=lambda item: item[1][1]["fold"][0])
+    return CrossFitted([model for _, (model, _) in ordered], folds(n_train, len(paths)).to(device)).eval()
 
 
 @torch.no_grad()
@@ -126,6 +189,11 @@ def main(argv=None) -> int:
     if args.widths and widths != args.widths:
         print(f"teacher: {last} has widths {widths}, not {args.widths}; choose another --run", file=sys.stderr)
         return 1
+    fold = (tuple(state["fold"]) if state.get("fold") else None) if state else args.fold
+    if args.fold and fold != args.fold:
+        print(f"teacher: {last} holds out fold {fold and '/'.join(map(str, fold))}, not "
+              f"{'/'.join(map(str, args.fold))}; choose another --run", file=sys.stderr)
+        return 1
     model = Teacher(widths).to(device, memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.dim() > 1]
     rest = [p for p in model.parameters() if p.dim() <= 1]
@@ -141,13 +209,16 @@ def main(argv=None) -> int:
         start, history = state["epoch"], state["history"]
         print(f"resuming {args.run} after epoch {start}", flush=True)
     if args.save:
-        meta = {"widths": list(widths), "epochs": start, "history": history,
+        meta = {"widths": list(widths), "fold": list(fold) if fold else None, "epochs": start, "history": history,
                 "val_acc_flip_tta": history[-1]["val_acc"] if history else None,
                 "command": "python -m octoray.models.teacher " + " ".join(sys.argv[1:])}
         save_teacher(model, args.save, meta)
         print(f"wrote {args.save} ({args.save.stat().st_size:,} bytes)")
         return 0
     x_train, y_train, x_val, y_val = load_split(args, device)
+    out_of_fold = held_out(fold, len(x_train)).to(device)
+    x_oof, y_oof = x_train[out_of_fold][:5000], y_train[out_of_fold][:5000]
+    x_train, y_train = x_train[~out_of_fold], y_train[~out_of_fold]
     steps = len(x_train) // args.batch_size
     total = args.epochs * steps
     for epoch in range(start, args.epochs):
@@ -169,7 +240,10 @@ def main(argv=None) -> int:
         val_acc = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
                         "seconds": time.time() - t0})
-        save_atomically({"epoch": epoch + 1, "widths": widths, "history": history, "model": model.state_dict(),
+        if fold:  # on (up to 5,000 of) the training images it holds out: what a student will see
+            history[-1]["held_out_acc"] = evaluate(model, x_oof, y_oof)
+        save_atomically({"epoch": epoch + 1, "widths": widths, "fold": fold, "history": history,
+                         "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, last)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         print(json.dumps(history[-1]), flush=True)

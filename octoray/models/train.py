@@ -24,15 +24,16 @@ import torch.nn.functional as F
 
 from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
-from octoray.models.runs import augment, choose_device, load_split, run_dir, save_atomically
+from octoray.models.runs import augment, choose_device, cutout, load_split, mixup, run_dir, save_atomically
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
-               "weights", "activations", "norms", "schedule")
+               "weights", "activations", "norms", "schedule", "cutout", "mixup")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "weights": "binary",
-                   "activations": "binary", "norms": "batch", "schedule": "cosine"}
+                   "activations": "binary", "norms": "batch", "schedule": "cosine",
+                   "cutout": 0, "mixup": False}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
@@ -51,8 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--ste", choices=("hardtanh", "approxsign"), default="hardtanh",
                    help="the activations' backward pass")
-    p.add_argument("--teacher", type=Path, metavar="FILE",
-                   help="distil from this float teacher (python -m octoray.models.teacher --save FILE)")
+    p.add_argument("--teacher", type=Path, metavar="FILE", action="append",
+                   help="distil from this float teacher (python -m octoray.models.teacher --save FILE); "
+                        "given N times, the teachers of folds 1/N .. N/N (teacher --fold): each training "
+                        "image is answered by the one that never trained on it")
     p.add_argument("--kd-weight", type=float, default=0.9,
                    help="with --teacher: the share of the loss that matches the teacher (the rest is the labels')")
     p.add_argument("--kd-temperature", type=float, default=1.0)
@@ -71,6 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="the learning rate after the warm-up: cosine down to zero at the last epoch, or "
                         "constant (for runs whose epochs are averaged: python -m octoray.models.average)")
+    p.add_argument("--cutout", type=int, default=0, metavar="SIDE",
+                   help="after the crop and flip, black out a SIDE x SIDE square of each training image "
+                        "at a random place (0, the default: none)")
+    p.add_argument("--mixup", action="store_true",
+                   help="blend each training image with another (mixup, alpha 1); with a live --teacher "
+                        "the teacher labels the blend")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -216,10 +225,18 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
-    recipe["teacher"] = args.teacher.name if args.teacher else None
+    recipe["teacher"] = "+".join(path.name for path in args.teacher) if args.teacher else None
     recipe["init_from"] = args.init_from.name if args.init_from else None
     if not args.teacher:
         recipe["kd_weight"], recipe["kd_bank"] = 0.0, 0
+    if recipe["kd_bank"] and (args.cutout or args.mixup):
+        print("train: --cutout and --mixup change the image the teacher must answer for: "
+              "they need a live teacher, not --kd-bank", file=sys.stderr)
+        return 2
+    if args.teacher and len(args.teacher) > 1 and (recipe["kd_bank"] or args.mixup):
+        print("train: several (cross-fitted) teachers answer each image live, and a blend of two images "
+              "has no teacher that saw neither: not with --kd-bank or --mixup", file=sys.stderr)
+        return 2
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
@@ -234,8 +251,12 @@ def main(argv=None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     teacher = None
     if args.teacher:
-        from octoray.models.teacher import load_teacher
-        teacher, _ = load_teacher(args.teacher, device)
+        from octoray.models.teacher import load_teachers
+        try:
+            teacher = load_teachers(args.teacher, len(x_train), device)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"train: --teacher: {e}", file=sys.stderr)
+            return 2
     start_epoch, history, generator_state = 0, [], None
     if last.exists() or args.resume_from:
         if last.exists():
@@ -331,14 +352,25 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
             x, taught = bank.sample(x_train, batch, generator)
         else:
             x = augment(x_train[batch], generator)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if args.cutout:
+            x = cutout(x, args.cutout, generator)
         y = y_train[batch]
+        if args.mixup:
+            x, partner, weight = mixup(x, generator)
+        x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+        if args.mixup:
+            loss = (weight * F.cross_entropy(logits, y, reduction="none", label_smoothing=args.label_smoothing)
+                    + (1 - weight) * F.cross_entropy(logits, y[partner], reduction="none",
+                                                     label_smoothing=args.label_smoothing)).mean()
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
         if teacher is not None:
             t = args.kd_temperature
             with torch.no_grad():
-                soft = F.softmax((taught if bank is not None else teacher(x)) / t, dim=1)
+                if bank is None:  # several teachers: each image's own, by its index
+                    taught = teacher(x, batch) if len(args.teacher) > 1 else teacher(x)
+                soft = F.softmax(taught / t, dim=1)
             kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * (t * t)
             loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
         optimizer.zero_grad(set_to_none=True)
