@@ -527,6 +527,14 @@ def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_arch
     one, meta = load_teacher(first)
     two, _ = load_teacher(second)
     assert meta["fold"] == [1, 2] and "held_out_acc" in meta["history"][-1]
+    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    examined = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
+                               "--val-per-class", "2", "--examine", str(first)], env=env, capture_output=True,
+                              timeout=300)
+    assert examined.returncode == 0, examined.stderr
+    lines = examined.stdout.decode().splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["learnt", "held out", "validation"]
+    assert lines[1].endswith("(50 images)") and lines[2].endswith("(20 images)")
     fold = folds(100, 2)
     assert sorted(fold.bincount().tolist()) == [50, 50] and fold.equal(folds(100, 2))  # fixed halves
     both = load_teachers([second, first], 100)  # in any order

@@ -4,7 +4,8 @@
 #   nice -n 19 bash training/pilots.sh [recipe|generalisation] 2>&1 | tee pilots.log
 # recipe (2 December; INIT the epoch-61 weights, the first teacher): the loss and backward pass.
 # generalisation (5 December; INIT stage two's best, the stronger teacher): what regularises
-# a network that fits its training images 7 points better than the validation images.
+# a network that fits its training images 7 points better than the validation images, and
+# cross-fitted teachers (each image's soft labels from a teacher that never trained on it).
 set -euo pipefail
 SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
@@ -30,6 +31,8 @@ generalisation)
     pilot g-kd --teacher "$TEACHER"
     pilot g-cutout --teacher "$TEACHER" --cutout 16
     pilot g-mixup --teacher "$TEACHER" --mixup
+    # the teachers of two folds (python -m octoray.models.teacher --fold K/2 --epochs 20, README)
+    pilot g-crossfit --teacher training/teacher-fold1-of2.npz --teacher training/teacher-fold2-of2.npz
     ;;
 *)
     echo "usage: bash training/pilots.sh [recipe|generalisation]" >&2

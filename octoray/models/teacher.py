@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fold", type=_fold, metavar="K/N",
                    help="hold fold K of N (a fixed partition of the training images) out of this teacher's "
                         "training, so that its outputs on them are predictions, not memories; a run keeps its own")
+    p.add_argument("--examine", type=Path, metavar="FILE", action="append",
+                   help="print what a saved teacher tells a student: its accuracy, the probability it gives "
+                        "the true class and the runner-up, on the training images it learnt (augmented as "
+                        "the student sees them), on those it held out (--fold) and on the validation split")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     return p.parse_args(argv)
 
@@ -177,10 +181,40 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
+@torch.no_grad()
+def soft_labels(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> str:
+    """Accuracy (one view), and the mean softmax probability of the true class and of the
+    runner-up: a teacher that gives its training images ~0.8 and ~0.02 (label smoothing's
+    targets) tells a student little more than the labels do."""
+    p = torch.cat([F.softmax(model(images[i:i + batch].contiguous(memory_format=torch.channels_last)), 1)
+                   for i in range(0, len(images), batch)])
+    top2 = p.topk(2, dim=1).values
+    right = p.argmax(1) == labels
+    return (f"{100 * right.float().mean():.2f} % right, p(true class) {p[torch.arange(len(p)), labels].mean():.3f}, "
+            f"p(runner-up) {top2[:, 1].mean():.3f} ({len(p):,} images)")
+
+
+def examine(paths: list[Path], args, device: torch.device) -> int:
+    x_train, y_train, x_val, y_val = load_split(args, device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    for path in paths:
+        model, meta = load_teacher(path, device)
+        out = held_out(tuple(meta["fold"]) if meta.get("fold") else None, len(x_train)).to(device)
+        learnt = (~out).nonzero().flatten()[::max(1, int((~out).sum()) // 5000)]
+        print(f"{path}: learnt: {soft_labels(model, augment(x_train[learnt], generator), y_train[learnt])}")
+        if out.any():
+            kept = out.nonzero().flatten()[::max(1, int(out.sum()) // 5000)]
+            print(f"{path}: held out: {soft_labels(model, augment(x_train[kept], generator), y_train[kept])}")
+        print(f"{path}: validation: {soft_labels(model, x_val, y_val)}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
+    if args.examine:
+        return examine(args.examine, args, device)
     out = run_dir(args.run)
     last = out / "last.pt"
     torch.manual_seed(args.seed)
@@ -217,7 +251,8 @@ def main(argv=None) -> int:
         return 0
     x_train, y_train, x_val, y_val = load_split(args, device)
     out_of_fold = held_out(fold, len(x_train)).to(device)
-    x_oof, y_oof = x_train[out_of_fold][:5000], y_train[out_of_fold][:5000]
+    every = max(1, int(out_of_fold.sum()) // 5000)  # the images are stored class by class: stride over all
+    x_oof, y_oof = x_train[out_of_fold][::every], y_train[out_of_fold][::every]
     x_train, y_train = x_train[~out_of_fold], y_train[~out_of_fold]
     steps = len(x_train) // args.batch_size
     total = args.epochs * steps
@@ -240,7 +275,7 @@ def main(argv=None) -> int:
         val_acc = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
                         "seconds": time.time() - t0})
-        if fold:  # on (up to 5,000 of) the training images it holds out: what a student will see
+        if fold:  # on ~5,000 of the training images it holds out: what a student will see
             history[-1]["held_out_acc"] = evaluate(model, x_oof, y_oof)
         save_atomically({"epoch": epoch + 1, "widths": widths, "fold": fold, "history": history,
                          "model": model.state_dict(),
