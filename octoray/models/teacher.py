@@ -132,7 +132,6 @@ def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[Teache
     return model.to(device, memory_format=torch.channels_last).eval(), meta
 
 
-
 class CrossFitted(nn.Module):
     """The teachers of the N folds as one: each training image (by its index in the training
     set) is answered by the teacher that held its fold out."""
@@ -195,6 +194,8 @@ def soft_labels(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ba
 
 
 def examine(paths: list[Path], args, device: torch.device) -> int:
+    """--examine: soft_labels for each teacher file on ~5,000 of the images it learnt, of
+    those it held out (a fold teacher) and on the validation split."""
     x_train, y_train, x_val, y_val = load_split(args, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for path in paths:
