@@ -110,6 +110,13 @@ def held_out(fold: tuple[int, int] | None, n: int) -> torch.Tensor:
     return folds(n, count) == k - 1
 
 
+def spread(mask: torch.Tensor, most: int = 5000) -> torch.Tensor:
+    """About `most` of the indices where mask is true, evenly strided: the images are stored
+    class by class, so the first few thousand would be two or three classes."""
+    chosen = mask.nonzero().flatten()
+    return chosen[::max(1, len(chosen) // most)]
+
+
 def learning_rate(step: int, total: int, peak: float) -> float:
     """Linear up over the first fifth, then linearly down to zero."""
     up = max(1, total // 5)
@@ -201,10 +208,10 @@ def examine(paths: list[Path], args, device: torch.device) -> int:
     for path in paths:
         model, meta = load_teacher(path, device)
         out = held_out(tuple(meta["fold"]) if meta.get("fold") else None, len(x_train)).to(device)
-        learnt = (~out).nonzero().flatten()[::max(1, int((~out).sum()) // 5000)]
+        learnt = spread(~out)
         print(f"{path}: learnt: {soft_labels(model, augment(x_train[learnt], generator), y_train[learnt])}")
         if out.any():
-            kept = out.nonzero().flatten()[::max(1, int(out.sum()) // 5000)]
+            kept = spread(out)
             print(f"{path}: held out: {soft_labels(model, augment(x_train[kept], generator), y_train[kept])}")
         print(f"{path}: validation: {soft_labels(model, x_val, y_val)}")
     return 0
@@ -252,8 +259,8 @@ def main(argv=None) -> int:
         return 0
     x_train, y_train, x_val, y_val = load_split(args, device)
     out_of_fold = held_out(fold, len(x_train)).to(device)
-    every = max(1, int(out_of_fold.sum()) // 5000)  # the images are stored class by class: stride over all
-    x_oof, y_oof = x_train[out_of_fold][::every], y_train[out_of_fold][::every]
+    kept = spread(out_of_fold)
+    x_oof, y_oof = x_train[kept], y_train[kept]
     x_train, y_train = x_train[~out_of_fold], y_train[~out_of_fold]
     steps = len(x_train) // args.batch_size
     total = args.epochs * steps
