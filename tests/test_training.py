@@ -5,6 +5,8 @@ These need PyTorch (the `train` extra).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import os
 import signal
@@ -47,13 +49,44 @@ def tiny_archive(tmp_path_factory) -> Path:
     return path
 
 
-def train(archive: Path, cache: Path, *extra: str, wait=True):
-    argv = [sys.executable, "-m", "octoray.models.train", "--data", str(archive), "--run", "t",
-            "--batch-size", "20", "--val-per-class", "2", "--threads", "1", *extra]
+def run_module(module: str, cache: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m octoray.models.MODULE ARGV` with its checkpoints under `cache`, run in this
+    process: its exit status and output as the command's.  PyTorch is imported once for the
+    file instead of once a command (~3 s each); the tests that need a real process (a killed
+    run, the command line itself, resume.sh) start one."""
+    main = importlib.import_module(f"octoray.models.{module}").main
+    out, err = io.StringIO(), io.StringIO()
+    threads, cache_before = torch.get_num_threads(), os.environ.get("OCTORAY_CACHE")
+    os.environ["OCTORAY_CACHE"] = str(cache)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                raise SystemExit(main(list(argv)))  # as `sys.exit(main())` ends the command
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
+        if cache_before is None:
+            del os.environ["OCTORAY_CACHE"]
+        else:
+            os.environ["OCTORAY_CACHE"] = cache_before
+    return subprocess.CompletedProcess(argv, code, out.getvalue().encode(), err.getvalue().encode())
+
+
+def train(archive: Path, cache: Path, *extra: str, wait=True, process=False):
+    """Train run "t" on the archive: in this process, or with process=True (or wait=False, a
+    Popen) as `python -m octoray.models.train`."""
+    argv = ["--data", str(archive), "--run", "t", "--batch-size", "20", "--val-per-class", "2", "--threads", "1",
+            *extra]
+    if wait and not process:
+        return run_module("train", cache, *argv)
     env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "octoray.models.train", *argv]
     if not wait:
-        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(command, env=env, capture_output=True, timeout=300)
 
 
 def checkpoint(cache: Path) -> dict:
@@ -62,7 +95,7 @@ def checkpoint(cache: Path) -> dict:
 
 def test_an_interrupted_run_resumes_and_follows_the_same_curve(tiny_archive, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train(tiny_archive, whole, "--epochs", "3").returncode == 0
+    assert train(tiny_archive, whole, "--epochs", "3", process=True).returncode == 0  # the command itself
     first = train(tiny_archive, split, "--epochs", "3", "--max-epochs-this-run", "1")
     assert first.returncode == 0 and checkpoint(split)["epoch"] == 1
     second = train(tiny_archive, split, "--epochs", "3")
@@ -204,9 +237,7 @@ def test_a_portable_file_carries_adams_second_moment_and_the_random_stream(tiny_
 
 
 def average(archive: Path, cache: Path, *extra: str):
-    argv = [sys.executable, "-m", "octoray.models.average", "--data", str(archive), "--run", "t", *extra]
-    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
-    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    return run_module("average", cache, "--data", str(archive), "--run", "t", *extra)
 
 
 def test_the_last_epochs_average_into_one_model_that_exports(tiny_archive, tmp_path):
@@ -307,13 +338,12 @@ def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):
 def saved_teacher(archive: Path, cache: Path, epochs: int, *extra: str, name: str = "teacher") -> Path:
     """Train a teacher (run `name`) on the archive for `epochs` (with the extra options) and
     save it as cache/<name>.npz."""
-    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(archive), "--run", name,
-            "--batch-size", "20", "--val-per-class", "2", "--epochs", str(epochs)]
-    trained = subprocess.run([*base, *extra], env=env, capture_output=True, timeout=300)
+    base = ["--data", str(archive), "--run", name, "--batch-size", "20", "--val-per-class", "2",
+            "--epochs", str(epochs)]
+    trained = run_module("teacher", cache, *base, *extra)
     assert trained.returncode == 0, trained.stderr
     teacher = cache / f"{name}.npz"
-    saved = subprocess.run([*base, "--save", str(teacher)], env=env, capture_output=True, timeout=300)
+    saved = run_module("teacher", cache, *base, "--save", str(teacher))
     assert saved.returncode == 0, saved.stderr
     return teacher
 
@@ -337,21 +367,16 @@ def test_a_wider_teacher_keeps_its_widths(tiny_archive, tmp_path):
 
     model, meta = load_teacher(teacher)
     assert meta["widths"] == [8, 16, 24, 40] and model.head.in_features == 40
-    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    other = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
-                            "--val-per-class", "2", "--widths", "8,8,8,8"], env=env, capture_output=True, timeout=300)
+    other = run_module("teacher", tmp_path, "--data", str(tiny_archive), "--val-per-class", "2",
+                       "--widths", "8,8,8,8")
     assert other.returncode == 1 and b"Traceback" not in other.stderr
     assert b"has widths (8, 16, 24, 40), not (8, 8, 8, 8)" in other.stderr
-    bad = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
-                          "--widths", "8,x"], env=env, capture_output=True, timeout=300)
+    bad = run_module("teacher", tmp_path, "--data", str(tiny_archive), "--widths", "8,x")
     assert bad.returncode == 2 and b"not a list of channel counts" in bad.stderr
 
 
 def export_command(archive: Path, cache: Path, out: Path, *extra: str):
-    argv = [sys.executable, "-m", "octoray.models.export", "--data", str(archive), "--run", "t",
-            "--out", str(out), *extra]
-    env = dict(os.environ, OCTORAY_CACHE=str(cache), PYTHONPATH=str(ROOT))
-    return subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    return run_module("export", cache, "--data", str(archive), "--run", "t", "--out", str(out), *extra)
 
 
 def test_a_run_made_elsewhere_exports_from_its_portable_file(tiny_archive, tmp_path):
@@ -527,10 +552,8 @@ def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_arch
     one, meta = load_teacher(first)
     two, _ = load_teacher(second)
     assert meta["fold"] == [1, 2] and "held_out_acc" in meta["history"][-1]
-    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    examined = subprocess.run([sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive),
-                               "--val-per-class", "2", "--examine", str(first)], env=env, capture_output=True,
-                              timeout=300)
+    examined = run_module("teacher", tmp_path, "--data", str(tiny_archive), "--val-per-class", "2",
+                          "--examine", str(first))
     assert examined.returncode == 0, examined.stderr
     lines = examined.stdout.decode().splitlines()
     assert [line.split(": ")[1] for line in lines] == ["learnt", "held out", "validation"]
@@ -558,11 +581,9 @@ def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_arch
 
 
 def test_a_teacher_keeps_its_fold(tiny_archive, tmp_path):
-    env = dict(os.environ, OCTORAY_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
-    base = [sys.executable, "-m", "octoray.models.teacher", "--data", str(tiny_archive), "--run", "f",
-            "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
-    assert subprocess.run([*base, "--fold", "1/2"], env=env, capture_output=True, timeout=300).returncode == 0
-    other = subprocess.run([*base, "--fold", "2/2"], env=env, capture_output=True, timeout=300)
+    base = ["--data", str(tiny_archive), "--run", "f", "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
+    assert run_module("teacher", tmp_path, *base, "--fold", "1/2").returncode == 0
+    other = run_module("teacher", tmp_path, *base, "--fold", "2/2")
     assert other.returncode == 1 and b"holds out fold 1/2, not 2/2" in other.stderr
-    bad = subprocess.run([*base, "--fold", "3/2"], env=env, capture_output=True, timeout=300)
+    bad = run_module("teacher", tmp_path, *base, "--fold", "3/2")
     assert bad.returncode == 2 and b"is not a fold such as 1/2" in bad.stderr
