@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     from octoray.formats.cnv_input import CLASS_NAMES
     from octoray.models.cnv import CNV
-    from octoray.models.train import load_portable
+    from octoray.models.portable import load_portable
 
     torch.set_num_threads(args.threads)
     model = CNV()

@@ -153,7 +153,7 @@ def test_the_portable_training_state_is_the_shipped_model():
 
     from octoray.models.cnv import CNV
     from octoray.models.export import export
-    from octoray.models.train import load_portable
+    from octoray.models.portable import load_portable
 
     model = CNV()
     load_portable(DEFAULT_WEIGHTS, model)

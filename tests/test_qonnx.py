@@ -263,7 +263,7 @@ def test_export_from_the_portable_state_gives_the_shipped_graph_with_its_tensor_
     from octoray.models.cnv import CNV
     from octoray.models.export import main
     from octoray.models.qonnx_export import synthetic_images
-    from octoray.models.train import load_portable
+    from octoray.models.portable import load_portable
 
     out = tmp_path / "from_portable.onnx"
     assert main(["--qonnx", str(out), "--from-portable", str(DEFAULT_WEIGHTS)]) == 0

@@ -220,7 +220,7 @@ def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive,
 
 
 def test_a_portable_file_carries_adams_second_moment_and_the_random_stream(tiny_archive, tmp_path):
-    from octoray.models.train import load_portable
+    from octoray.models.portable import load_portable
 
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--max-epochs-this-run", "1").returncode == 0
     portable = tmp_path / "resume.npz"
@@ -243,7 +243,7 @@ def average(archive: Path, cache: Path, *extra: str):
 def test_the_last_epochs_average_into_one_model_that_exports(tiny_archive, tmp_path):
     """train --keep-epochs-from keeps each later epoch; average folds epochs 2-3 into one model
     whose latent weights are their mean, with statistics measured anew, and export takes it."""
-    from octoray.models.train import load_portable
+    from octoray.models.portable import load_portable
 
     ran = train(tiny_archive, tmp_path, "--epochs", "3", "--keep-epochs-from", "2")
     assert ran.returncode == 0, ran.stderr

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from octoray.models.cnv import CNV
-from octoray.models.runs import augment, load_split, run_dir
+from octoray.models.portable import write_portable
+from octoray.models.runs import augment, evaluate, load_split, run_dir
 
 RECALIBRATION_SEED = 0  # the augmentation draws the statistics are measured on
 
@@ -103,8 +104,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from octoray.models.train import evaluate, write_portable
-
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     path = run_dir(args.run) / "last.pt"

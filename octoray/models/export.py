@@ -157,8 +157,8 @@ def _load_float(args):
     import torch
 
     from octoray.models.cnv import CNV
+    from octoray.models.portable import load_portable
     from octoray.models.runs import run_dir
-    from octoray.models.train import load_portable
 
     model = CNV()
     if args.from_portable:
@@ -189,7 +189,8 @@ def main(argv=None) -> int:
     import torch
 
     from octoray.models.data import class_balanced_split, load_training_set
-    from octoray.models.train import evaluate, plot_learning_curve
+    from octoray.models.runs import evaluate
+    from octoray.models.train import plot_learning_curve
 
     model, state = _load_float(args)
     recipe = state["recipe"]

@@ -108,3 +108,12 @@ def save_atomically(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch: int = 500) -> tuple[float, torch.Tensor]:
+    """Accuracy of the model in evaluation mode (one view an image), and its predictions."""
+    model.eval()
+    predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return (predictions == labels).float().mean().item(), predictions

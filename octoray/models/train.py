@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
-from octoray.models.runs import augment, choose_device, cutout, load_split, mixup, run_dir, save_atomically
+from octoray.models.portable import load_portable, save_portable
+from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_split, mixup, run_dir,
+                                 save_atomically)
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "init_from",
@@ -35,7 +36,6 @@ RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
                    "cutout": 0, "mixup": False}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
-PORTABLE_EXTRAS = ("averaged",)  # metadata a portable file carries where a state has it (average.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,71 +104,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _half_keeping_sign(value: torch.Tensor) -> torch.Tensor:
-    """fp16 latent weights whose sign (the binary weight) is the fp32 one: a tiny negative
-    weight would round to -0.0, which binarises to +1 (one such conv1 weight changed 11 % of
-    the labels of the epoch-33 file)."""
-    half = value.half()
-    lost = (half == 0) & (value < 0)
-    half[lost] = -torch.finfo(torch.float16).smallest_normal / 1024  # the smallest subnormal
-    return half
-
-
-def save_portable(last: Path, path: Path) -> None:
-    """The checkpoint as one small compressed file, so a run continues on a fresh machine nearly
-    as it would here: fp16 weights (each keeping its sign), Adam's second moment as its square
-    root in fp16 (which fp16 can hold) and step counts, the random generator and the history.
-    Adam's first moment is left out (half the file): it rebuilds itself within ~10 steps,
-    where a lost second moment would make the first few hundred steps far too large."""
-    write_portable(torch.load(last, weights_only=False, map_location="cpu"), path)
-
-
-def write_portable(state: dict, path: Path) -> None:
-    """A checkpoint's state (weights, and the optimizer and random state where it has them) as
-    save_portable's file; keys of its metadata beyond the recipe, epoch and history (such as
-    what an averaged model was averaged over) travel with it."""
-    arrays = {}
-    for key, value in state["model"].items():
-        value = value.detach().cpu()
-        arrays[key] = (_half_keeping_sign(value) if value.is_floating_point() and value.dim() > 1 else value).numpy()
-    params = [name for name, _ in CNV().named_parameters()]  # the optimizer's order
-    optimizer = state.get("optimizer")
-    if optimizer is not None:
-        for index, moments in optimizer["state"].items():
-            name = params[index]
-            arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().numpy()
-            arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
-    if "generator" in state:
-        arrays["generator"] = state["generator"].cpu().numpy()
-    meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
-    meta["device_type"] = state.get("device_type", "cpu")
-    np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
-
-
-def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
-    """Load a save_portable file into the model (and, when the file has them, Adam's moments
-    into the optimizer); returns its metadata, with "generator" when the file holds one."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["metadata"]))
-        arrays = {k: z[k] for k in z.files if k != "metadata"}
-    as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
-    model.load_state_dict({k: as_tensor(v) for k, v in arrays.items()
-                           if not k.startswith("adam.") and k != "generator"})
-    if optimizer is not None and any(k.startswith("adam.") for k in arrays):
-        state = optimizer.state_dict()
-        params = [n for n, _ in model.named_parameters()]
-        for index, name in enumerate(params):
-            state["state"][index] = {
-                "step": torch.tensor(float(arrays[f"adam.step.{name}"])),
-                "exp_avg": torch.zeros_like(model.get_parameter(name), device="cpu"),
-                "exp_avg_sq": as_tensor(arrays[f"adam.sqrt_v.{name}"]).square()}
-        optimizer.load_state_dict(state)
-        meta["optimizer"] = True
-    if "generator" in arrays:
-        meta["generator"] = torch.from_numpy(arrays["generator"])
-    return meta
-
-
 def _same_recipe(saved: dict, recipe: dict) -> bool:
     """Whether a checkpoint's recipe is this one, but for what a resumed run may change."""
     full = {**RECIPE_DEFAULTS, **saved}
@@ -186,13 +121,6 @@ def learning_rate(step: int, steps_per_epoch: int, args) -> float:
         return args.lr
     progress = (step - warmup) / max(1, total - warmup)
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def evaluate(model: CNV, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> tuple[float, torch.Tensor]:
-    model.eval()
-    predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-    return (predictions == labels).float().mean().item(), predictions
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:
