@@ -128,6 +128,33 @@ def test_workers_started_without_the_preload_get_it_from_the_client(tmp_path, gz
         c.stop()
 
 
+def test_a_worker_frozen_before_the_run_without_the_preload_costs_seconds(tmp_path, gzip_bin):
+    """Installing octoray's plugin waited for every worker to acknowledge it, a frozen one too:
+    fgzip hung past Dask's 300 s worker TTL.  Now the wait is bounded, a worker that does not
+    answer is not taken for one without the plugin, and the first requests' patience shrinks
+    as the other worker answers."""
+    data = text_like(8 << 20, seed=29)
+    source = tmp_path / "data"
+    source.write_bytes(data)
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker("plain", None, preload=False)
+        c.add_worker("frozen", None, preload=False)
+        c.wait_for_workers(2)
+        c.workers["frozen"].send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        result = fgzip("-cv", "-b", "64", "--scheduler", c.address, source, timeout=200)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()  # the -v lines, nothing from Dask or asyncio
+        assert len(lines) == 2 and lines[1].endswith(b"1 of 2 workers read " + bytes(source) + b" themselves"), lines
+        assert run([gzip_bin, "-dc"], input=result.stdout, check=True).stdout == data
+        assert took < 45, took  # who_sees 5 s, the plugin at most 10 s, patience 10 s
+    finally:
+        c.workers["frozen"].send_signal(signal.SIGCONT)
+        c.stop()
+
+
 def test_a_first_run_on_workers_without_the_preload_lets_them_read_the_files(tmp_path):
     """Asked which file they see before any task was sent, workers without the preload had no
     handler: "no worker sees ..." (the files' data sent) until the next run.  The client now

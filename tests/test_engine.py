@@ -367,17 +367,11 @@ def test_a_request_may_run_eight_times_the_slowest_recent_one_before_a_second_wo
     assert pool.patience() == STALL_FLOOR
 
 
-def test_a_frozen_workers_requests_are_answered_by_another_and_it_gets_no_more(monkeypatch):
-    """In-process, with a stand-in for Dask's client: one worker never answers.  Each of its
-    requests goes to the other worker once overdue, every task gets its own result, the frozen
-    worker gets nothing after its first requests, and closing drops what it still holds."""
+def _pool_with_a_frozen_worker(dask_requests, sent: list):
+    """A WorkerPool over a stand-in for Dask's client: two workers, one that never answers."""
     import asyncio
 
-    from octoray.engine import dask_requests
-
-    monkeypatch.setattr(dask_requests, "FIRST_PATIENCE", 0.2)
-    monkeypatch.setattr(dask_requests, "STALL_FLOOR", 0.2)
-    frozen, sent = "tcp://frozen:1", []
+    frozen = "tcp://frozen:1"
 
     class Worker:
         def __init__(self, address):
@@ -402,24 +396,60 @@ def test_a_frozen_workers_requests_are_answered_by_another_and_it_gets_no_more(m
         def _check_alive(self):
             pass
 
-    class Task:
-        fn = staticmethod(lambda value: value * 2)
+    return dask_requests.WorkerPool(Executor()), frozen
 
-        def __init__(self, value):
-            self.args = (value,)
+
+class _Doubled:
+    """A task: fn(*args) doubles its value."""
+    fn = staticmethod(lambda value: value * 2)
+
+    def __init__(self, value):
+        self.args = (value,)
+
+
+def _run_tasks(dask_requests, sent: list, n: int):
+    """Run n tasks on a pool with a frozen worker; (results, seconds, stragglers left, pool, frozen)."""
+    import asyncio
 
     async def main():
-        pool = dask_requests.WorkerPool(Executor())
+        pool, frozen = _pool_with_a_frozen_worker(dask_requests, sent)
         started = time.monotonic()
-        results = await asyncio.wait_for(asyncio.gather(*(pool.run(Task(i)) for i in range(12))), 10)
+        results = await asyncio.wait_for(asyncio.gather(*(pool.run(_Doubled(i)) for i in range(n))), 10)
         took = time.monotonic() - started
         stragglers = len(pool._stragglers)
         await pool.drop_stragglers()
-        return results, took, stragglers, pool
+        return results, took, stragglers, pool, frozen
 
-    results, took, stragglers, pool = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_frozen_workers_requests_are_answered_by_another_and_it_gets_no_more(monkeypatch):
+    """In-process, with a stand-in for Dask's client: one worker never answers.  Each of its
+    requests goes to the other worker once overdue, every task gets its own result, the frozen
+    worker gets nothing after its first requests, and closing drops what it still holds."""
+    from octoray.engine import dask_requests
+
+    monkeypatch.setattr(dask_requests, "FIRST_PATIENCE", 0.2)
+    monkeypatch.setattr(dask_requests, "STALL_FLOOR", 0.2)
+    sent = []
+    results, took, stragglers, pool, frozen = _run_tasks(dask_requests, sent, 12)
     assert results == [2 * i for i in range(12)]
     assert sent.count(frozen) == dask_requests.PER_THREAD  # its first requests, then nothing
     assert stragglers == dask_requests.PER_THREAD and not pool._stragglers
     assert pool.slots[frozen].busy == pool.slots[frozen].overdue == 0  # released once dropped
     assert took < 5
+
+
+def test_requests_sent_before_any_answer_are_overdue_once_the_others_answer_quickly(monkeypatch):
+    """A worker frozen before the run starts gets the first requests, sent under the long first
+    patience (cards load their overlays).  They waited that whole minute; now the patience is
+    looked at again as the other worker answers, and they go to it within seconds."""
+    from octoray.engine import dask_requests
+
+    monkeypatch.setattr(dask_requests, "FIRST_PATIENCE", 30.0)
+    monkeypatch.setattr(dask_requests, "STALL_FLOOR", 0.2)
+    sent = []
+    results, took, stragglers, pool, frozen = _run_tasks(dask_requests, sent, 12)
+    assert results == [2 * i for i in range(12)]
+    assert sent.count(frozen) == dask_requests.PER_THREAD and stragglers == dask_requests.PER_THREAD
+    assert took < 5  # not FIRST_PATIENCE

@@ -36,6 +36,7 @@ FIRST_PATIENCE = 60.0  # seconds a request may take before a few have answered
 STALL_FLOOR = 10.0  # the least time a request may take before another worker is asked too
 STALL_FACTOR = 8  # ... or this many times the slowest of the last requests
 COPIES = 2  # a task is in flight on at most this many workers at once
+PLUGIN_WAIT = 10.0  # seconds to wait for the workers to acknowledge octoray's plugin
 
 
 class _Slot:
@@ -54,16 +55,20 @@ class _Slot:
 class _Request:
     """One request in flight: where it went, when, and how its file ranges travelled."""
 
-    __slots__ = ("slot", "sent", "overdue_at", "overdue", "as_ranges", "future")
+    __slots__ = ("slot", "sent", "overdue", "as_ranges", "future")
 
-    def __init__(self, slot: _Slot, sent: float, overdue_at: float, as_ranges: bool):
-        self.slot, self.sent, self.overdue_at, self.as_ranges = slot, sent, overdue_at, as_ranges
+    def __init__(self, slot: _Slot, sent: float, as_ranges: bool):
+        self.slot, self.sent, self.as_ranges = slot, sent, as_ranges
         self.overdue = False
         self.future: asyncio.Future | None = None
 
+    def overdue_at(self, patience: float) -> float:
+        """When it becomes overdue under today's patience (never again once it is)."""
+        return float("inf") if self.overdue else self.sent + patience
+
     def mark_overdue(self) -> None:
         if not self.overdue:
-            self.overdue, self.overdue_at = True, float("inf")
+            self.overdue = True
             self.slot.overdue += 1
 
     def finished(self) -> None:
@@ -209,17 +214,23 @@ class WorkerPool:
         try:
             while True:
                 waits = [r.future for r in requests] + ([taking] if taking is not None else [])
-                overdue_at = min([r.overdue_at for r in requests] + [float("inf")]) if taking is None else float("inf")
-                timeout = None if overdue_at == float("inf") else max(0.0, overdue_at - time.monotonic())
+                # the patience shrinks as other requests answer (FIRST_PATIENCE until a few have): looked
+                # at again each second, so a worker frozen from the start costs seconds too
+                patience = self.patience()
+                overdue_at = min([r.overdue_at(patience) for r in requests] + [float("inf")]) \
+                    if taking is None else float("inf")
+                timeout = None if overdue_at == float("inf") else min(POLL, max(0.0, overdue_at - time.monotonic()))
                 done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if taking is not None and taking.done():
                     slot, taking = taking.result(), None
                     requests.append(self._send(slot, task))
                     continue
                 if not done:  # a request is overdue: its worker gets nothing more, and one more is asked
-                    for request in requests:
-                        if request.overdue_at <= time.monotonic() + 0.01:
-                            request.mark_overdue()
+                    late = [r for r in requests if r.overdue_at(self.patience()) <= time.monotonic() + 0.01]
+                    if not late:
+                        continue
+                    for request in late:
+                        request.mark_overdue()
                     if len(requests) < COPIES:
                         taking = asyncio.ensure_future(self._take())
                     continue
@@ -256,7 +267,7 @@ class WorkerPool:
         payload = (task.fn, self._arguments_for(as_ranges, task.args))
 
         sent = time.monotonic()
-        request = _Request(slot, sent, sent + self.patience(), as_ranges)
+        request = _Request(slot, sent, as_ranges)
 
         async def call():
             try:
@@ -363,7 +374,7 @@ class WorkerPool:
                     asked = self.client.rpc(slot.address).octoray_stat(path=os.fsencode(path))
                     reply = await asyncio.wait_for(asked, 5)
                 except (OSError, asyncio.TimeoutError):
-                    reply = None
+                    break  # lost or frozen, not missing the plugin (Dask answers None for that)
                 if isinstance(reply, dict) or attempt:
                     break
                 await self._install_plugin(slot, sent)
@@ -391,16 +402,35 @@ class WorkerPool:
     async def _install_plugin(self, slot: _Slot, sent: float) -> None:
         """Register octoray's worker plugin with the cluster (once): workers started without
         ``--preload octoray.worker`` then answer the requests too.  Every request refused
-        before the plugin was in place waits for it and tries again."""
+        before the plugin was in place waits for it and tries again.
+
+        The scheduler keeps the plugin for every worker, present and future, before it hands
+        it to each; a frozen worker never acknowledges it, so the wait is bounded (the live
+        workers have it by then, and the frozen one is worked around like any straggler)."""
         if self._plugin_install is None:
-            from octoray.engine.dask_worker import AcceleratorPlugin
+            from distributed.protocol.pickle import dumps
+
+            from octoray.engine.dask_worker import AcceleratorPlugin, PLUGIN_NAME
 
             async def install() -> float:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.client.register_plugin, AcceleratorPlugin())
+                # the sync Client.register_plugin would block this loop (the client's own)
+                registering = asyncio.ensure_future(self.client.scheduler.register_worker_plugin(
+                    plugin=dumps(AcceleratorPlugin()), name=PLUGIN_NAME, idempotent=True))
+                registering.add_done_callback(_consume)
+                try:
+                    await asyncio.wait_for(asyncio.shield(registering), PLUGIN_WAIT)
+                except asyncio.TimeoutError:
+                    pass
                 return time.monotonic()
 
             self._plugin_install = asyncio.ensure_future(install())
         installed = await asyncio.shield(self._plugin_install)
         if sent > installed:  # asked after the plugin was in place: not an octoray worker
             slot.left_out_until = float("inf")
+
+
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve a background call's outcome, so that asyncio logs no 'never retrieved' error:
+    a worker that fails the plugin's setup keeps refusing requests and is left out."""
+    if not future.cancelled():
+        future.exception()
