@@ -417,10 +417,9 @@ class WorkerPool:
                 registering = asyncio.ensure_future(self.client.scheduler.register_worker_plugin(
                     plugin=dumps(AcceleratorPlugin()), name=PLUGIN_NAME, idempotent=True))
                 registering.add_done_callback(_consume)
-                try:
-                    await asyncio.wait_for(asyncio.shield(registering), PLUGIN_WAIT)
-                except asyncio.TimeoutError:
-                    pass
+                # its outcome is not needed: the scheduler holds the plugin before it asks the
+                # workers (one lost on the way fails the call), and refresh() finds a lost scheduler
+                await asyncio.wait({registering}, timeout=PLUGIN_WAIT)
                 return time.monotonic()
 
             self._plugin_install = asyncio.ensure_future(install())
@@ -431,6 +430,6 @@ class WorkerPool:
 
 def _consume(future: asyncio.Future) -> None:
     """Retrieve a background call's outcome, so that asyncio logs no 'never retrieved' error:
-    a worker that fails the plugin's setup keeps refusing requests and is left out."""
+    a worker that fails the plugin's setup, or is lost meanwhile, is left out like any other."""
     if not future.cancelled():
         future.exception()
