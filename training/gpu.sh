@@ -12,7 +12,7 @@
 #
 # MINUTES bounds the training: after the first epoch the cosine schedule shrinks to the
 # epochs that fit (train --minutes), so the run anneals however fast the GPU turns out to be.
-# ARGS adds train options: the staged recipe's binary stage (README, campaign item 9) from
+# ARGS adds train options: the staged recipe's binary stage (docs/training.md, item 9) from
 # stage one's weights with the stronger teacher run live, say:
 #   ARGS="--init-from training/cnv-w1a1-st1-last.npz --teacher training/teacher2.npz
 #         --kd-weight 0.9 --lr 0.005 --warmup-epochs 2" bash training/gpu.sh

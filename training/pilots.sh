@@ -31,7 +31,7 @@ generalisation)
     pilot g-kd --teacher "$TEACHER"
     pilot g-cutout --teacher "$TEACHER" --cutout 16
     pilot g-mixup --teacher "$TEACHER" --mixup
-    # the teachers of two folds (python -m octoray.models.teacher --fold K/2 --epochs 20, README)
+    # the teachers of two folds (python -m octoray.models.teacher --fold K/2 --epochs 20, docs/training.md)
     pilot g-crossfit --teacher training/teacher-fold1-of2.npz --teacher training/teacher-fold2-of2.npz
     ;;
 *)

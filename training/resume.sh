@@ -1,5 +1,5 @@
 #!/bin/bash
-# The campaign's current run (README, "The campaign towards 84 %"), resumed the way every
+# The campaign's current run (README, "How it was trained": the run in progress), resumed the way every
 # session resumes it:
 #   bash training/resume.sh start   # in the background: nice 19, 2 threads, its pid in $PIDFILE
 #   bash training/resume.sh save    # the portable state a fresh machine resumes from: commit it
