@@ -367,11 +367,10 @@ def test_a_request_may_run_eight_times_the_slowest_recent_one_before_a_second_wo
     assert pool.patience() == STALL_FLOOR
 
 
-def _pool_with_a_frozen_worker(dask_requests, sent: list):
-    """A WorkerPool over a stand-in for Dask's client: two workers, one that never answers."""
+def _fake_pool(dask_requests, sent: list, workers: dict[str, float], silent: tuple = ()):
+    """A WorkerPool over a stand-in for Dask's client: `workers` maps each address to the
+    seconds its requests take; those in `silent` never answer Dask's identity call either."""
     import asyncio
-
-    frozen = "tcp://frozen:1"
 
     class Worker:
         def __init__(self, address):
@@ -379,13 +378,23 @@ def _pool_with_a_frozen_worker(dask_requests, sent: list):
 
         async def octoray_run(self, payload):
             sent.append(self.address)
-            await asyncio.sleep(3600 if self.address == frozen else 0.001)
+            await asyncio.sleep(workers[self.address])
             fn, args = payload.data
             return {"status": "OK", "result": fn(*args)}
 
+        async def identity(self):
+            await asyncio.sleep(3600 if self.address in silent else 0.001)
+            return {}
+
+    class Scheduler:
+        async def identity(self):
+            return {"workers": {address: {"nthreads": 1} for address in workers}}
+
     class Client:
+        scheduler = Scheduler()
+
         def scheduler_info(self):
-            return {"workers": {frozen: {"nthreads": 1}, "tcp://alive:1": {"nthreads": 1}}}
+            return {"workers": {address: {"nthreads": 1} for address in workers}}
 
         def rpc(self, address):
             return Worker(address)
@@ -396,7 +405,13 @@ def _pool_with_a_frozen_worker(dask_requests, sent: list):
         def _check_alive(self):
             pass
 
-    return dask_requests.WorkerPool(Executor()), frozen
+    return dask_requests.WorkerPool(Executor())
+
+
+def _pool_with_a_frozen_worker(dask_requests, sent: list):
+    """Two workers, one that never answers; (the pool, the frozen one's address)."""
+    frozen = "tcp://frozen:1"
+    return _fake_pool(dask_requests, sent, {frozen: 3600, "tcp://alive:1": 0.001}, silent=(frozen,)), frozen
 
 
 class _Doubled:
@@ -438,6 +453,49 @@ def test_a_frozen_workers_requests_are_answered_by_another_and_it_gets_no_more(m
     assert stragglers == dask_requests.PER_THREAD and not pool._stragglers
     assert pool.slots[frozen].busy == pool.slots[frozen].overdue == 0  # released once dropped
     assert took < 5
+
+
+def test_a_run_whose_only_worker_is_frozen_ends_with_an_error_naming_it(monkeypatch):
+    """Every worker holds only overdue requests: each is asked whether it is alive, and one
+    that says nothing is frozen: the run ends with `no workers left; NAME: not answering`
+    (it used to wait for ever, Dask keeping the worker for its 300 s TTL)."""
+    import asyncio
+
+    from octoray.engine import dask_requests
+    from octoray.engine.faults import ClusterError
+
+    for name, value in (("FIRST_PATIENCE", 0.2), ("STALL_FLOOR", 0.2), ("PROBE", 0.2), ("NO_WORKERS_TIMEOUT", 0.5)):
+        monkeypatch.setattr(dask_requests, name, value)
+    frozen = "tcp://frozen:1"
+
+    async def main():
+        pool = _fake_pool(dask_requests, [], {frozen: 3600}, silent=(frozen,))
+        try:
+            await asyncio.wait_for(pool.run(_Doubled(1)), 10)
+        finally:
+            await pool.drop_stragglers()
+
+    with pytest.raises(ClusterError, match=r"has no workers left; tcp://frozen:1: not answering \(nothing in 0.2 s\)"):
+        asyncio.run(main())
+
+
+def test_a_slow_worker_that_is_alive_is_waited_for_when_there_is_no_other(monkeypatch):
+    """Its request runs past the patience, but the worker answers Dask's identity call: it is
+    busy, not frozen, and the run waits for its answer."""
+    import asyncio
+
+    from octoray.engine import dask_requests
+
+    for name, value in (("FIRST_PATIENCE", 0.2), ("STALL_FLOOR", 0.2), ("PROBE", 0.2), ("NO_WORKERS_TIMEOUT", 0.5)):
+        monkeypatch.setattr(dask_requests, name, value)
+    sent = []
+
+    async def main():
+        pool = _fake_pool(dask_requests, sent, {"tcp://slow:1": 1.5})
+        return await asyncio.wait_for(pool.run(_Doubled(21)), 10)
+
+    assert asyncio.run(main()) == 42
+    assert sent == ["tcp://slow:1"]  # the one request, answered late
 
 
 def test_requests_sent_before_any_answer_are_overdue_once_the_others_answer_quickly(monkeypatch):

@@ -37,6 +37,7 @@ STALL_FLOOR = 10.0  # the least time a request may take before another worker is
 STALL_FACTOR = 8  # ... or this many times the slowest of the last requests
 COPIES = 2  # a task is in flight on at most this many workers at once
 PLUGIN_WAIT = 10.0  # seconds to wait for the workers to acknowledge octoray's plugin
+PROBE = 5.0  # seconds a worker holding only overdue requests has to show it is alive
 
 
 class _Slot:
@@ -49,7 +50,7 @@ class _Slot:
         self.threads, self.busy, self.left_out_until = 1, 0, 0.0
         self.overdue = 0  # its requests that ran past their patience: none more until they answer
         self.sees_file: bool | None = None  # None: not asked
-        self.unavailable: str | None = None  # why its card could not be opened, last time
+        self.unavailable: str | None = None  # why it was last left out: its card, or no answer
 
 
 class _Request:
@@ -98,6 +99,8 @@ class WorkerPool:
         self._plugin_install: asyncio.Future | None = None  # done: when the plugin was in place
         self._durations: deque = deque(maxlen=32)  # seconds the last requests took
         self._stragglers: set = set()  # overdue requests whose task another worker answered
+        self._probe: asyncio.Future | None = None  # the last look at workers that hold only overdue requests
+        self._probed = 0.0
         self._update(self.client.scheduler_info()["workers"])
 
     def threads(self) -> int:
@@ -184,8 +187,11 @@ class WorkerPool:
                 if waiter.done():
                     return waiter.result()
                 now = time.monotonic()
-                if any(s.left_out_until <= now for s in self.slots.values()):
+                present = [s for s in self.slots.values() if s.left_out_until <= now]
+                if present:
                     alone_since = None  # workers are there, only busy
+                    if all(s.overdue for s in present):  # or frozen, all of them
+                        await self._check_stragglers()
                 else:
                     alone_since = alone_since or now
                     if now - alone_since > NO_WORKERS_TIMEOUT:
@@ -198,6 +204,24 @@ class WorkerPool:
                 self._hand_out()
             waiter.cancel()
             raise
+
+    async def _check_stragglers(self) -> None:
+        """Every worker left holds requests past their patience, and none has another worker
+        to go to: each must answer Dask's identity call within PROBE seconds (a busy
+        worker's event loop does), or it is frozen and gets nothing more in this run (Dask
+        would keep it for its 300 s TTL, and the run would wait on it for ever).  One look
+        at a time, at most one every PROBE seconds."""
+        if self._probe is None or (self._probe.done() and time.monotonic() - self._probed >= PROBE):
+            self._probed = time.monotonic()
+
+            async def probe() -> None:
+                alive = await self.answering(PROBE)
+                for slot in self.slots.values():
+                    if slot.overdue and slot.address not in alive:
+                        slot.left_out_until, slot.unavailable = float("inf"), f"not answering (nothing in {PROBE:g} s)"
+
+            self._probe = asyncio.ensure_future(probe())
+        await asyncio.shield(self._probe)
 
     def _no_workers_left(self) -> ClusterError:
         why = "".join(f"; {slot.name}: {slot.unavailable}" for slot in self.slots.values() if slot.unavailable)
@@ -299,6 +323,7 @@ class WorkerPool:
             reply = request.future.result()
         except (OSError, asyncio.TimeoutError) as error:
             slot.left_out_until = time.monotonic() + LEFT_OUT
+            slot.unavailable = f"no answer ({error or type(error).__name__})"
             outcome.losses += 1
             if outcome.losses > RESUBMISSIONS:
                 raise ClusterError(f"a task failed on {outcome.losses} workers: {error}") from None
