@@ -511,3 +511,53 @@ def test_requests_sent_before_any_answer_are_overdue_once_the_others_answer_quic
     assert results == [2 * i for i in range(12)]
     assert sent.count(frozen) == dask_requests.PER_THREAD and stragglers == dask_requests.PER_THREAD
     assert took < 5  # not FIRST_PATIENCE
+
+
+def test_a_worker_opening_its_card_goes_on_answering_and_opens_it_once(monkeypatch):
+    """Opening a card loads its overlay (seconds on a real one).  When the card was held at
+    start-up, the next requests open it: on a thread, one attempt for all of them, while the
+    worker's event loop goes on answering heartbeats and the client's probes."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from octoray.engine import dask_worker
+    from octoray.kernels import AcceleratorError
+
+    plugin = dask_worker.AcceleratorPlugin()
+    attempts = []
+
+    def open_slowly():
+        attempts.append(threading.current_thread())
+        time.sleep(0.6)
+        if len(attempts) == 1:
+            raise AcceleratorError("card 0 is held by another process")
+        plugin.lanes = [SimpleNamespace(name="card")]
+
+    monkeypatch.setattr(plugin, "_open_lanes", open_slowly)
+    worker = SimpleNamespace(handlers={}, executor=ThreadPoolExecutor(2))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gaps = []
+
+        async def heartbeat():
+            for _ in range(30):
+                began = loop.time()
+                await asyncio.sleep(0.02)
+                gaps.append(loop.time() - began)
+
+        beating = asyncio.create_task(heartbeat())
+        await plugin.setup(worker)  # the card is held: setup says so and goes on
+        replies = await asyncio.gather(*(worker.handlers[dask_worker.RUN_OP]((abs, (-i,))) for i in range(3)))
+        await beating
+        return replies, gaps
+
+    try:
+        replies, gaps = asyncio.run(main())
+    finally:
+        worker.executor.shutdown()
+    assert [r["status"] for r in replies] == ["OK"] * 3
+    assert [r["result"].data for r in replies] == [0, 1, 2]
+    assert len(attempts) == 2 and threading.main_thread() not in attempts  # setup's, then one for all
+    assert max(gaps) < 0.3, max(gaps)

@@ -44,12 +44,13 @@ class AcceleratorPlugin(WorkerPlugin):
         self.lanes: list = []
         self.tasks_done = 0
         self._card_threads = None  # two threads per card, made on the first request
+        self._opening = None  # an asyncio.Lock: one attempt to open the cards at a time
 
     @property
     def accelerator(self):
         return self.lanes[0] if self.lanes else None
 
-    def setup(self, worker) -> None:
+    async def setup(self, worker) -> None:
         """Answer requests first, then open the cards: a card held by another process (say a
         worker still shutting down) fails here, and each request tries it again, so the
         worker joins the run once the card is free instead of never."""
@@ -59,7 +60,7 @@ class AcceleratorPlugin(WorkerPlugin):
         from octoray.kernels import AcceleratorError
 
         try:
-            self._open_lanes()
+            await self.lanes_ready()
         except AcceleratorError as error:
             import logging
 
@@ -87,11 +88,10 @@ class AcceleratorPlugin(WorkerPlugin):
 
         from octoray.kernels import AcceleratorError
 
-        if not self.lanes:
-            try:
-                self._open_lanes()
-            except AcceleratorError as error:  # the client sends the task elsewhere
-                return {"status": UNAVAILABLE, "reason": str(error)}
+        try:
+            await self.lanes_ready()
+        except AcceleratorError as error:  # the client sends the task elsewhere
+            return {"status": UNAVAILABLE, "reason": str(error)}
         fn, args = payload
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._threads(), run_task, fn, args)
@@ -100,6 +100,20 @@ class AcceleratorPlugin(WorkerPlugin):
             return {"status": "error", "exception": to_serialize(_picklable(error))}
         self.tasks_done += 1
         return {"status": "OK", "result": to_serialize(result)}
+
+    async def lanes_ready(self) -> None:
+        """Open the cards if setup could not, on a thread and one attempt at a time: loading
+        an overlay takes seconds on a card, and meanwhile the worker's event loop must go on
+        answering heartbeats and the client's probes. Raises AcceleratorError."""
+        import asyncio
+
+        if self.lanes:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if not self.lanes:
+                await asyncio.get_running_loop().run_in_executor(None, self._open_lanes)
 
     def _threads(self):
         """Where requests run: on cards, two threads pinned to each (as the embedded default's
@@ -215,16 +229,14 @@ async def dask_setup(worker) -> None:
     await worker.plugin_add(AcceleratorPlugin(), name=PLUGIN_NAME)
 
 
-def describe_worker(dask_worker) -> dict:
+async def describe_worker(dask_worker) -> dict:
     """Run on each worker by `octoray status`: its lanes (accelerator, tasks), threads, tasks done."""
-    from octoray.kernels import local_lanes
-
-    from octoray.kernels import AcceleratorError
+    from octoray.kernels import AcceleratorError, local_lanes
 
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
     try:
-        if plugin and not plugin.lanes:
-            plugin._open_lanes()
+        if plugin:
+            await plugin.lanes_ready()
         lanes = plugin.lanes if plugin else local_lanes()
     except AcceleratorError as error:
         threads = dask_worker.state.nthreads
