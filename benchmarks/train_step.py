@@ -1,7 +1,8 @@
-"""One training step of CNV-W1A1 three ways, side by side in one run: distillation with the
-teacher run on the batch (what `--teacher` does), distillation from a bank of the teacher's
-outputs computed once (`--kd-bank K`), and the labels alone (no teacher).  Steps alternate,
-so a busy machine slows all three alike; prints medians and the paired ratios to the live
+"""One training step of CNV-W1A1 four ways, side by side in one run: distillation with the
+teacher run on the batch (what `--teacher` does), the same with the teacher quantized to 8 bits
+(`--teacher-precision int8`), distillation from a bank of the teacher's outputs computed once
+(`--kd-bank K`), and the labels alone (no teacher).  Steps alternate,
+so a busy machine slows all four alike; prints medians and the paired ratios to the live
 teacher's step, and the rate at which a bank is built.
 
     python benchmarks/train_step.py [--teacher training/teacher.npz] [--threads 2] [--pairs 15]
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     from octoray.models import kd_bank
     from octoray.models.cnv import CNV
     from octoray.models.runs import augment
-    from octoray.models.teacher import load_teacher
+    from octoray.models.teacher import load_teacher, quantized
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     bank = kd_bank.build(teacher, images, variants=4, seed=1)
     built = time.perf_counter() - started
+    teacher8 = quantized(teacher, augment(images, torch.Generator().manual_seed(2)))
     model = CNV().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
         loss = F.cross_entropy(logits, labels[index])
         if way != "labels":
             with torch.no_grad():
-                soft = F.softmax(taught if way == "bank" else teacher(x), dim=1)
+                if way != "bank":
+                    taught = (teacher8 if way == "int8" else teacher)(x)
+                soft = F.softmax(taught, dim=1)
             loss = 0.1 * loss + 0.9 * F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
         model.clip_weights()
         return time.perf_counter() - began
 
-    ways = ("live", "bank", "labels")
+    ways = ("live", "int8", "bank", "labels")
     for way in ways * 3:  # warm-up
         step(way)
     times = {way: [] for way in ways}

@@ -441,6 +441,44 @@ def test_a_student_distils_from_a_bank_built_once(tiny_archive, tmp_path):
     assert bank_file.stat().st_mtime_ns == built  # a refused recipe leaves the run's bank alone
 
 
+def test_an_int8_teacher_answers_as_the_float_one_and_the_same_each_time():
+    """The quantized teacher's ranges come from the images it is given, so that a resumed run
+    quantizes it to the same teacher; its answers stay close to the float teacher's; torch.ao's
+    deprecation warnings stay inside."""
+    import warnings
+
+    from octoray.models.teacher import Teacher, quantized
+
+    torch.manual_seed(0)
+    teacher = Teacher((8, 16, 16, 16)).eval()
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, second = quantized(teacher, images), quantized(teacher, images)
+        x = images[:50].contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            exact, once, again = teacher(x).softmax(1), first(x).softmax(1), second(x).softmax(1)
+    assert torch.equal(once, again)
+    assert not torch.equal(once, exact)  # really another network
+    assert (once - exact).abs().sum(1).max() / 2 < 0.05  # total variation of each answer
+
+
+def test_a_student_distils_from_an_int8_teacher_and_resumes_with_the_same_one(tiny_archive, tmp_path):
+    teacher = saved_teacher(tiny_archive, tmp_path, epochs=1)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    int8 = ("--teacher", str(teacher), "--teacher-precision", "int8")
+    assert train(tiny_archive, whole, "--epochs", "2", *int8).returncode == 0
+    first = train(tiny_archive, split, "--epochs", "2", "--max-epochs-this-run", "1", *int8)
+    assert first.returncode == 0, first.stderr
+    assert train(tiny_archive, split, "--epochs", "2", *int8).returncode == 0
+    a, b = checkpoint(whole), checkpoint(split)
+    assert a["recipe"]["teacher_precision"] == "int8" and b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    other = train(tiny_archive, split, "--epochs", "3", "--teacher", str(teacher))  # a float teacher now
+    assert other.returncode == 1 and b"choose another --run" in other.stderr
+
+
 @pytest.mark.parametrize("stage", ["weights", "activations"])
 def test_a_staged_recipe_trains_a_real_stage_then_seeds_a_binary_run(tiny_archive, tmp_path, stage):
     """--weights real / --activations real (stage one) are never exported; their weights start
