@@ -107,6 +107,21 @@ def test_an_interrupted_run_resumes_and_follows_the_same_curve(tiny_archive, tmp
     assert (tmp_path / "split" / "train" / "t" / "learning-curve.png").stat().st_size > 1000
 
 
+def test_progress_says_where_a_run_stands_without_the_data(tiny_archive, tmp_path):
+    assert train(tiny_archive, tmp_path, "--epochs", "3", "--max-epochs-this-run", "2").returncode == 0
+    history = checkpoint(tmp_path)["history"]
+    shown = run_module("train", tmp_path, "--run", "t", "--progress")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.decode().splitlines()
+    assert lines[0].startswith("t: 2 of 3 epochs, lr ")
+    assert lines[1].split()[:3] == ["1-2", f"{100 * history[0]['val_acc']:.2f}", f"{100 * history[1]['val_acc']:.2f}"]
+    assert "1 epochs left" in lines[-1]
+    missing = run_module("train", tmp_path, "--run", "nothing", "--progress")
+    assert missing.returncode == 1 and b"no run nothing on this machine" in missing.stderr
+    assert not (tmp_path / "train" / "nothing").exists()
+    assert run_module("train", tmp_path, "--run", "t").returncode == 2  # training needs --data
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_archive, tmp_path):
     proc = train(tiny_archive, tmp_path, "--epochs", "200", wait=False)
     last = tmp_path / "train" / "t" / "last.pt"

@@ -3,6 +3,7 @@
 # session resumes it:
 #   bash training/resume.sh start   # in the background: nice 19, 2 threads, its pid in $PIDFILE
 #   bash training/resume.sh save    # the portable state a fresh machine resumes from: commit it
+#   bash training/resume.sh status  # whether the trainer runs; epochs done, validation so far, time left
 # start continues from this machine's checkpoint (<cache>/train/RUN/last.pt) where there is
 # one, else from the committed portable state, and refuses while $PIDFILE names a live
 # process: one trainer at a time.  Stop it by that pid only: kill "$(cat "$PIDFILE")".
@@ -41,8 +42,16 @@ start)
 save)
     "$PYTHON" -m octoray.models.train --data "$DATA" --run "$RUN" --save-portable "$STATE"
     ;;
+status)
+    if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+        echo "resume.sh: the trainer runs: pid $(cat "$PIDFILE") ($PIDFILE), log $LOG"
+    else
+        echo "resume.sh: no trainer runs ($PIDFILE)"
+    fi
+    "$PYTHON" -m octoray.models.train --run "$RUN" --progress
+    ;;
 *)
-    echo "usage: bash training/resume.sh start|save" >&2
+    echo "usage: bash training/resume.sh start|save|status" >&2
     exit 2
     ;;
 esac

@@ -40,7 +40,8 @@ RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change it
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="octoray-train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, type=Path, help="cifar10-train.tar.gz (JPEGs, one folder per class)")
+    p.add_argument("--data", type=Path, help="cifar10-train.tar.gz (JPEGs, one folder per class); not needed by "
+                                             "--progress and --save-portable")
     p.add_argument("--run", default="cnv-w1a1", help="run name: checkpoints go to <cache>/train/<run>")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100)
@@ -101,11 +102,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="with --save-portable: last (the default: what resuming needs) or best (the epoch "
                         "with the highest validation accuracy, weights only: what a shipped model folds from)")
+    p.add_argument("--progress", action="store_true",
+                   help="print where the run stands (epochs done, validation by epoch and by ten epochs, "
+                        "best epoch, time left) from its history, and exit")
     p.add_argument("--resume-from", type=Path, metavar="FILE",
                    help="continue, on a machine without its checkpoint, the run a --save-portable file holds")
     p.add_argument("--init-from", type=Path, metavar="FILE",
                    help="start a new run (epoch 1, its own recipe) from the weights of a --save-portable file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data is None and not (args.progress or args.save_portable):
+        p.error("the following arguments are required: --data")
+    return args
 
 
 def _same_recipe(saved: dict, recipe: dict) -> bool:
@@ -149,6 +156,39 @@ def plot_learning_curve(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def progress(run: str, history: list[dict]) -> str:
+    """Where a run stands, for the session notes: validation accuracy by epoch (ten a line)
+    and its ten-epoch means, the best epoch, and the time left at the recent pace."""
+    if not history:
+        return f"{run}: no epoch done yet"
+    done, total = history[-1]["epoch"], history[-1]["schedule_epochs"]
+    lines = [f"{run}: {done} of {total} epochs, lr {history[-1]['lr']:.5f}"]
+    for start in range(0, len(history), 10):
+        part = history[start:start + 10]
+        accs = [100 * h["val_acc"] for h in part]
+        lines.append(f"  {part[0]['epoch']:>3}-{part[-1]['epoch']:<3} " + " ".join(f"{a:.2f}" for a in accs)
+                     + f"  (mean {sum(accs) / len(accs):.2f})")
+    best = max(history, key=lambda h: h["val_acc"])
+    recent = sorted(h["seconds"] for h in history[-10:])[len(history[-10:]) // 2]
+    lines.append(f"  best: {100 * best['val_acc']:.2f} % at epoch {best['epoch']}; "
+                 f"{total - done} epochs left, about {(total - done) * recent / 3600:.1f} h at {recent:.0f} s an epoch")
+    return "\n".join(lines)
+
+
+def _print_progress(run: str) -> int:
+    from octoray.models.data import cache_dir
+
+    path = cache_dir() / "train" / run / "history.json"
+    if not path.exists():
+        print(f"train: no run {run} on this machine ({path.parent})", file=sys.stderr)
+        return 1
+    try:
+        print(progress(run, json.loads(path.read_text())), flush=True)
+    except BrokenPipeError:  # `| head`: the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,6 +212,8 @@ def main(argv=None) -> int:
         print("train: several (cross-fitted) teachers answer each image live, and a blend of two images "
               "has no teacher that saw neither: not with --kd-bank or --mixup", file=sys.stderr)
         return 2
+    if args.progress:
+        return _print_progress(args.run)
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
