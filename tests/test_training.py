@@ -115,7 +115,7 @@ def test_progress_says_where_a_run_stands_without_the_data(tiny_archive, tmp_pat
     lines = shown.stdout.decode().splitlines()
     assert lines[0].startswith("t: 2 of 3 epochs, lr ")
     assert lines[1].split()[:3] == ["1-2", f"{100 * history[0]['val_acc']:.2f}", f"{100 * history[1]['val_acc']:.2f}"]
-    assert "1 epochs left" in lines[-1]
+    assert "; 1 epoch left, about " in lines[-1]
     missing = run_module("train", tmp_path, "--run", "nothing", "--progress")
     assert missing.returncode == 1 and b"no run nothing on this machine" in missing.stderr
     assert not (tmp_path / "train" / "nothing").exists()

@@ -168,10 +168,10 @@ def progress(run: str, history: list[dict]) -> str:
         accs = [100 * h["val_acc"] for h in part]
         lines.append(f"  {part[0]['epoch']:>3}-{part[-1]['epoch']:<3} " + " ".join(f"{a:.2f}" for a in accs)
                      + f"  (mean {sum(accs) / len(accs):.2f})")
-    best = max(history, key=lambda h: h["val_acc"])
+    best, left = max(history, key=lambda h: h["val_acc"]), total - done
     recent = sorted(h["seconds"] for h in history[-10:])[len(history[-10:]) // 2]
     lines.append(f"  best: {100 * best['val_acc']:.2f} % at epoch {best['epoch']}; "
-                 f"{total - done} epochs left, about {(total - done) * recent / 3600:.1f} h at {recent:.0f} s an epoch")
+                 f"{left} epoch{'s' * (left != 1)} left, about {left * recent / 3600:.1f} h at {recent:.0f} s an epoch")
     return "\n".join(lines)
 
 
