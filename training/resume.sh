@@ -20,9 +20,11 @@ TRAIN=(--data "$DATA" --run "$RUN" --threads 2 --init-from training/cnv-w1a1-st2
        --teacher training/teacher2.npz --kd-weight 0.9 --kd-temperature 1 --epochs 200 --lr 0.02
        --warmup-epochs 2 --keep-epochs-from 181)
 
+running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
 case "${1:-}" in
 start)
-    if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    if running; then
         echo "resume.sh: a trainer already runs: pid $(cat "$PIDFILE") ($PIDFILE)" >&2
         exit 1
     fi
@@ -43,7 +45,7 @@ save)
     "$PYTHON" -m octoray.models.train --data "$DATA" --run "$RUN" --save-portable "$STATE"
     ;;
 status)
-    if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    if running; then
         echo "resume.sh: the trainer runs: pid $(cat "$PIDFILE") ($PIDFILE), log $LOG"
     else
         echo "resume.sh: no trainer runs ($PIDFILE)"

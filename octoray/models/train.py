@@ -191,6 +191,8 @@ def _print_progress(run: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.progress:  # reads the history alone: no device, no recipe
+        return _print_progress(args.run)
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     started = time.time()
@@ -212,8 +214,6 @@ def main(argv=None) -> int:
         print("train: several (cross-fitted) teachers answer each image live, and a blend of two images "
               "has no teacher that saw neither: not with --kd-bank or --mixup", file=sys.stderr)
         return 2
-    if args.progress:
-        return _print_progress(args.run)
     out = run_dir(args.run)
     last = out / "last.pt"
     if args.save_portable:
