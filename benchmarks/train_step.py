@@ -1,9 +1,12 @@
-"""One training step of CNV-W1A1 four ways, side by side in one run: distillation with the
+"""One training step of CNV-W1A1 several ways, side by side in one run: distillation with the
 teacher run on the batch (what `--teacher` does), the same with the teacher quantized to 8 bits
 (`--teacher-precision int8`), distillation from a bank of the teacher's outputs computed once
-(`--kd-bank K`), and the labels alone (no teacher).  Steps alternate,
-so a busy machine slows all four alike; prints medians and the paired ratios to the live
-teacher's step, and the rate at which a bank is built.
+(`--kd-bank K`), and the labels alone (no teacher); each with the binary convolutions' forward
+pass counted from sign bits (octoray/models/popcount.py, what training does on a CPU) and,
+for the live teachers and the labels, with float convolutions (the same numbers, as before
+the popcount path).  Steps alternate, so a busy machine slows all of them alike; prints
+medians and the paired ratios to the live teacher's step with float convolutions, and the
+rate at which a bank is built.
 
     python benchmarks/train_step.py [--teacher training/teacher.npz] [--threads 2] [--pairs 15]
 
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(0)
 
     def step(way: str) -> float:
+        way, _, convs = way.partition(", ")
+        model.count_popcounts(convs != "float convs")
         began = time.perf_counter()
         index = torch.randint(0, len(images), (args.batch_size,), generator=generator)
         if way == "bank":
@@ -71,19 +76,25 @@ def main(argv=None) -> int:
         model.clip_weights()
         return time.perf_counter() - began
 
-    ways = ("live", "int8", "bank", "labels")
+    ways = ("live, float convs", "live", "int8, float convs", "int8", "bank", "labels, float convs", "labels")
+    baseline = ways[0]
     for way in ways * 3:  # warm-up
         step(way)
     times = {way: [] for way in ways}
     for _ in range(args.pairs):
         for way in ways:
             times[way].append(step(way))
+    def paired(way: str, other: str) -> float:
+        return statistics.median(t / o for t, o in zip(times[way], times[other]))
+
     print(f"batch {args.batch_size}, {args.threads} threads, {args.pairs} rounds")
     print(f"bank building: {len(images) * 4 / built:.0f} teacher forwards/s")
     for way in ways:
-        ratios = [t / live for t, live in zip(times[way], times["live"])]
-        print(f"{way:>7}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
-              f"paired ratio to live {statistics.median(ratios):.2f}")
+        line = (f"{way:>18}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
+                f"paired ratio to {baseline} {paired(way, baseline):.2f}")
+        if f"{way}, float convs" in times:
+            line += f", to its float convs {paired(way, f'{way}, float convs'):.2f}"
+        print(line)
     return 0
 
 

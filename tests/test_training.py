@@ -205,6 +205,75 @@ def test_sign_is_plus_one_at_zero_and_passes_gradients_inside_the_unit_window(st
     assert x.grad[:8].ne(0).tolist() == [True, True, ste == "hardtanh", ste == "hardtanh", True, True, False, False]
 
 
+def plus_minus_one(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    """+-1 at random, channels-last as the trainer stores activations."""
+    values = torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1)
+    return values.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("cin, cout, side", [(64, 64, 30), (64, 128, 14), (128, 128, 12), (128, 256, 5),
+                                             (256, 256, 3)])
+def test_counting_sign_bits_gives_the_float_convolutions_sums(cin, cout, side, portable):
+    import torch.nn.functional as F
+
+    from octoray.models import _popcount_conv, popcount
+
+    g = torch.Generator().manual_seed(cin + cout + side)
+    x, weight = plus_minus_one(7, cin, side, side, generator=g), plus_minus_one(cout, cin, 3, 3, generator=g)
+    assert popcount.usable(x, weight)
+    expected = F.conv2d(x, weight)
+    counted = popcount.conv_sums(x, weight)  # 7 images cut between the threads
+    assert torch.equal(counted, expected) and counted.stride() == expected.stride()
+    # each code path of the C kernel on its own, the AVX2 one where this CPU has it
+    x_bits = popcount._sign_bits(x.permute(0, 2, 3, 1).numpy())
+    w_bits = popcount._sign_bits(np.ascontiguousarray(weight.permute(0, 2, 3, 1).numpy()))
+    out = np.full((7, side - 2, side - 2, cout), np.nan, dtype=np.float32)
+    _popcount_conv.conv(x_bits, w_bits, out, side, side, cin // 64, 0, 7, portable)
+    assert np.array_equal(out, expected.permute(0, 2, 3, 1).numpy())
+
+
+def test_a_step_with_counted_convolutions_is_the_float_step_to_the_bit(monkeypatch):
+    """The popcount forward is a speed-up only: two copies of a model, one counting and one
+    convolving floats, stay equal to the bit through Adam steps (at Brevitas' high rate, so
+    that weights change sign), and so do their evaluations."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from octoray.models import popcount
+    from octoray.models.runs import augment
+
+    counted = []
+    monkeypatch.setattr(popcount, "conv_sums", lambda x, w, sums=popcount.conv_sums: counted.append(1) or sums(x, w))
+
+    torch.manual_seed(0)
+    counting = CNV().to(memory_format=torch.channels_last)
+    floats = copy.deepcopy(counting)
+    floats.count_popcounts(False)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.02) for m in (counting, floats)]
+    images = torch.randint(0, 256, (150, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (150,))
+    signs_before = [conv.weight.detach().sign() for conv in counting.convs]
+    for step in range(3):
+        x = augment(images[50 * step:50 * step + 50], torch.Generator().manual_seed(step))
+        x = x.contiguous(memory_format=torch.channels_last)
+        for model, optimizer in zip((counting, floats), optimizers):
+            loss = F.cross_entropy(model(x), labels[50 * step:50 * step + 50])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            model.clip_weights()
+    assert len(counted) == 3 * 5  # conv2-conv6 counted in each step of the counting model only
+    for (name, a), b in zip(counting.state_dict().items(), floats.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(conv.weight.detach().sign(), before)
+               for conv, before in zip(counting.convs, signs_before))  # the steps did flip weights
+    counting.eval(), floats.eval()
+    with torch.no_grad():
+        assert torch.equal(counting(x), floats(x))
+
+
 @pytest.mark.parametrize("seed, negative", [(1, False), (2, True), (3, False)])
 def test_export_gives_the_float_models_predictions(seed, negative):
     model = randomised_float_model(seed, negative)

@@ -12,6 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from octoray.formats.cnv_input import PIXEL_TO_Q17
+from octoray.models import popcount
 
 BN_EPS = 1e-4
 CONV_CHANNELS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256))
@@ -81,12 +82,18 @@ class BinaryConv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel_size=3, bias=False)
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True  # False: the staged recipe's first stage, real weights (CNV's `weights`)
+        self.popcount = True  # False: always a float convolution (benchmarks/train_step.py compares)
 
     def binary_weight(self) -> torch.Tensor:
         return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
 
-    def forward(self, x):
-        return F.conv2d(x, self.binary_weight())
+    def forward(self, x: torch.Tensor, binary_input: bool = False) -> torch.Tensor:
+        """binary_input: x is all +-1 (a sign's output), so with binary weights the sums are
+        counted from sign bits where popcount.usable() (the same numbers, faster)."""
+        weight = self.binary_weight()
+        if binary_input and self.binarize and self.popcount and popcount.usable(x, weight):
+            return popcount.conv2d(x, weight)
+        return F.conv2d(x, weight)
 
 
 class BinaryLinear(nn.Linear):
@@ -158,7 +165,7 @@ class CNV(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(pixels)
         for i, (conv, bn) in enumerate(zip(self.convs, self.conv_bns)):
-            x = self.activation(bn(conv(x)))
+            x = self.activation(bn(conv(x, binary_input=i > 0 and not self.real_activations)))
             if i in POOL_AFTER:
                 x = F.max_pool2d(x, 2)
         x = x.flatten(1)
@@ -178,6 +185,12 @@ class CNV(nn.Module):
         as they are) while the rest of the network trains."""
         for norm in self.norms():
             norm.eval()
+
+    def count_popcounts(self, enabled: bool) -> None:
+        """Whether the binary convolutions count sign bits where they can (the default) or
+        always convolve floats: the same numbers either way."""
+        for conv in self.convs:
+            conv.popcount = enabled
 
     @torch.no_grad()
     def clip_weights(self) -> None:

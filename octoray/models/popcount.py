@@ -1,0 +1,87 @@
+"""Binary convolutions by XNOR-popcount for training on the CPU.
+
+Every convolution of CNV after the first takes +-1 activations and +-1 weights, so its
+outputs are sums of +-1 products: integers that a float convolution also gets exactly.
+Counting the differing sign bits (``_popcount_conv.c``) gives the same numbers from a
+32nd of the data, which saves part of each training step's forward pass (docs/training.md).
+The backward pass is PyTorch's own convolution backward on the same tensors, so a step
+is the same to the bit either way (tests/test_training.py).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from octoray.models import _popcount_conv
+
+_WORDS = {64: 1, 128: 2, 256: 4}  # input channels -> 64-bit words a position
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether conv2d(x, weight) can be counted here: a CPU float32 3x3 convolution of 64,
+    128 or 256 channels whose input is stored channels-last (as the trainer stores it)."""
+    return (bool(_popcount_conv.AVAILABLE) and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and x.dim() == 4 and x.shape[1] in _WORDS
+            and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _in_parallel(work, stop: int) -> None:
+    """work(first, stop) over [0, stop), cut into one range a thread of PyTorch's budget."""
+    threads = max(1, min(torch.get_num_threads(), stop))
+    if threads == 1:
+        work(0, stop)
+        return
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="octoray-popcount")
+    bounds = [stop * i // threads for i in range(threads + 1)]
+    for future in [pool.submit(work, a, b) for a, b in zip(bounds, bounds[1:])]:
+        future.result()
+
+
+def _sign_bits(values: np.ndarray) -> np.ndarray:
+    """(..., C) float32, C a multiple of 64 -> (..., C / 64) uint64 sign bits."""
+    bits = np.empty(values.shape[:-1] + (values.shape[-1] // 64,), dtype=np.uint64)
+    flat, words = values.reshape(-1), bits.reshape(-1)
+    _in_parallel(lambda a, b: _popcount_conv.pack(flat, words, a, b), words.size)
+    return bits
+
+
+def conv_sums(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """conv2d(x, weight) for +-1 x (N, C, H, W, channels-last) and +-1 weight (Cout, C, 3, 3),
+    counted from sign bits; the result is channels-last, as conv2d's would be."""
+    n, c, h, w = x.shape
+    cout = weight.shape[0]
+    x_bits = _sign_bits(x.detach().permute(0, 2, 3, 1).numpy())
+    w_bits = _sign_bits(np.ascontiguousarray(weight.detach().permute(0, 2, 3, 1).numpy()))
+    out = torch.empty((n, h - 2, w - 2, cout), dtype=torch.float32)
+    flat = out.numpy()
+    _in_parallel(lambda a, b: _popcount_conv.conv(x_bits, w_bits, flat, h, w, _WORDS[c], a, b), n)
+    return out.permute(0, 3, 1, 2)
+
+
+class _PopcountConv2d(torch.autograd.Function):
+    """conv2d of +-1 tensors: counted forward, PyTorch's convolution backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return conv_sums(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return grad_x, grad_weight
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.conv2d(x, weight) (stride 1, no padding, no bias) for +-1 x and weight where usable()."""
+    return _PopcountConv2d.apply(x, weight)
