@@ -38,9 +38,11 @@ def _in_parallel(work, stop: int) -> None:
         return
     pool = _pools.get(threads)
     if pool is None:
-        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="octoray-popcount")
+        pool = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="octoray-popcount")
     bounds = [stop * i // threads for i in range(threads + 1)]
-    for future in [pool.submit(work, a, b) for a, b in zip(bounds, bounds[1:])]:
+    futures = [pool.submit(work, a, b) for a, b in zip(bounds[1:], bounds[2:])]
+    work(bounds[0], bounds[1])  # the calling thread takes the first range itself
+    for future in futures:
         future.result()
 
 
