@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -301,6 +302,20 @@ def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive,
     assert moved.returncode == 0, moved.stderr
     assert b"resuming t after epoch 1 from" in moved.stdout and b"fresh optimizer" not in moved.stdout
     assert [h["epoch"] for h in checkpoint(there)["history"]] == [1, 2, 3]
+
+
+def test_a_run_keeps_its_portable_state_current_after_every_epoch(tiny_archive, tmp_path):
+    """train --keep-portable FILE: after each epoch FILE holds what --save-portable would
+    write then, so a session cut off before it saves still leaves its newest epoch."""
+    kept, saved = tmp_path / "kept.npz", tmp_path / "saved.npz"
+    first = train(tiny_archive, tmp_path, "--epochs", "3", "--max-epochs-this-run", "2", "--keep-portable", str(kept))
+    assert first.returncode == 0, first.stderr
+    assert train(tiny_archive, tmp_path, "--save-portable", str(saved)).returncode == 0
+    with np.load(kept) as a, np.load(saved) as b:
+        assert json.loads(str(a["metadata"]))["epoch"] == 2 and sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+    assert not list(tmp_path.glob("*.tmp"))  # written beside, then renamed
 
 
 def test_a_portable_file_carries_adams_second_moment_and_the_random_stream(tiny_archive, tmp_path):
@@ -616,6 +631,7 @@ def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp
         assert argv[:2] == ["-m", "octoray.models.train"] and "--run" in argv and "--threads" in argv
         state = argv[argv.index("--run") + 1] + "-state.npz"
         assert argv[-2:] == ["--resume-from", f"training/{state}"]  # committed: a fresh machine resumes
+        assert argv[argv.index("--keep-portable") + 1] == f"training/{state}"  # and kept current
         assert (ROOT / "training" / state).exists()
         assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) == 19
         again = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)

@@ -3,6 +3,7 @@
 # session resumes it:
 #   bash training/resume.sh start   # in the background: nice 19, 2 threads, its pid in $PIDFILE
 #   bash training/resume.sh save    # the portable state a fresh machine resumes from: commit it
+#                                   # (start keeps it current after every epoch too: --keep-portable)
 #   bash training/resume.sh status  # whether the trainer runs; epochs done, validation so far, time left
 # start continues from this machine's checkpoint (<cache>/train/RUN/last.pt) where there is
 # one, else from the committed portable state, and refuses while $PIDFILE names a live
@@ -37,7 +38,9 @@ start)
         resume=(--resume-from "$STATE")  # used only where this machine has no last.pt
     fi
     # nohup and nice exec the next program: $! is the trainer's own pid
-    nohup nice -n 19 "$PYTHON" -m octoray.models.train "${TRAIN[@]}" "${resume[@]}" >> "$LOG" 2>&1 &
+    # --keep-portable: a session cut off before it saves still leaves its newest epoch in $STATE
+    nohup nice -n 19 "$PYTHON" -m octoray.models.train "${TRAIN[@]}" --keep-portable "$STATE" "${resume[@]}" \
+        >> "$LOG" 2>&1 &
     echo $! > "$PIDFILE"
     echo "resume.sh: $RUN resumed, pid $! in $PIDFILE, log $LOG"
     ;;

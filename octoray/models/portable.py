@@ -8,6 +8,7 @@ run's metadata, in one compressed .npz of a few MiB (the repository keeps files 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,16 @@ def write_portable(state: dict, path: Path) -> None:
     if optimizer is not None:
         for index, moments in optimizer["state"].items():
             name = params[index]
-            arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().numpy()
+            arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().cpu().numpy()
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
     if "generator" in state:
         arrays["generator"] = state["generator"].cpu().numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
     meta["device_type"] = state.get("device_type", "cpu")
-    np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
+    tmp = path.with_name(path.name + ".tmp")  # replaced whole: a reader never sees half a file
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, metadata=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
 
 
 def load_portable(path: Path, model: CNV, optimizer=None) -> dict:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
-from octoray.models.portable import load_portable, save_portable
+from octoray.models.portable import load_portable, save_portable, write_portable
 from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_split, mixup, run_dir,
                                  save_atomically)
 
@@ -96,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-epochs-from", type=int, default=None, metavar="E",
                    help="keep the weights of every epoch from E on (<run>/epochs/), for "
                         "python -m octoray.models.average; training itself is unchanged")
+    p.add_argument("--keep-portable", type=Path, metavar="FILE",
+                   help="after every epoch, also write the run's state to FILE as --save-portable does: "
+                        "a session cut off before it saves still leaves its newest epoch in the working tree")
     p.add_argument("--save-portable", type=Path, metavar="FILE",
                    help="write the run's last checkpoint as a small portable file (fp16 weights, Adam's "
                         "second moment, the random state) and exit: training can move to another machine with it")
@@ -289,6 +292,8 @@ def main(argv=None) -> int:
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "device_type": device.type}
         save_atomically(state, last)
+        if args.keep_portable:
+            write_portable(state, args.keep_portable)
         if val_acc >= max(h["val_acc"] for h in history):
             save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
                              "model": model.state_dict()}, out / "best.pt")
