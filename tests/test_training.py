@@ -563,15 +563,17 @@ def test_an_int8_teacher_answers_as_the_float_one_and_the_same_each_time():
 
 
 def test_a_student_distils_from_an_int8_teacher_and_resumes_with_the_same_one(tiny_archive, tmp_path):
+    """The seventh schedule's recipe: the 8-bit teacher labels mixup blends live; a resumed
+    run gets the same teacher and the same blends back."""
     teacher = saved_teacher(tiny_archive, tmp_path, epochs=1)
     whole, split = tmp_path / "whole", tmp_path / "split"
-    int8 = ("--teacher", str(teacher), "--teacher-precision", "int8")
+    int8 = ("--teacher", str(teacher), "--teacher-precision", "int8", "--mixup")
     assert train(tiny_archive, whole, "--epochs", "2", *int8).returncode == 0
     first = train(tiny_archive, split, "--epochs", "2", "--max-epochs-this-run", "1", *int8)
     assert first.returncode == 0, first.stderr
     assert train(tiny_archive, split, "--epochs", "2", *int8).returncode == 0
     a, b = checkpoint(whole), checkpoint(split)
-    assert a["recipe"]["teacher_precision"] == "int8" and b["epoch"] == 2
+    assert a["recipe"]["teacher_precision"] == "int8" and a["recipe"]["mixup"] is True and b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     other = train(tiny_archive, split, "--epochs", "3", "--teacher", str(teacher))  # a float teacher now
