@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT, fgzip, run, text_like, tool
+from octoray.engine.dask_executor import CONNECT_TIMEOUT
 from test_cluster import Cluster
 
 
@@ -411,12 +412,16 @@ def test_fclassify_survives_a_worker_killed_while_workers_read_the_images(tmp_pa
     try:
         proc = subprocess.Popen([*tool("fclassify"), "-v", "--batch", "16", "--scheduler", c.address, str(images)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        timer = threading.Timer(0.8, lambda: c.workers["card1"].send_signal(signal.SIGKILL))
+        killed_at = []
+        timer = threading.Timer(0.8, lambda: (c.workers["card1"].send_signal(signal.SIGKILL),
+                                              killed_at.append(time.monotonic())))
         timer.start()
         out, err = proc.communicate(timeout=180)
         timer.join()
         assert c.workers["card1"].poll() is not None  # it was killed before the end
         assert proc.returncode == 0, err
+        # its requests went to card0 at once: none waited out the connect retries to its port
+        assert time.monotonic() - killed_at[0] < CONNECT_TIMEOUT
         assert b"workers read the input files themselves" in err
         assert out == embedded.stdout
     finally:

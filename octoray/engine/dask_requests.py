@@ -10,7 +10,9 @@ so its card never idles), the least loaded first.  The scheduler is asked only w
 workers are, at most once a second.
 
 A worker lost mid-request (its connection breaks) is left out for a few seconds and the task
-goes to another one; after RESUBMISSIONS such losses the run fails.  A worker whose card
+goes to another one; after RESUBMISSIONS such losses the run fails.  A worker the scheduler no
+longer lists (it saw the process die) is dropped, and its requests go elsewhere at once: one
+still connecting to its port would wait out Dask's connect retries.  A worker whose card
 cannot be opened yet (held by another process) answers so, and is left out for as long.  A
 worker that sees the input file differently from this host gets that task's bytes instead of
 its ranges.  A request that runs far longer than the others did goes to a second worker too
@@ -43,7 +45,8 @@ PROBE = 5.0  # seconds a worker holding only overdue requests has to show it is 
 class _Slot:
     """What the client knows of one worker."""
 
-    __slots__ = ("address", "name", "threads", "busy", "overdue", "left_out_until", "sees_file", "unavailable")
+    __slots__ = ("address", "name", "threads", "busy", "overdue", "left_out_until", "sees_file", "unavailable",
+                 "requests")
 
     def __init__(self, address: str):
         self.address, self.name = address, address
@@ -51,6 +54,7 @@ class _Slot:
         self.overdue = 0  # its requests that ran past their patience: none more until they answer
         self.sees_file: bool | None = None  # None: not asked
         self.unavailable: str | None = None  # why it was last left out: its card, or no answer
+        self.requests: set = set()  # the futures of its requests in flight
 
 
 class _Request:
@@ -114,7 +118,8 @@ class WorkerPool:
             slot.threads = max(1, int(info.get("nthreads", 1) or 1))
             slot.name = str(info.get("name", address))
         for address in [a for a in self.slots if a not in workers]:
-            del self.slots[address]
+            for future in list(self.slots.pop(address).requests):  # _judge counts each as a loss
+                future.cancel()
 
     async def refresh(self, force: bool = False) -> None:
         """Ask the scheduler who the workers are (at most once a second unless forced)."""
@@ -186,6 +191,7 @@ class WorkerPool:
                         pass
                 if waiter.done():
                     return waiter.result()
+                await self.refresh()  # workers lost (the scheduler saw them go) or joined meanwhile
                 now = time.monotonic()
                 present = [s for s in self.slots.values() if s.left_out_until <= now]
                 if present:
@@ -196,7 +202,6 @@ class WorkerPool:
                     alone_since = alone_since or now
                     if now - alone_since > NO_WORKERS_TIMEOUT:
                         raise self._no_workers_left()
-                    await self.refresh()
                 self._hand_out()  # a worker left out may be back
         except BaseException:
             if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled or failed
@@ -250,6 +255,7 @@ class WorkerPool:
                     requests.append(self._send(slot, task))
                     continue
                 if not done:  # a request is overdue: its worker gets nothing more, and one more is asked
+                    await self.refresh()  # or its worker left the cluster: its requests are cancelled
                     late = [r for r in requests if r.overdue_at(self.patience()) <= time.monotonic() + 0.01]
                     if not late:
                         continue
@@ -296,12 +302,19 @@ class WorkerPool:
         async def call():
             try:
                 return await self.client.rpc(slot.address).octoray_run(payload=to_serialize(payload))
+            except (OSError, asyncio.TimeoutError):
+                # left out before its place is handed on: the next request would go the same way
+                # (to a killed worker's port, after Dask's connect retries: the client's timeout)
+                slot.left_out_until = time.monotonic() + LEFT_OUT
+                raise
             finally:
                 slot.busy -= 1
                 request.finished()
                 self._hand_out()
 
         request.future = asyncio.ensure_future(call())
+        slot.requests.add(request.future)
+        request.future.add_done_callback(slot.requests.discard)
         return request
 
     def patience(self) -> float:
@@ -319,15 +332,15 @@ class WorkerPool:
         from octoray.engine.dask_worker import UNAVAILABLE
 
         slot = request.slot
-        try:
-            reply = request.future.result()
-        except (OSError, asyncio.TimeoutError) as error:
+        error = _lost(request.future)
+        if error is not None:
             slot.left_out_until = time.monotonic() + LEFT_OUT
             slot.unavailable = f"no answer ({error or type(error).__name__})"
             outcome.losses += 1
             if outcome.losses > RESUBMISSIONS:
                 raise ClusterError(f"a task failed on {outcome.losses} workers: {error}") from None
             return
+        reply = request.future.result()
         if reply is None:  # the worker runs without octoray's preload
             await self._install_plugin(slot, request.sent)
             return
@@ -451,6 +464,15 @@ class WorkerPool:
         installed = await asyncio.shield(self._plugin_install)
         if sent > installed:  # asked after the plugin was in place: not an octoray worker
             slot.left_out_until = float("inf")
+
+
+def _lost(future: asyncio.Future) -> BaseException | None:
+    """Why a finished request has no reply from its worker (its connection broke or timed out,
+    or the worker left the cluster and _update cancelled it), or None if it has one."""
+    if future.cancelled():
+        return ConnectionError("the worker left the cluster")
+    error = future.exception()
+    return error if isinstance(error, (OSError, asyncio.TimeoutError)) else None
 
 
 def _consume(future: asyncio.Future) -> None:
