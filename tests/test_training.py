@@ -152,9 +152,9 @@ def test_the_run_records_its_device(tiny_archive, tmp_path):
 
 
 def test_a_time_budget_shrinks_the_schedule_to_what_fits(tiny_archive, tmp_path):
-    done = train(tiny_archive, tmp_path, "--epochs", "100000", "--minutes", "0.3", "--lr", "0.01")
+    done = train(tiny_archive, tmp_path, "--epochs", "100000", "--minutes", "0.15", "--lr", "0.01")
     assert done.returncode == 0, done.stderr
-    assert b"100000 epochs do not fit in 0.3 minutes" in done.stdout
+    assert b"100000 epochs do not fit in 0.15 minutes" in done.stdout
     state = checkpoint(tmp_path)
     epochs = state["recipe"]["epochs"]
     assert 1 <= epochs < 100000 and state["epoch"] == epochs == len(state["history"])
