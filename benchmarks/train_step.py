@@ -4,7 +4,8 @@ teacher run on the batch (what `--teacher` does), the same with the teacher quan
 (`--kd-bank K`), and the labels alone (no teacher); each with the binary convolutions' forward
 pass counted from sign bits (octoray/models/popcount.py, what training does on a CPU) and,
 for the live teachers and the labels, with float convolutions (the same numbers, as before
-the popcount path).  Steps alternate, so a busy machine slows all of them alike; prints
+the popcount path), and the int8 teacher's step with the counted convolutions' gradients in
+bfloat16 (`--conv-gradients bf16`; on a CPU without AMX, emulated and slower).  Steps alternate, so a busy machine slows all of them alike; prints
 medians and the paired ratios to the live teacher's step with float convolutions, and the
 rate at which a bank is built.
 
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     def step(way: str) -> float:
         way, _, convs = way.partition(", ")
         model.count_popcounts(convs != "float convs")
+        model.count_gradients_in(torch.bfloat16 if convs == "bf16 grads" else torch.float32)
         began = time.perf_counter()
         index = torch.randint(0, len(images), (args.batch_size,), generator=generator)
         if way == "bank":
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
         model.clip_weights()
         return time.perf_counter() - began
 
-    ways = ("live, float convs", "live", "int8, float convs", "int8", "bank", "labels, float convs", "labels")
+    ways = ("live, float convs", "live", "int8, float convs", "int8", "int8, bf16 grads", "bank",
+            "labels, float convs", "labels")
     baseline = ways[0]
     for way in ways * 3:  # warm-up
         step(way)
@@ -87,13 +90,18 @@ def main(argv=None) -> int:
     def paired(way: str, other: str) -> float:
         return statistics.median(t / o for t, o in zip(times[way], times[other]))
 
-    print(f"batch {args.batch_size}, {args.threads} threads, {args.pairs} rounds")
+    from octoray.models.popcount import bf16_is_native
+
+    print(f"batch {args.batch_size}, {args.threads} threads, {args.pairs} rounds, "
+          f"AMX {'yes' if bf16_is_native() else 'no'}")
     print(f"bank building: {len(images) * 4 / built:.0f} teacher forwards/s")
     for way in ways:
-        line = (f"{way:>18}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
+        line = (f"{way:>17}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
                 f"paired ratio to {baseline} {paired(way, baseline):.2f}")
         if f"{way}, float convs" in times:
             line += f", to its float convs {paired(way, f'{way}, float convs'):.2f}"
+        if way.endswith(", bf16 grads"):
+            line += f", to its float32 gradients {paired(way, way.partition(',')[0]):.2f}"
         print(line)
     return 0
 

@@ -275,6 +275,42 @@ def test_a_step_with_counted_convolutions_is_the_float_step_to_the_bit(monkeypat
         assert torch.equal(counting(x), floats(x))
 
 
+def test_bf16_gradients_of_a_counted_convolution_are_the_float_ones_rounded():
+    """--conv-gradients bf16 changes only the backward pass: the same sums forward, and
+    gradients within bfloat16's rounding (8 bits) of float32's, for the input and the weight."""
+    from octoray.models import popcount
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 10, 10).sign().contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(32, 64, 3, 3).sign()
+    grad = torch.randn(4, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = popcount.conv2d(xs, ws, dtype)
+        out.backward(grad)
+        results[dtype] = out.detach(), xs.grad, ws.grad
+        assert xs.grad.dtype == ws.grad.dtype == torch.float32
+    (out32, gx32, gw32), (out16, gx16, gw16) = results[torch.float32], results[torch.bfloat16]
+    assert torch.equal(out32, out16)
+    for exact, rounded in ((gx32, gx16), (gw32, gw16)):
+        error = (exact - rounded).norm() / exact.norm()
+        assert 0 < error < 2 ** -7  # rounded (so bfloat16 did compute it), and only that much
+
+
+def test_a_run_with_bf16_gradients_records_them_and_trains(tiny_archive, tmp_path):
+    """The recipe says bf16; on a CPU without AMX the run says it computes in float32."""
+    from octoray.models import popcount
+
+    result = train(tiny_archive, tmp_path, "--epochs", "1", "--conv-gradients", "bf16")
+    assert result.returncode == 0, result.stderr.decode()
+    assert checkpoint(tmp_path)["recipe"]["conv_gradients"] == "bf16"
+    says_float = b"computes them in float32 here" in result.stdout
+    assert says_float == (not popcount.bf16_is_native())
+    again = train(tiny_archive, tmp_path, "--epochs", "2")  # float gradients: another recipe
+    assert again.returncode == 1 and b"choose another --run" in again.stderr
+
+
 @pytest.mark.parametrize("seed, negative", [(1, False), (2, True), (3, False)])
 def test_export_gives_the_float_models_predictions(seed, negative):
     model = randomised_float_model(seed, negative)

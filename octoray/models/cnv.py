@@ -83,6 +83,7 @@ class BinaryConv2d(nn.Conv2d):
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True  # False: the staged recipe's first stage, real weights (CNV's `weights`)
         self.popcount = True  # False: always a float convolution (benchmarks/train_step.py compares)
+        self.gradients = torch.float32  # the counted convolution's backward: float32 or bfloat16
 
     def binary_weight(self) -> torch.Tensor:
         return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
@@ -92,7 +93,7 @@ class BinaryConv2d(nn.Conv2d):
         counted from sign bits where popcount.usable() (the same numbers, faster)."""
         weight = self.binary_weight()
         if binary_input and self.binarize and self.popcount and popcount.usable(x, weight):
-            return popcount.conv2d(x, weight)
+            return popcount.conv2d(x, weight, self.gradients)
         return F.conv2d(x, weight)
 
 
@@ -191,6 +192,12 @@ class CNV(nn.Module):
         always convolve floats: the same numbers either way."""
         for conv in self.convs:
             conv.popcount = enabled
+
+    def count_gradients_in(self, dtype: torch.dtype) -> None:
+        """The dtype the counted convolutions' backward pass computes in: float32 (the default)
+        or bfloat16, several times faster where the CPU has AMX (popcount.bf16_is_native())."""
+        for conv in self.convs:
+            conv.gradients = dtype
 
     @torch.no_grad()
     def clip_weights(self) -> None:

@@ -67,23 +67,39 @@ def conv_sums(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def bf16_is_native() -> bool:
+    """Whether this CPU has AMX tiles, on which oneDNN's bfloat16 convolutions run
+    faster than float32 ones; without them bfloat16 is emulated and slower (docs/training.md)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class _PopcountConv2d(torch.autograd.Function):
-    """conv2d of +-1 tensors: counted forward, PyTorch's convolution backward."""
+    """conv2d of +-1 tensors: counted forward, PyTorch's convolution backward, in float32 or
+    in bfloat16 (x and the weight are +-1, exact in it; the gradient is rounded to 8 bits)."""
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, gradients):
         ctx.save_for_backward(x, weight)
+        ctx.gradients = gradients
         return conv_sums(x, weight)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        dtype = ctx.gradients
         grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            grad.to(dtype), x.to(dtype), weight.to(dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return grad_x, grad_weight
+        if dtype != torch.float32:
+            grad_x = None if grad_x is None else grad_x.float()
+            grad_weight = None if grad_weight is None else grad_weight.float()
+        return grad_x, grad_weight, None
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.conv2d(x, weight) (stride 1, no padding, no bias) for +-1 x and weight where usable()."""
-    return _PopcountConv2d.apply(x, weight)
+def conv2d(x: torch.Tensor, weight: torch.Tensor, gradients: torch.dtype = torch.float32) -> torch.Tensor:
+    """F.conv2d(x, weight) (stride 1, no padding, no bias) for +-1 x and weight where usable();
+    its backward pass computes in `gradients` (float32 or bfloat16)."""
+    return _PopcountConv2d.apply(x, weight, gradients)

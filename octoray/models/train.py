@@ -29,12 +29,12 @@ from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
-               "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup")
+               "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
-                   "cutout": 0, "mixup": False}
+                   "cutout": 0, "mixup": False, "conv_gradients": "float"}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -85,6 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixup", action="store_true",
                    help="blend each training image with another (mixup, alpha 1); with a live --teacher "
                         "the teacher labels the blend")
+    p.add_argument("--conv-gradients", choices=("float", "bf16"), default="float",
+                   help="bf16: the binary convolutions' backward pass in bfloat16 (their +-1 inputs and "
+                        "weights are exact in it, the gradients rounded to 8 bits) on a CPU with AMX, where "
+                        "it is faster; float32 elsewhere, where bfloat16 would be emulated. "
+                        "The forward pass, what the network computes, is exact either way")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
@@ -228,6 +233,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CNV(ste=args.ste, weights=args.weights, activations=args.activations).to(
         device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
+    _count_gradients(model, args.conv_gradients, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     teacher = None
     if args.teacher:
@@ -310,6 +316,20 @@ def main(argv=None) -> int:
             stop_at = _fit_schedule(args, recipe, epoch + 1, stop_at, started, time.time() - t0)
         epoch += 1
     return 0
+
+
+def _count_gradients(model: CNV, precision: str, device: torch.device) -> None:
+    """--conv-gradients bf16 where it pays: on a CPU with AMX (the counted convolutions run
+    only on the CPU); a run resumed on a machine without says so and computes in float32."""
+    if precision != "bf16" or device.type != "cpu":
+        return
+    from octoray.models import popcount
+
+    if popcount.bf16_is_native():
+        model.count_gradients_in(torch.bfloat16)
+    else:
+        print("train: this CPU has no AMX, on which bfloat16 gradients pay: --conv-gradients bf16 "
+              "computes them in float32 here", flush=True)
 
 
 def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
