@@ -37,10 +37,12 @@ def main(argv=None) -> int:
 
     from octoray.models import kd_bank
     from octoray.models.cnv import CNV
+    from octoray.engine.allocator import keep_freed_memory
     from octoray.models.runs import augment
     from octoray.models.teacher import load_teacher, quantized
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory(1 << 30)  # as training does
     torch.manual_seed(0)
     teacher, _ = load_teacher(args.teacher)
     images = torch.randint(0, 256, (2000, 3, 32, 32), dtype=torch.uint8)

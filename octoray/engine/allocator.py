@@ -17,8 +17,9 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest: buffers below it come from the reu
 _tuned = False
 
 
-def keep_freed_memory() -> None:
-    """Once per process; quietly nothing where the C library is not glibc."""
+def keep_freed_memory(keep: int = TRIM_THRESHOLD) -> None:
+    """Once per process (the first call's `keep`: bytes of freed heap kept; a training step
+    frees more than a stream does); quietly nothing where the C library is not glibc."""
     global _tuned
     if _tuned:
         return
@@ -27,6 +28,6 @@ def keep_freed_memory() -> None:
         from octoray.engine._malloc import mallopt
     except ImportError:  # a checkout whose extensions are not built: the default allocator
         return
-    for option, value in ((M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD),
+    for option, value in ((M_TRIM_THRESHOLD, keep), (M_TOP_PAD, TOP_PAD),
                           (M_MMAP_THRESHOLD, MMAP_THRESHOLD)):
         mallopt(option, value)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from octoray.engine.allocator import keep_freed_memory
 from octoray.models.runs import augment, choose_device, folds, load_split, run_dir, save_atomically
 
 WIDTHS = (32, 64, 128, 128)  # stem, then three groups that halve the resolution
@@ -275,6 +276,7 @@ def _gap(model: nn.Module, other: nn.Module, images: torch.Tensor, batch: int = 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory(1 << 30)  # a step's tensors are tens of MB: map them once, not every step
     device = choose_device(args.device)
     if args.examine:
         return examine(args.examine, args, device)

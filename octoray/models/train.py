@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from octoray.engine.allocator import keep_freed_memory
 from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
 from octoray.models.portable import load_portable, save_portable, write_portable
@@ -202,6 +203,7 @@ def main(argv=None) -> int:
     if args.progress:  # reads the history alone: no device, no recipe
         return _print_progress(args.run)
     torch.set_num_threads(args.threads)
+    keep_freed_memory(1 << 30)  # a step's tensors are tens of MB: map them once, not every step
     device = choose_device(args.device)
     started = time.time()
     if device.type == "cuda":
