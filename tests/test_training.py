@@ -670,6 +670,79 @@ def test_a_staged_recipe_trains_a_real_stage_then_seeds_a_binary_run(tiny_archiv
     assert train(tiny_archive, tmp_path, "--epochs", "2").returncode == 1  # stage one resumes only as itself
 
 
+def test_blended_weights_run_from_the_real_to_the_binary_network_with_a_gradient_of_one():
+    """blend_weights(s): the forward pass sees w + s (sign(w) - w): the real-weight network at
+    0, the binary one at 1; the latent weights' gradient is what the blend's is (sign's
+    straight-through), whatever s."""
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    blended, real, binary = CNV(), CNV(weights="real"), CNV()
+    real.load_state_dict(blended.state_dict())
+    binary.load_state_dict(blended.state_dict())
+    for model in (blended, real, binary):
+        model.eval()
+    with torch.no_grad():
+        blended.blend_weights(0.0)
+        assert torch.equal(blended(pixels), real(pixels))
+        blended.blend_weights(1.0)
+        assert torch.equal(blended(pixels), binary(pixels))
+        blended.blend_weights(0.5)
+        assert not torch.equal(blended(pixels), binary(pixels))
+    layer = blended.fcs[2]
+    x = torch.randn(4, 512)
+    (torch.nn.functional.linear(x, layer.binary_weight()) * torch.arange(10.0)).sum().backward()
+    assert torch.allclose(layer.weight.grad, torch.arange(10.0)[:, None] * x.sum(0))
+
+
+def test_binarize_over_anneals_the_share_over_its_epochs_and_ships_only_binary_ones(tiny_archive, tmp_path):
+    """--binarize-over 2: the share of sign(w) rises by the step to 1 at the end of epoch 2;
+    the best epoch is chosen among binary epochs only, and export refuses an earlier one."""
+    from types import SimpleNamespace
+
+    from octoray.models.train import binary_share
+
+    args = SimpleNamespace(binarize_over=2)
+    assert [binary_share(step, 10, args) for step in (0, 9, 19, 25)] == [0.05, 0.5, 1.0, 1.0]
+    assert binary_share(0, 10, SimpleNamespace(binarize_over=0)) == 1.0
+    first = train(tiny_archive, tmp_path, "--epochs", "3", "--binarize-over", "2", "--max-epochs-this-run", "1")
+    assert first.returncode == 0, first.stderr
+    assert not (tmp_path / "train" / "t" / "best.pt").exists()  # epoch 1 was half real
+    refused = export_command(tiny_archive, tmp_path, tmp_path / "x.npz", "--checkpoint", "last")
+    assert refused.returncode == 1 and b"still partly real" in refused.stderr
+    rest = train(tiny_archive, tmp_path, "--epochs", "3", "--binarize-over", "2")
+    assert rest.returncode == 0, rest.stderr
+    state = checkpoint(tmp_path)
+    assert [h["binary_share"] for h in state["history"]] == [0.5, 1.0, 1.0]
+    assert state["recipe"]["binarize_over"] == 2
+    best = torch.load(tmp_path / "train" / "t" / "best.pt", weights_only=False)
+    assert best["epoch"] >= 2
+    shipped = export_command(tiny_archive, tmp_path, tmp_path / "m.npz")
+    assert shipped.returncode == 0, shipped.stderr
+    assert "--binarize-over 2" in CnvModel.load(tmp_path / "m.npz").metadata["training_command"]
+    assert train(tiny_archive, tmp_path, "--epochs", "3").returncode == 1  # another recipe
+
+
+def test_the_command_a_shipped_model_records_is_one_train_accepts():
+    """export writes the recipe as a train command into the model's metadata: switches such as
+    --mixup are named when on and left out when off, and train parses the result as the recipe."""
+    import shlex
+
+    from octoray.models.export import _training_command
+    from octoray.models.train import RECIPE_DEFAULTS, RECIPE_KEYS, parse_args
+
+    defaults = vars(parse_args(["--data", "x"]))
+    for mixup in (True, False):
+        recipe = {**{k: defaults[k] for k in RECIPE_KEYS}, "teacher": "teacher2.npz", "mixup": mixup,
+                  "teacher_precision": "int8", "init_from": "cnv-w1a1-st2-best.npz", "epochs": 300}
+        command = _training_command(recipe, "cpu")
+        assert ("--mixup" in command.split()) == mixup and "True" not in command and "False" not in command
+        argv = shlex.split(command)[3:]  # after "python -m octoray.models.train"
+        parsed = vars(parse_args(argv))
+        assert {k: parsed[k] for k in RECIPE_KEYS if k not in ("teacher", "init_from")} == \
+            {k: recipe[k] for k in RECIPE_KEYS if k not in ("teacher", "init_from")}
+    assert set(RECIPE_DEFAULTS) <= set(RECIPE_KEYS)
+
+
 def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp_path):
     """training/resume.sh, as each session starts the campaign's run: a stand-in python
     records what it was asked; the pid file names that process itself (it is the one to

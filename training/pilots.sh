@@ -1,11 +1,13 @@
 #!/bin/bash
 # Short pilots that choose a long run's recipe: each fine-tunes the same weights ($INIT) for
 # $EPOCHS epochs on one short cosine from $LR, and prints its last epoch (validation accuracy).
-#   nice -n 19 bash training/pilots.sh [recipe|generalisation] 2>&1 | tee pilots.log
+#   nice -n 19 bash training/pilots.sh [recipe|generalisation|binarize] 2>&1 | tee pilots.log
 # recipe (2 December; INIT the epoch-61 weights, the first teacher): the loss and backward pass.
 # generalisation (5 December; INIT stage two's best, the stronger teacher): what regularises
 # a network that fits its training images 7 points better than the validation images, and
 # cross-fitted teachers (each image's soft labels from a teacher that never trained on it).
+# binarize (6 December; INIT stage one's real-weight model, the stronger teacher in 8 bits):
+# binary weights at once, as stage two began, against annealed into binary over 4 epochs.
 set -euo pipefail
 SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
@@ -34,8 +36,14 @@ generalisation)
     # the teachers of two folds (python -m octoray.models.teacher --fold K/2 --epochs 20, docs/training.md)
     pilot g-crossfit --teacher training/teacher-fold1-of2.npz --teacher training/teacher-fold2-of2.npz
     ;;
+binarize)
+    INIT=${INIT:-training/cnv-w1a1-st1-last.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
+    TEACHER=${TEACHER:-training/teacher2.npz}
+    pilot b-hard --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16
+    pilot b-anneal --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --binarize-over 4
+    ;;
 *)
-    echo "usage: bash training/pilots.sh [recipe|generalisation]" >&2
+    echo "usage: bash training/pilots.sh [recipe|generalisation|binarize]" >&2
     exit 2
     ;;
 esac

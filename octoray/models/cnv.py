@@ -77,22 +77,35 @@ def binary_sign(x: torch.Tensor, ste: str = "hardtanh") -> torch.Tensor:
     return STE_BACKWARDS[ste].apply(x)
 
 
+def _forward_weight(layer: nn.Module) -> torch.Tensor:
+    """The weights a binary layer's forward pass uses: sign(w); w itself in a staged recipe's
+    real first stage (`binarize` False); in between while `--binarize-over` anneals the real
+    weights into binary ones: w + share (sign(w) - w), whose gradient is still 1 (the sign's
+    straight-through), so only what the forward pass sees moves."""
+    if not layer.binarize:
+        return layer.weight
+    signs = _WeightSignSTE.apply(layer.weight)
+    return signs if layer.binary_share >= 1 else torch.lerp(layer.weight, signs, layer.binary_share)
+
+
 class BinaryConv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, bias=False)
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True  # False: the staged recipe's first stage, real weights (CNV's `weights`)
+        self.binary_share = 1.0  # below 1 while --binarize-over anneals (CNV.blend_weights)
         self.popcount = True  # False: always a float convolution (benchmarks/train_step.py compares)
         self.gradients = torch.float32  # the counted convolution's backward: float32 or bfloat16
 
     def binary_weight(self) -> torch.Tensor:
-        return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
+        return _forward_weight(self)
 
     def forward(self, x: torch.Tensor, binary_input: bool = False) -> torch.Tensor:
         """binary_input: x is all +-1 (a sign's output), so with binary weights the sums are
         counted from sign bits where popcount.usable() (the same numbers, faster)."""
         weight = self.binary_weight()
-        if binary_input and self.binarize and self.popcount and popcount.usable(x, weight):
+        if (binary_input and self.binarize and self.binary_share >= 1 and self.popcount
+                and popcount.usable(x, weight)):
             return popcount.conv2d(x, weight, self.gradients)
         return F.conv2d(x, weight)
 
@@ -102,9 +115,10 @@ class BinaryLinear(nn.Linear):
         super().__init__(fin, fout, bias=False)
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True
+        self.binary_share = 1.0
 
     def binary_weight(self) -> torch.Tensor:
-        return _WeightSignSTE.apply(self.weight) if self.binarize else self.weight
+        return _forward_weight(self)
 
     def forward(self, x):
         return F.linear(x, self.binary_weight())
@@ -192,6 +206,12 @@ class CNV(nn.Module):
         always convolve floats: the same numbers either way."""
         for conv in self.convs:
             conv.popcount = enabled
+
+    def blend_weights(self, share: float) -> None:
+        """The share of sign(w) in every binary layer's forward weights: 1 (the default) is the
+        binary network; `train --binarize-over E` raises it from 0 to 1 over E epochs."""
+        for layer in (*self.convs, *self.fcs):
+            layer.binary_share = min(1.0, share)
 
     def count_gradients_in(self, dtype: torch.dtype) -> None:
         """The dtype the counted convolutions' backward pass computes in: float32 (the default)

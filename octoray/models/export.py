@@ -81,9 +81,13 @@ def _training_command(recipe: dict, device: str | None) -> str:
     for key, value in recipe.items():
         if value is None or (key.startswith("kd_") and not recipe.get("teacher")):
             continue
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # a switch (--mixup): named when on
+            flags += [flag] if value else []
+            continue
         if key in ("teacher", "init_from"):
             value = f"training/{value}"
-        flags.append(f"--{key.replace('_', '-')} {value}")
+        flags.append(f"{flag} {value}")
     if device == "cuda":
         flags.append("--device cuda")
     return "python -m octoray.models.train --data cifar10-train.tar.gz " + " ".join(flags)
@@ -172,6 +176,10 @@ def _load_float(args):
     if real:
         raise SystemExit(f"export: this run trained real {' and '.join(real)} (a staged recipe's first stage): "
                          "its binary model is not what it learned; train a binary run from it with --init-from")
+    if state["recipe"].get("binarize_over", 0) > state["epoch"]:
+        raise SystemExit(f"export: after epoch {state['epoch']} this run's weights were still partly real "
+                         f"(--binarize-over {state['recipe']['binarize_over']}): export an epoch from "
+                         f"{state['recipe']['binarize_over']} on")
     return model, state
 
 

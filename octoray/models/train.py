@@ -30,12 +30,14 @@ from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
-               "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients")
+               "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
+               "binarize_over")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
-                   "cutout": 0, "mixup": False, "conv_gradients": "float"}
+                   "cutout": 0, "mixup": False, "conv_gradients": "float",
+                   "binarize_over": 0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -73,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "recipe (its weights then seed a binary run through --init-from; it is never exported)")
     p.add_argument("--activations", choices=("binary", "real"), default="binary",
                    help="real: hardtanh instead of sign, a first stage of a staged recipe (as --weights real)")
+    p.add_argument("--binarize-over", type=int, default=0, metavar="E",
+                   help="from a real-weight model (--init-from a --weights real run): anneal its weights "
+                        "into binary ones over the first E epochs, the forward pass using w + s (sign(w) - w) "
+                        "with s rising linearly from 0 to 1; only epochs from E on are binary, and only they "
+                        "count as the run's best (0, the default: binary from the first step)")
     p.add_argument("--norms", choices=("batch", "frozen"), default="batch",
                    help="frozen: BatchNorm and TensorNorm normalise with their running statistics, which "
                         "stay fixed, so training sees the thresholds inference folds (their scales and "
@@ -143,6 +150,15 @@ def learning_rate(step: int, steps_per_epoch: int, args) -> float:
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def binary_share(step: int, steps_per_epoch: int, args) -> float:
+    """With --binarize-over E: the share of sign(w) in the weights at this step, rising
+    linearly to 1 at the last step of epoch E (a function of the step, as the learning rate
+    is, so a resumed run follows the same curve); 1 without."""
+    if not args.binarize_over:
+        return 1.0
+    return min(1.0, (step + 1) / (args.binarize_over * steps_per_epoch))
+
+
 def plot_learning_curve(history: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -177,7 +193,8 @@ def progress(run: str, history: list[dict]) -> str:
         accs = [100 * h["val_acc"] for h in part]
         lines.append(f"  {part[0]['epoch']:>3}-{part[-1]['epoch']:<3} " + " ".join(f"{a:.2f}" for a in accs)
                      + f"  (mean {sum(accs) / len(accs):.2f})")
-    best, left = max(history, key=lambda h: h["val_acc"]), total - done
+    binary = [h for h in history if h.get("binary_share", 1.0) >= 1.0] or history  # --binarize-over
+    best, left = max(binary, key=lambda h: h["val_acc"]), total - done
     recent = sorted(h["seconds"] for h in history[-10:])[len(history[-10:]) // 2]
     lines.append(f"  best: {100 * best['val_acc']:.2f} % at epoch {best['epoch']}; "
                  f"{left} epoch{'s' * (left != 1)} left, about {left * recent / 3600:.1f} h at {recent:.0f} s an epoch")
@@ -215,6 +232,10 @@ def main(argv=None) -> int:
         recipe["kd_weight"], recipe["kd_bank"], recipe["teacher_precision"] = 0.0, 0, "float"
     if recipe["teacher_precision"] == "int8" and device.type != "cpu":
         print(f"train: --teacher-precision int8 runs on the CPU only, not {device.type}", file=sys.stderr)
+        return 2
+    if args.binarize_over and args.weights == "real":
+        print("train: --binarize-over anneals real weights into binary ones: not with --weights real",
+              file=sys.stderr)
         return 2
     if recipe["kd_bank"] and (args.cutout or args.mixup):
         print("train: --cutout and --mixup change the image the teacher must answer for: "
@@ -296,13 +317,17 @@ def main(argv=None) -> int:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
+        if args.binarize_over:  # the share the epoch ended with, which validation saw
+            steps = len(x_train) // args.batch_size
+            history[-1]["binary_share"] = binary_share((epoch + 1) * steps - 1, steps, args)
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "device_type": device.type}
         save_atomically(state, last)
         if args.keep_portable:
             write_portable(state, args.keep_portable)
-        if val_acc >= max(h["val_acc"] for h in history):
+        if epoch + 1 >= args.binarize_over and val_acc >= max(
+                h["val_acc"] for h in history if h["epoch"] >= args.binarize_over):
             save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
                              "model": model.state_dict()}, out / "best.pt")
         if args.keep_epochs_from is not None and epoch + 1 >= args.keep_epochs_from:
@@ -352,6 +377,8 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         lr = learning_rate(epoch * steps + step, steps, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if args.binarize_over:
+            model.blend_weights(binary_share(epoch * steps + step, steps, args))
         batch = order[step * args.batch_size:(step + 1) * args.batch_size]
         if bank is not None:
             x, taught = bank.sample(x_train, batch, generator)
