@@ -215,7 +215,7 @@ class CNV(nn.Module):
 
     def count_gradients_in(self, dtype: torch.dtype) -> None:
         """The dtype the counted convolutions' backward pass computes in: float32 (the default)
-        or bfloat16, several times faster where the CPU has AMX (popcount.bf16_is_native())."""
+        or bfloat16, faster where the CPU has AMX (popcount.bf16_is_native())."""
         for conv in self.convs:
             conv.gradients = dtype
 
