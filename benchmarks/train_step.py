@@ -5,9 +5,10 @@ teacher run on the batch (what `--teacher` does), the same with the teacher quan
 pass counted from sign bits (octoray/models/popcount.py, what training does on a CPU) and,
 for the live teachers and the labels, with float convolutions (the same numbers, as before
 the popcount path), and the int8 teacher's step with the counted convolutions' gradients in
-bfloat16 (`--conv-gradients bf16`; on a CPU without AMX, emulated and slower).  Steps alternate, so a busy machine slows all of them alike; prints
-medians and the paired ratios to the live teacher's step with float convolutions, and the
-rate at which a bank is built.
+bfloat16 (`--conv-gradients bf16`; on a CPU without AMX, emulated and slower), and the same two
+with real weights (`--weights real`, a staged recipe's first stage).  Steps alternate, so a
+busy machine slows all of them alike; prints medians and the paired ratios to the live
+teacher's step with float convolutions, and the rate at which a bank is built.
 
     python benchmarks/train_step.py [--teacher training/teacher.npz] [--threads 2] [--pairs 15]
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         way, _, convs = way.partition(", ")
         model.count_popcounts(convs != "float convs")
         model.count_gradients_in(torch.bfloat16 if convs == "bf16 grads" else torch.float32)
+        for layer in (*model.convs, *model.fcs):  # a staged recipe's first stage (--weights real)
+            layer.binarize = way != "int8 real weights"
         began = time.perf_counter()
         index = torch.randint(0, len(images), (args.batch_size,), generator=generator)
         if way == "bank":
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
         if way != "labels":
             with torch.no_grad():
                 if way != "bank":
-                    taught = (teacher8 if way == "int8" else teacher)(x)
+                    taught = (teacher8 if way.startswith("int8") else teacher)(x)
                 soft = F.softmax(taught, dim=1)
             loss = 0.1 * loss + 0.9 * F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
         optimizer.zero_grad(set_to_none=True)
@@ -80,8 +83,8 @@ def main(argv=None) -> int:
         model.clip_weights()
         return time.perf_counter() - began
 
-    ways = ("live, float convs", "live", "int8, float convs", "int8", "int8, bf16 grads", "bank",
-            "labels, float convs", "labels")
+    ways = ("live, float convs", "live", "int8, float convs", "int8", "int8, bf16 grads", "int8 real weights",
+            "int8 real weights, bf16 grads", "bank", "labels, float convs", "labels")
     baseline = ways[0]
     for way in ways * 3:  # warm-up
         step(way)
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
           f"AMX {'yes' if bf16_is_native() else 'no'}")
     print(f"bank building: {len(images) * 4 / built:.0f} teacher forwards/s")
     for way in ways:
-        line = (f"{way:>17}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
+        line = (f"{way:>29}: {1000 * statistics.median(times[way]):6.0f} ms a step, "
                 f"paired ratio to {baseline} {paired(way, baseline):.2f}")
         if f"{way}, float convs" in times:
             line += f", to its float convs {paired(way, f'{way}, float convs'):.2f}"

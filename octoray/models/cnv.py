@@ -102,11 +102,13 @@ class BinaryConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, binary_input: bool = False) -> torch.Tensor:
         """binary_input: x is all +-1 (a sign's output), so with binary weights the sums are
-        counted from sign bits where popcount.usable() (the same numbers, faster)."""
+        counted from sign bits where popcount.usable() (the same numbers, faster), and the
+        backward pass may compute in bfloat16 (`gradients`) whatever the weights."""
         weight = self.binary_weight()
-        if (binary_input and self.binarize and self.binary_share >= 1 and self.popcount
-                and popcount.usable(x, weight)):
-            return popcount.conv2d(x, weight, self.gradients)
+        counted = (binary_input and self.binarize and self.binary_share >= 1 and self.popcount
+                   and popcount.usable(x, weight))
+        if counted or (binary_input and self.gradients != torch.float32):
+            return popcount.conv2d(x, weight, self.gradients, counted)
         return F.conv2d(x, weight)
 
 
@@ -214,8 +216,9 @@ class CNV(nn.Module):
             layer.binary_share = min(1.0, share)
 
     def count_gradients_in(self, dtype: torch.dtype) -> None:
-        """The dtype the counted convolutions' backward pass computes in: float32 (the default)
-        or bfloat16, faster where the CPU has AMX (popcount.bf16_is_native())."""
+        """The dtype the backward pass of the convolutions of +-1 inputs (conv2-conv6) computes
+        in: float32 (the default) or bfloat16, faster where the CPU has AMX
+        (popcount.bf16_is_native())."""
         for conv in self.convs:
             conv.gradients = dtype
 

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from octoray.models import _popcount_conv
 
@@ -76,15 +77,16 @@ def bf16_is_native() -> bool:
         return False
 
 
-class _PopcountConv2d(torch.autograd.Function):
-    """conv2d of +-1 tensors: counted forward, PyTorch's convolution backward, in float32 or
-    in bfloat16 (x and the weight are +-1, exact in it; the gradient is rounded to 8 bits)."""
+class _BinaryInputConv2d(torch.autograd.Function):
+    """conv2d of a +-1 input: counted forward (the weights +-1 too) or a float32 one (real
+    weights), PyTorch's convolution backward in float32 or in bfloat16 (the +-1 input is exact
+    in it; the gradient, and real weights, are rounded to 8 bits)."""
 
     @staticmethod
-    def forward(ctx, x, weight, gradients):
+    def forward(ctx, x, weight, gradients, counted):
         ctx.save_for_backward(x, weight)
         ctx.gradients = gradients
-        return conv_sums(x, weight)
+        return conv_sums(x, weight) if counted else F.conv2d(x, weight)
 
     @staticmethod
     def backward(ctx, grad):
@@ -96,10 +98,12 @@ class _PopcountConv2d(torch.autograd.Function):
         if dtype != torch.float32:
             grad_x = None if grad_x is None else grad_x.float()
             grad_weight = None if grad_weight is None else grad_weight.float()
-        return grad_x, grad_weight, None
+        return grad_x, grad_weight, None, None
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, gradients: torch.dtype = torch.float32) -> torch.Tensor:
-    """F.conv2d(x, weight) (stride 1, no padding, no bias) for +-1 x and weight where usable();
-    its backward pass computes in `gradients` (float32 or bfloat16)."""
-    return _PopcountConv2d.apply(x, weight, gradients)
+def conv2d(x: torch.Tensor, weight: torch.Tensor, gradients: torch.dtype = torch.float32,
+           counted: bool = True) -> torch.Tensor:
+    """F.conv2d(x, weight) (stride 1, no padding, no bias) for a +-1 x: counted from sign bits
+    where the weights are +-1 too and usable() (counted), else a float convolution; its
+    backward pass computes in `gradients` (float32 or bfloat16)."""
+    return _BinaryInputConv2d.apply(x, weight, gradients, counted)

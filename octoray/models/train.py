@@ -94,10 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="blend each training image with another (mixup, alpha 1); with a live --teacher "
                         "the teacher labels the blend")
     p.add_argument("--conv-gradients", choices=("float", "bf16"), default="float",
-                   help="bf16: the binary convolutions' backward pass in bfloat16 (their +-1 inputs and "
-                        "weights are exact in it, the gradients rounded to 8 bits) on a CPU with AMX, where "
-                        "it is faster; float32 elsewhere, where bfloat16 would be emulated. "
-                        "The forward pass, what the network computes, is exact either way")
+                   help="bf16: the backward pass of the convolutions of +-1 activations (conv2-conv6) in "
+                        "bfloat16 (the +-1 inputs and weights are exact in it; the gradients, and real "
+                        "weights, rounded to 8 bits) on a CPU with AMX, where it is faster; float32 "
+                        "elsewhere, where bfloat16 would be emulated. The forward pass, what the network "
+                        "computes, is float32 either way")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
