@@ -726,6 +726,47 @@ def test_binarize_over_anneals_the_share_over_its_epochs_and_ships_only_binary_o
     assert train(tiny_archive, tmp_path, "--epochs", "3").returncode == 1  # another recipe
 
 
+def test_a_guide_pulls_every_hidden_layer_towards_its_own_sums(tiny_archive, tmp_path):
+    """--guide FILE (a real-weight first stage): the loss adds how far each hidden layer's
+    normalised sums are from the guide's; zero for the guide itself, and a run with a heavy
+    guide ends nearer it than the same run without; the recipe and a shipped model record it."""
+    from octoray.models.portable import model_from_portable
+    from octoray.models.train import guide_distance
+
+    assert train(tiny_archive, tmp_path / "one", "--epochs", "1", "--weights", "real").returncode == 0
+    stage_one = tmp_path / "stage-one.npz"
+    assert train(tiny_archive, tmp_path / "one", "--save-portable", str(stage_one)).returncode == 0
+    guide = model_from_portable(stage_one)
+    assert not guide.training and all(not layer.binarize for layer in (*guide.convs, *guide.fcs))
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    taps = []
+    guide(pixels, taps)
+    assert len(taps) == 8 and guide_distance(guide, pixels, taps) == 0  # six convolutions, two FC layers
+
+    def distance_after(cache: Path, *extra: str) -> float:
+        done = train(tiny_archive, cache, "--epochs", "4", "--lr", "0.02", "--init-from", str(stage_one), *extra)
+        assert done.returncode == 0, done.stderr
+        student = CNV()
+        student.load_state_dict(checkpoint(cache)["model"])
+        student.eval()
+        taps = []
+        with torch.no_grad():
+            student(pixels, taps)
+        return float(guide_distance(guide, pixels, taps))
+
+    guided = distance_after(tmp_path / "guided", "--guide", str(stage_one), "--guide-weight", "50")
+    assert guided < distance_after(tmp_path / "free")
+    state = checkpoint(tmp_path / "guided")
+    assert (state["recipe"]["guide"], state["recipe"]["guide_weight"]) == ("stage-one.npz", 50.0)
+    assert checkpoint(tmp_path / "free")["recipe"]["guide_weight"] == 0.0
+    shipped = export_command(tiny_archive, tmp_path / "guided", tmp_path / "m.npz")
+    assert shipped.returncode == 0, shipped.stderr
+    assert "--guide training/stage-one.npz --guide-weight 50.0" in CnvModel.load(
+        tmp_path / "m.npz").metadata["training_command"]
+    missing = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--guide", str(tmp_path / "none.npz"))
+    assert missing.returncode == 2 and b"train: --guide: " in missing.stderr and b"Traceback" not in missing.stderr
+
+
 def test_the_command_a_shipped_model_records_is_one_train_accepts():
     """export writes the recipe as a train command into the model's metadata: switches such as
     --mixup are named when on and left out when off, and train parses the result as the recipe."""

@@ -1,13 +1,15 @@
 #!/bin/bash
 # Short pilots that choose a long run's recipe: each fine-tunes the same weights ($INIT) for
 # $EPOCHS epochs on one short cosine from $LR, and prints its last epoch (validation accuracy).
-#   nice -n 19 bash training/pilots.sh [recipe|generalisation|binarize] 2>&1 | tee pilots.log
+#   nice -n 19 bash training/pilots.sh [recipe|generalisation|binarize|guide] 2>&1 | tee pilots.log
 # recipe (2 December; INIT the epoch-61 weights, the first teacher): the loss and backward pass.
 # generalisation (5 December; INIT stage two's best, the stronger teacher): what regularises
 # a network that fits its training images 7 points better than the validation images, and
 # cross-fitted teachers (each image's soft labels from a teacher that never trained on it).
 # binarize (6 December; INIT stage one's real-weight model, the stronger teacher in 8 bits):
 # binary weights at once, as stage two began, against annealed into binary over 4 epochs.
+# guide (6 December; as binarize): binary at once, each hidden layer's sums also matched to
+# stage one's own (--guide), at two weights of that term.
 set -euo pipefail
 SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
@@ -42,8 +44,14 @@ binarize)
     pilot b-hard --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16
     pilot b-anneal --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --binarize-over 4
     ;;
+guide)
+    INIT=${INIT:-training/cnv-w1a1-st1-last.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
+    TEACHER=${TEACHER:-training/teacher2.npz}
+    pilot b-guide1 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 1
+    pilot b-guide4 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 4
+    ;;
 *)
-    echo "usage: bash training/pilots.sh [recipe|generalisation|binarize]" >&2
+    echo "usage: bash training/pilots.sh [recipe|generalisation|binarize|guide]" >&2
     exit 2
     ;;
 esac

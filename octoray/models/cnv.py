@@ -179,19 +179,26 @@ class CNV(nn.Module):
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return F.hardtanh(x) if self.real_activations else binary_sign(x, self.ste)
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        """The last hidden layer's activations; `taps`, where given, gets every hidden layer's
+        normalised sums, what its sign decides on (`train --guide` matches them)."""
         x = self.quantize_input(pixels)
         for i, (conv, bn) in enumerate(zip(self.convs, self.conv_bns)):
-            x = self.activation(bn(conv(x, binary_input=i > 0 and not self.real_activations)))
+            x = self._tapped(bn(conv(x, binary_input=i > 0 and not self.real_activations)), taps)
             if i in POOL_AFTER:
                 x = F.max_pool2d(x, 2)
         x = x.flatten(1)
         for fc, bn in zip(self.fcs[:-1], self.fc_bns):
-            x = self.activation(bn(fc(x)))
+            x = self._tapped(bn(fc(x)), taps)
         return x
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tensor_norm(self.fcs[-1](self.features(pixels)))
+    def _tapped(self, sums: torch.Tensor, taps: list | None) -> torch.Tensor:
+        if taps is not None:
+            taps.append(sums)
+        return self.activation(sums)
+
+    def forward(self, pixels: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        return self.tensor_norm(self.fcs[-1](self.features(pixels, taps)))
 
     def norms(self) -> list[nn.Module]:
         """Every BatchNorm and the TensorNorm: what inference folds into thresholds."""

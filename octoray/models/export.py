@@ -79,13 +79,14 @@ def _training_command(recipe: dict, device: str | None) -> str:
     as they are in training/), so the shipped file says how it was made, distillation included."""
     flags = []
     for key, value in recipe.items():
-        if value is None or (key.startswith("kd_") and not recipe.get("teacher")):
+        if value is None or (key.startswith("kd_") and not recipe.get("teacher")) or (
+                key == "guide_weight" and not recipe.get("guide")):
             continue
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):  # a switch (--mixup): named when on
             flags += [flag] if value else []
             continue
-        if key in ("teacher", "init_from"):
+        if key in ("teacher", "init_from", "guide"):
             value = f"training/{value}"
         flags.append(f"{flag} {value}")
     if device == "cuda":

@@ -85,3 +85,13 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
     if "generator" in arrays:
         meta["generator"] = torch.from_numpy(arrays["generator"])
     return meta
+
+
+def model_from_portable(path: Path) -> CNV:
+    """The network a portable file holds, built as its recipe trained it (real weights for a
+    staged recipe's first stage), in evaluation mode: a fixed guide for another run."""
+    with np.load(path, allow_pickle=False) as z:
+        recipe = json.loads(str(z["metadata"])).get("recipe", {})
+    model = CNV(weights=recipe.get("weights", "binary"), activations=recipe.get("activations", "binary"))
+    load_portable(path, model)
+    return model.eval()

@@ -24,20 +24,20 @@ import torch.nn.functional as F
 from octoray.engine.allocator import keep_freed_memory
 from octoray.models.average import snapshot_path
 from octoray.models.cnv import CNV
-from octoray.models.portable import load_portable, save_portable, write_portable
+from octoray.models.portable import load_portable, model_from_portable, save_portable, write_portable
 from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_split, mixup, run_dir,
                                  save_atomically)
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
-               "binarize_over")
+               "binarize_over", "guide", "guide_weight")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
-                   "binarize_over": 0}
+                   "binarize_over": 0, "guide": None, "guide_weight": 0.0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -80,6 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "into binary ones over the first E epochs, the forward pass using w + s (sign(w) - w) "
                         "with s rising linearly from 0 to 1; only epochs from E on are binary, and only they "
                         "count as the run's best (0, the default: binary from the first step)")
+    p.add_argument("--guide", type=Path, metavar="FILE",
+                   help="a fixed network of the same shape (a --save-portable file, such as a --weights "
+                        "real first stage) whose normalised sums every hidden layer learns to match: the "
+                        "loss adds --guide-weight x the mean squared difference of their hardtanh, layer "
+                        "by layer (feature matching from a real-weight network, Martinez et al. 2020)")
+    p.add_argument("--guide-weight", type=float, default=1.0,
+                   help="with --guide: the weight of its matching term")
     p.add_argument("--norms", choices=("batch", "frozen"), default="batch",
                    help="frozen: BatchNorm and TensorNorm normalise with their running statistics, which "
                         "stay fixed, so training sees the thresholds inference folds (their scales and "
@@ -229,6 +236,9 @@ def main(argv=None) -> int:
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
     recipe["teacher"] = "+".join(path.name for path in args.teacher) if args.teacher else None
     recipe["init_from"] = args.init_from.name if args.init_from else None
+    recipe["guide"] = args.guide.name if args.guide else None
+    if not args.guide:
+        recipe["guide_weight"] = 0.0
     if not args.teacher:
         recipe["kd_weight"], recipe["kd_bank"], recipe["teacher_precision"] = 0.0, 0, "float"
     if recipe["teacher_precision"] == "int8" and device.type != "cpu":
@@ -267,6 +277,13 @@ def main(argv=None) -> int:
             teacher = load_teachers(args.teacher, len(x_train), device, calibration)
         except (OSError, ValueError, KeyError) as e:
             print(f"train: --teacher: {e}", file=sys.stderr)
+            return 2
+    guide = None
+    if args.guide:
+        try:
+            guide = model_from_portable(args.guide).to(device, memory_format=torch.channels_last)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            print(f"train: --guide: {e}", file=sys.stderr)
             return 2
     start_epoch, history, generator_state = 0, [], None
     if last.exists() or args.resume_from:
@@ -313,7 +330,7 @@ def main(argv=None) -> int:
     while epoch < stop_at:  # stop_at may shrink after the first epoch (--minutes)
         t0 = time.time()
         train_loss, train_acc, lr = train_epoch(model, optimizer, x_train, y_train, generator, epoch, args,
-                                                teacher, bank)
+                                                teacher, bank, guide)
         val_acc, _ = evaluate(model, x_val, y_val)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
@@ -361,10 +378,12 @@ def _count_gradients(model: CNV, precision: str, device: torch.device) -> None:
 
 
 def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
-                generator: torch.Generator, epoch: int, args, teacher=None, bank=None) -> tuple[float, float, float]:
+                generator: torch.Generator, epoch: int, args, teacher=None, bank=None,
+                guide: CNV | None = None) -> tuple[float, float, float]:
     """One pass over the shuffled training set; (mean loss, accuracy, last learning rate).
     With a teacher, the loss mixes the labels' cross-entropy with the KL divergence from the
-    teacher's softened outputs on the same augmented batch (run now, or kept in a kd_bank)."""
+    teacher's softened outputs on the same augmented batch (run now, or kept in a kd_bank);
+    with a guide, it adds how far each hidden layer's sums are from the guide's (--guide)."""
     model.train()
     if args.norms == "frozen":
         model.freeze_norms()
@@ -391,7 +410,8 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         if args.mixup:
             x, partner, weight = mixup(x, generator)
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x)
+        taps = [] if guide is not None else None
+        logits = model(x, taps)
         if args.mixup:
             loss = (weight * F.cross_entropy(logits, y, reduction="none", label_smoothing=args.label_smoothing)
                     + (1 - weight) * F.cross_entropy(logits, y[partner], reduction="none",
@@ -406,6 +426,8 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
                 soft = F.softmax(taught / t, dim=1)
             kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * (t * t)
             loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
+        if guide is not None:
+            loss = loss + args.guide_weight * guide_distance(guide, x, taps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -414,6 +436,16 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         correct += (logits.argmax(1) == y).sum()
     seen = steps * args.batch_size
     return loss_sum.item() / seen, correct.item() / seen, lr
+
+
+def guide_distance(guide: CNV, x: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
+    """The mean over hidden layers of the mean squared difference between the student's
+    normalised sums (`taps`, from its forward pass on x) and the guide's, both through
+    hardtanh: what matters is the side of zero each lands on, and by how little."""
+    guided: list[torch.Tensor] = []
+    with torch.no_grad():
+        guide(x, guided)
+    return torch.stack([F.mse_loss(F.hardtanh(s), F.hardtanh(g)) for s, g in zip(taps, guided)]).mean()
 
 
 def _fit_schedule(args, recipe: dict, done: int, stop_at: int, started: float, per_epoch: float) -> int:
