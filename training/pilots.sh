@@ -9,7 +9,7 @@
 # binarize (6 December; INIT stage one's real-weight model, the stronger teacher in 8 bits):
 # binary weights at once, as stage two began, against annealed into binary over 4 epochs.
 # guide (6 December; as binarize): binary at once, each hidden layer's sums also matched to
-# stage one's own (--guide), at two weights of that term.
+# stage one's own (--guide), the term weighted 1.
 set -euo pipefail
 SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
@@ -48,7 +48,6 @@ guide)
     INIT=${INIT:-training/cnv-w1a1-st1-last.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
     TEACHER=${TEACHER:-training/teacher2.npz}
     pilot b-guide1 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 1
-    pilot b-guide4 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 4
     ;;
 *)
     echo "usage: bash training/pilots.sh [recipe|generalisation|binarize|guide]" >&2
