@@ -11,15 +11,15 @@
 # When a run ends and the next is declared, RUN and TRAIN below change with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=cnv-w1a1-s7
+RUN=cnv-w1a1-st1b
 STATE=training/$RUN-state.npz
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
-TRAIN=(--data "$DATA" --run "$RUN" --threads 2 --init-from training/cnv-w1a1-st2-best.npz
-       --teacher training/teacher2.npz --teacher-precision int8 --mixup --kd-weight 0.9 --kd-temperature 1
-       --epochs 300 --lr 0.005 --warmup-epochs 2 --keep-epochs-from 281)
+TRAIN=(--data "$DATA" --run "$RUN" --threads 2 --weights real --init-from training/cnv-w1a1-st1-last.npz
+       --teacher training/teacher2.npz --teacher-precision int8 --conv-gradients bf16 --kd-weight 0.9
+       --kd-temperature 1 --epochs 150 --lr 0.005 --warmup-epochs 2)
 
 running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
