@@ -788,41 +788,86 @@ def test_the_command_a_shipped_model_records_is_one_train_accepts():
     assert set(RECIPE_DEFAULTS) <= set(RECIPE_KEYS)
 
 
-def test_the_resume_script_starts_one_trainer_at_nice_19_and_records_its_pid(tmp_path):
-    """training/resume.sh, as each session starts the campaign's run: a stand-in python
-    records what it was asked; the pid file names that process itself (it is the one to
-    stop), its nice value is 19, and a second start is refused while it lives."""
-    ROOT = Path(__file__).resolve().parents[1]
-    seen = tmp_path / "argv"
+def _resume_script(tmp_path, sleep: bool):
+    """training/resume.sh with a stand-in python that records each call (its pid first) and
+    then sleeps (a trainer at work) or ends at once (a stage run to its end)."""
+    seen = tmp_path / "calls"
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit \"$NO_TORCH\"\necho \"$@\" > {seen}\nexec sleep 30\n")
+    python.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit \"$NO_TORCH\"\necho \"$$ $@\" >> {seen}\n"
+                      + ("case \"$*\" in *--save-portable*) exit 0;; esac\nexec sleep 30\n" if sleep else ""))
     python.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(python), PIDFILE=str(tmp_path / "pid"), LOG=str(tmp_path / "log"))
-    script = ["bash", str(ROOT / "training" / "resume.sh")]
+    env = dict(os.environ, PYTHON=str(python), PIDFILE=str(tmp_path / "pid"), LOG=str(tmp_path / "log"),
+               NO_TORCH="0")
+    return ["bash", str(Path(__file__).resolve().parents[1] / "training" / "resume.sh")], env, seen
+
+
+def _calls(seen, count, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = seen.read_text().splitlines() if seen.exists() else []
+        if len(lines) >= count:
+            return [line.split() for line in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"{count} calls expected, {seen} has {lines}")
+
+
+def _nice(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_resume_script_starts_one_trainer_at_nice_19_and_stops_by_its_pid(tmp_path):
+    """training/resume.sh, as each session starts the campaign: the open stage resumes from its
+    committed state and keeps it current, everything runs at nice 19, a second start is refused
+    while the first lives, and killing the pid in the pid file stops the trainer too."""
+    ROOT = Path(__file__).resolve().parents[1]
+    script, env, seen = _resume_script(tmp_path, sleep=True)
     bare = subprocess.run([*script, "start"], capture_output=True, env=dict(env, NO_TORCH="1"), timeout=30)
-    assert (bare.returncode, bare.stderr) == (1, f"resume.sh: {python} has no PyTorch: pip install -e "
+    assert (bare.returncode, bare.stderr) == (1, f"resume.sh: {env['PYTHON']} has no PyTorch: pip install -e "
                                                  f"'.[train]' first\n".encode())
     assert not (tmp_path / "pid").exists()
-    env["NO_TORCH"] = "0"
     started = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int((tmp_path / "pid").read_text())
     try:
-        deadline = time.monotonic() + 10
-        while not seen.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        argv = seen.read_text().split()
+        [[trainer, *argv]] = _calls(seen, 1)
         assert argv[:2] == ["-m", "octoray.models.train"] and "--run" in argv and "--threads" in argv
-        state = argv[argv.index("--run") + 1] + "-state.npz"
-        assert argv[-2:] == ["--resume-from", f"training/{state}"]  # committed: a fresh machine resumes
-        assert argv[argv.index("--keep-portable") + 1] == f"training/{state}"  # and kept current
-        assert (ROOT / "training" / state).exists()
-        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) == 19
+        state = f"training/{argv[argv.index('--run') + 1]}-state.npz"
+        assert argv[argv.index("--keep-portable") + 1] == state  # kept current after every epoch
+        if (ROOT / state).exists():  # committed: a fresh machine resumes from it
+            assert argv[-2:] == ["--resume-from", state]
+        assert _nice(pid) == 19 and _nice(trainer) == 19
         again = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
         assert again.returncode == 1 and b"a trainer already runs: pid %d" % pid in again.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{trainer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{trainer}").exists()  # the stage stopped with the pid in the file
+    assert len(_calls(seen, 1)) == 1  # and no later stage started in its place
     assert subprocess.run([*script, "frobnicate"], capture_output=True, env=env).returncode == 2
+
+
+def test_the_resume_script_runs_the_stages_left_in_order_each_from_the_last(tmp_path):
+    """When a stage ends, its last epoch is saved where the next stage's --init-from reads it,
+    and the next stage begins; the last stage ends the schedule."""
+    script, env, seen = _resume_script(tmp_path, sleep=False)
+    started = subprocess.run([*script, "start"], capture_output=True, env=env, timeout=30)
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls = [argv for _, *argv in _calls(seen, 1)]
+    runs = [argv for argv in calls if "--keep-portable" in argv]
+    saves = [argv for argv in calls if "--save-portable" in argv]
+    assert len(saves) == len(runs) - 1 and calls == [c for pair in zip(runs, saves) for c in pair] + runs[-1:]
+    for run, save, following in zip(runs, saves, runs[1:]):
+        name = run[run.index("--run") + 1]
+        assert save[save.index("--run") + 1] == name
+        assert save[save.index("--save-portable") + 1] == following[following.index("--init-from") + 1] \
+            == f"training/{name}-last.npz"
+    assert f"{runs[-1][runs[-1].index('--run') + 1]}-last.npz" not in " ".join(calls[-1])
 
 
 def test_cutout_blacks_out_one_square_clipped_at_the_border():

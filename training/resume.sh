@@ -1,27 +1,66 @@
 #!/bin/bash
-# The campaign's current run (README, "How it was trained": the run in progress), resumed the way every
-# session resumes it:
+# The campaign's current schedule (README, "How it was trained": the run in progress), resumed the
+# way every session resumes it:
 #   bash training/resume.sh start   # in the background: nice 19, 2 threads, its pid in $PIDFILE
 #   bash training/resume.sh save    # the portable state a fresh machine resumes from: commit it
 #                                   # (start keeps it current after every epoch too: --keep-portable)
-#   bash training/resume.sh status  # whether the trainer runs; epochs done, validation so far, time left
-# start continues from this machine's checkpoint (<cache>/train/RUN/last.pt) where there is
-# one, else from the committed portable state, and refuses while $PIDFILE names a live
-# process: one trainer at a time.  Stop it by that pid only: kill "$(cat "$PIDFILE")".
-# When a run ends and the next is declared, RUN and TRAIN below change with the README.
+#   bash training/resume.sh status  # whether it runs; epochs done, validation so far, time left
+# A schedule is declared up front as stages (RUNS below), each starting from the one before's
+# last epoch. start runs what is left of them in order, in one background process: the open
+# stage continues from this machine's checkpoint (<cache>/train/RUN/last.pt) where there is
+# one, else from its committed portable state; when a stage ends, its last epoch is written to
+# training/RUN-last.npz (commit it: a fresh machine then starts at the next stage) and the next
+# stage begins at once.  start refuses while $PIDFILE names a live process: one trainer at a
+# time.  Stop it by that pid only: kill "$(cat "$PIDFILE")" stops the stage that runs and the
+# stages after it.  When a schedule ends and the next is declared, RUNS and stage_args change
+# with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=cnv-w1a1-st1b
-STATE=training/$RUN-state.npz
+RUNS=(cnv-w1a1-st1b cnv-w1a1-st2b)
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
-TRAIN=(--data "$DATA" --run "$RUN" --threads 2 --weights real --init-from training/cnv-w1a1-st1-last.npz
-       --teacher training/teacher2.npz --teacher-precision int8 --conv-gradients bf16 --kd-weight 0.9
-       --kd-temperature 1 --epochs 150 --lr 0.005 --warmup-epochs 2)
+COMMON=(--data "$DATA" --threads 2 --teacher training/teacher2.npz --teacher-precision int8
+        --conv-gradients bf16 --kd-weight 0.9 --kd-temperature 1)
+
+stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 20
+    case $1 in
+    0) ARGS=(--weights real --init-from training/cnv-w1a1-st1-last.npz --epochs 150 --lr 0.005 --warmup-epochs 2) ;;
+    1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" --epochs 20 --lr 0.002 --warmup-epochs 0.2
+             --keep-epochs-from 11) ;;
+    esac
+}
+
+open_stage() {  # the first stage whose last epoch is not in the tree (the final one stays open)
+    local i=0
+    while (( i + 1 < ${#RUNS[@]} )) && [ -f "training/${RUNS[$i]}-last.npz" ]; do
+        i=$((i + 1))
+    done
+    echo "$i"
+}
 
 running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+run_stages() {  # the background process start leaves: the open stage, then each after it
+    local child=
+    trap '[ -n "$child" ] && kill "$child" 2>/dev/null; wait; exit 143' TERM INT
+    for ((i = $(open_stage); i < ${#RUNS[@]}; i++)); do
+        local run=${RUNS[$i]} state=training/${RUNS[$i]}-state.npz resume=()
+        [ -f "$state" ] && resume=(--resume-from "$state")  # used only where this machine has no last.pt
+        stage_args "$i"
+        # --keep-portable: a session cut off before it saves still leaves its newest epoch in $state
+        "$PYTHON" -m octoray.models.train --run "$run" "${COMMON[@]}" "${ARGS[@]}" \
+            --keep-portable "$state" "${resume[@]}" &
+        child=$!
+        wait "$child" || exit  # stopped or failed: the stages after it wait for the next start
+        child=
+        if (( i + 1 < ${#RUNS[@]} )); then
+            "$PYTHON" -m octoray.models.train --data "$DATA" --run "$run" --save-portable "training/$run-last.npz"
+            echo "resume.sh: $run ended; commit training/$run-last.npz (the next stage starts from it)"
+        fi
+    done
+}
 
 case "${1:-}" in
 start)
@@ -33,19 +72,17 @@ start)
         echo "resume.sh: $PYTHON has no PyTorch: pip install -e '.[train]' first" >&2
         exit 1
     fi
-    resume=()
-    if [ -f "$STATE" ]; then
-        resume=(--resume-from "$STATE")  # used only where this machine has no last.pt
-    fi
-    # nohup and nice exec the next program: $! is the trainer's own pid
-    # --keep-portable: a session cut off before it saves still leaves its newest epoch in $STATE
-    nohup nice -n 19 "$PYTHON" -m octoray.models.train "${TRAIN[@]}" --keep-portable "$STATE" "${resume[@]}" \
-        >> "$LOG" 2>&1 &
+    # nohup and nice exec the next program, and the stages inherit nice 19: $! is the one pid to stop
+    nohup nice -n 19 bash "$PWD/training/resume.sh" stages >> "$LOG" 2>&1 &
     echo $! > "$PIDFILE"
-    echo "resume.sh: $RUN resumed, pid $! in $PIDFILE, log $LOG"
+    echo "resume.sh: ${RUNS[$(open_stage)]} resumed, pid $! in $PIDFILE, log $LOG"
+    ;;
+stages)
+    run_stages
     ;;
 save)
-    "$PYTHON" -m octoray.models.train --data "$DATA" --run "$RUN" --save-portable "$STATE"
+    run=${RUNS[$(open_stage)]}
+    "$PYTHON" -m octoray.models.train --data "$DATA" --run "$run" --save-portable "training/$run-state.npz"
     ;;
 status)
     if running; then
@@ -53,7 +90,7 @@ status)
     else
         echo "resume.sh: no trainer runs ($PIDFILE)"
     fi
-    "$PYTHON" -m octoray.models.train --run "$RUN" --progress
+    "$PYTHON" -m octoray.models.train --run "${RUNS[$(open_stage)]}" --progress
     ;;
 *)
     echo "usage: bash training/resume.sh start|save|status" >&2
