@@ -372,17 +372,24 @@ def test_training_moves_to_another_machine_through_a_portable_file(tiny_archive,
     assert [h["epoch"] for h in checkpoint(there)["history"]] == [1, 2, 3]
 
 
-def test_a_run_keeps_its_portable_state_current_after_every_epoch(tiny_archive, tmp_path):
-    """train --keep-portable FILE: after each epoch FILE holds what --save-portable would
-    write then, so a session cut off before it saves still leaves its newest epoch."""
+def test_a_run_keeps_its_portable_state_and_best_epoch_current_after_every_epoch(tiny_archive, tmp_path):
+    """train --keep-portable FILE (--keep-best FILE): after each epoch FILE holds what
+    --save-portable (--checkpoint best) would write then, so a session cut off before it saves
+    still leaves its newest epoch and the epoch that ships."""
     kept, saved = tmp_path / "kept.npz", tmp_path / "saved.npz"
-    first = train(tiny_archive, tmp_path, "--epochs", "3", "--max-epochs-this-run", "2", "--keep-portable", str(kept))
+    kept_best, saved_best = tmp_path / "kept-best.npz", tmp_path / "saved-best.npz"
+    first = train(tiny_archive, tmp_path, "--epochs", "3", "--max-epochs-this-run", "2", "--keep-portable", str(kept),
+                  "--keep-best", str(kept_best))
     assert first.returncode == 0, first.stderr
     assert train(tiny_archive, tmp_path, "--save-portable", str(saved)).returncode == 0
-    with np.load(kept) as a, np.load(saved) as b:
-        assert json.loads(str(a["metadata"]))["epoch"] == 2 and sorted(a.files) == sorted(b.files)
-        for key in a.files:
-            assert np.array_equal(a[key], b[key]), key
+    assert train(tiny_archive, tmp_path, "--save-portable", str(saved_best), "--checkpoint", "best").returncode == 0
+    for mine, theirs, epochs in ((kept, saved, {2}), (kept_best, saved_best, {1, 2})):
+        with np.load(mine) as a, np.load(theirs) as b:
+            assert json.loads(str(a["metadata"]))["epoch"] in epochs and sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                assert np.array_equal(a[key], b[key]), key
+    with np.load(kept_best) as best:
+        assert not any(key.startswith("adam.") for key in best.files)  # weights only: what ships
     assert not list(tmp_path.glob("*.tmp"))  # written beside, then renamed
 
 

@@ -120,6 +120,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-portable", type=Path, metavar="FILE",
                    help="after every epoch, also write the run's state to FILE as --save-portable does: "
                         "a session cut off before it saves still leaves its newest epoch in the working tree")
+    p.add_argument("--keep-best", type=Path, metavar="FILE",
+                   help="after every epoch that is the run's best so far, also write its weights to FILE as "
+                        "--save-portable --checkpoint best does: a session cut off after the run's end still "
+                        "leaves the epoch that ships in the working tree")
     p.add_argument("--save-portable", type=Path, metavar="FILE",
                    help="write the run's last checkpoint as a small portable file (fp16 weights, Adam's "
                         "second moment, the random state) and exit: training can move to another machine with it")
@@ -346,8 +350,10 @@ def main(argv=None) -> int:
             write_portable(state, args.keep_portable)
         if epoch + 1 >= args.binarize_over and val_acc >= max(
                 h["val_acc"] for h in history if h["epoch"] >= args.binarize_over):
-            save_atomically({"recipe": recipe, "epoch": epoch + 1, "history": history,
-                             "model": model.state_dict()}, out / "best.pt")
+            best = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict()}
+            save_atomically(best, out / "best.pt")
+            if args.keep_best:
+                write_portable(best, args.keep_best)
         if args.keep_epochs_from is not None and epoch + 1 >= args.keep_epochs_from:
             kept = snapshot_path(args.run, epoch + 1)
             kept.parent.mkdir(exist_ok=True)
