@@ -449,6 +449,36 @@ def test_the_last_epochs_average_into_one_model_that_exports(tiny_archive, tmp_p
     assert info["validation"]["integer_float_agreement"] == 1.0
 
 
+def test_a_real_weight_stage_averages_as_the_network_it_trained(tiny_archive, tmp_path, monkeypatch):
+    """A staged recipe's first stage (--weights real) is averaged with its real weights in the
+    forward pass: the statistics are measured on what that network computes, not on its
+    weights binarised, which it never trained as."""
+    import argparse
+
+    from octoray.models.average import recalibrated, snapshots_mean
+    from octoray.models.portable import load_portable
+    from octoray.models.runs import load_split
+
+    ran = train(tiny_archive, tmp_path, "--epochs", "2", "--weights", "real", "--keep-epochs-from", "2")
+    assert ran.returncode == 0, ran.stderr
+    out = tmp_path / "averaged.npz"
+    done = average(tiny_archive, tmp_path, "--epochs", "2-2", "--save-portable", str(out))
+    assert done.returncode == 0, done.stderr
+    model = CNV(weights="real")
+    assert load_portable(out, model)["recipe"]["weights"] == "real"
+    recipe = checkpoint(tmp_path)["recipe"]
+    split = argparse.Namespace(data=tiny_archive, val_per_class=recipe["val_per_class"], split_seed=recipe["split_seed"])
+    x_train = load_split(split, torch.device("cpu"))[0]
+    monkeypatch.setenv("OCTORAY_CACHE", str(tmp_path))
+    mean = snapshots_mean("t", 2, 2)
+    as_trained = recalibrated(mean, x_train, recipe["batch_size"], recipe=recipe)
+    binarised = recalibrated(mean, x_train, recipe["batch_size"])
+    assert not as_trained.convs[1].binarize and binarised.convs[1].binarize
+    key = "conv_bns.1.running_mean"
+    assert torch.allclose(model.state_dict()[key], as_trained.state_dict()[key], atol=1e-2)
+    assert not torch.allclose(model.state_dict()[key], binarised.state_dict()[key], atol=1e-2)
+
+
 def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--keep-epochs-from", "2").returncode == 0
     refused = average(tiny_archive, tmp_path, "--epochs", "1-2")

@@ -66,9 +66,13 @@ def snapshots_mean(run: str, first: int, last: int) -> dict:
     return {k: v.float() / count if v.is_floating_point() else v for k, v in total.items()}
 
 
-def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> CNV:
-    """A CNV with the mean weights and statistics measured anew on the training images."""
-    model = CNV()
+def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED,
+                 recipe: dict | None = None) -> CNV:
+    """A CNV with the mean weights and statistics measured anew on the training images: the
+    network the run's recipe trained (a staged recipe's first stage keeps its real weights or
+    activations, so its average is measured as what that stage is, not binarised untrained)."""
+    recipe = recipe or {}
+    model = CNV(weights=recipe.get("weights", "binary"), activations=recipe.get("activations", "binary"))
     model.load_state_dict(mean)
     model.to(x_train.device, memory_format=torch.channels_last)
     recalibrate(model, x_train, batch_size, seed)
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
     try:
         for first, last in args.epochs:
-            model = recalibrated(snapshots_mean(args.run, first, last), x_train, batch_size, args.seed)
+            model = recalibrated(snapshots_mean(args.run, first, last), x_train, batch_size, args.seed, recipe)
             accuracy, _ = evaluate(model, x_val, y_val)
             print(f"epochs {first}-{last} of {args.run}: validation {100 * accuracy:.2f} %", flush=True)
     except FileNotFoundError as error:
