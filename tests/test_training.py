@@ -735,6 +735,47 @@ def test_blended_weights_run_from_the_real_to_the_binary_network_with_a_gradient
     assert torch.allclose(layer.weight.grad, torch.arange(10.0)[:, None] * x.sum(0))
 
 
+def test_magnitude_order_makes_the_largest_weights_binary_first_with_a_gradient_of_one():
+    """blend_weights(s, "magnitude"): each layer's forward pass uses sign(w) for the share s
+    of its weights largest in |w| and w itself for the others; the gradient is 1 throughout."""
+    torch.manual_seed(0)
+    model = CNV()
+    model.blend_weights(0.25, "magnitude")
+    for layer in (*model.convs, *model.fcs):
+        w, used = layer.weight.detach(), layer.binary_weight().detach()
+        binary = used.abs() == 1
+        assert binary.sum() == round(0.25 * w.numel())
+        assert w.abs()[binary].min() > w.abs()[~binary].max()  # the largest ones, none skipped
+        assert torch.equal(used[binary], torch.sign(w[binary])) and torch.equal(used[~binary], w[~binary])
+    layer = model.fcs[2]
+    x = torch.randn(4, 512)
+    (torch.nn.functional.linear(x, layer.binary_weight()) * torch.arange(10.0)).sum().backward()
+    assert torch.allclose(layer.weight.grad, torch.arange(10.0)[:, None] * x.sum(0))
+    model.blend_weights(1.0, "magnitude")
+    assert torch.equal(model.fcs[0].binary_weight(), torch.sign(model.fcs[0].weight))
+    model.blend_weights(0.0, "magnitude")
+    assert torch.equal(model.fcs[0].binary_weight(), model.fcs[0].weight)
+    with pytest.raises(ValueError):
+        model.blend_weights(0.5, "random")
+
+
+def test_magnitude_order_halves_the_real_weights_every_epoch(tiny_archive, tmp_path):
+    """--binarize-order magnitude: half the weights binary from the first step, half of those
+    still real made binary by each epoch's end, all binary from the end of epoch E."""
+    from types import SimpleNamespace
+
+    from octoray.models.train import binary_share
+
+    args = SimpleNamespace(binarize_over=2, binarize_order="magnitude")
+    shares = [binary_share(step, 10, args) for step in (0, 4, 9, 19, 25)]
+    assert shares == pytest.approx([1 - 0.5 ** 1.1, 1 - 0.5 ** 1.5, 0.75, 1.0, 1.0])
+    ran = train(tiny_archive, tmp_path, "--epochs", "3", "--binarize-over", "2", "--binarize-order", "magnitude")
+    assert ran.returncode == 0, ran.stderr
+    state = checkpoint(tmp_path)
+    assert [h["binary_share"] for h in state["history"]] == [0.75, 1.0, 1.0]
+    assert state["recipe"]["binarize_order"] == "magnitude"
+
+
 def test_binarize_over_anneals_the_share_over_its_epochs_and_ships_only_binary_ones(tiny_archive, tmp_path):
     """--binarize-over 2: the share of sign(w) rises by the step to 1 at the end of epoch 2;
     the best epoch is chosen among binary epochs only, and export refuses an earlier one."""
@@ -742,9 +783,9 @@ def test_binarize_over_anneals_the_share_over_its_epochs_and_ships_only_binary_o
 
     from octoray.models.train import binary_share
 
-    args = SimpleNamespace(binarize_over=2)
+    args = SimpleNamespace(binarize_over=2, binarize_order="blend")
     assert [binary_share(step, 10, args) for step in (0, 9, 19, 25)] == [0.05, 0.5, 1.0, 1.0]
-    assert binary_share(0, 10, SimpleNamespace(binarize_over=0)) == 1.0
+    assert binary_share(0, 10, SimpleNamespace(binarize_over=0, binarize_order="blend")) == 1.0
     first = train(tiny_archive, tmp_path, "--epochs", "3", "--binarize-over", "2", "--max-epochs-this-run", "1")
     assert first.returncode == 0, first.stderr
     assert not (tmp_path / "train" / "t" / "best.pt").exists()  # epoch 1 was half real

@@ -79,13 +79,29 @@ def binary_sign(x: torch.Tensor, ste: str = "hardtanh") -> torch.Tensor:
 
 def _forward_weight(layer: nn.Module) -> torch.Tensor:
     """The weights a binary layer's forward pass uses: sign(w); w itself in a staged recipe's
-    real first stage (`binarize` False); in between while `--binarize-over` anneals the real
-    weights into binary ones: w + share (sign(w) - w), whose gradient is still 1 (the sign's
-    straight-through), so only what the forward pass sees moves."""
+    real first stage (`binarize` False); in between while `--binarize-over` turns the real
+    weights into binary ones: w + share (sign(w) - w) (the blend), or sign(w) for the share of
+    the weights largest in magnitude and w for the rest (`binary_mask`). The gradient is 1
+    either way (the sign's straight-through), so only what the forward pass sees moves."""
     if not layer.binarize:
         return layer.weight
     signs = _WeightSignSTE.apply(layer.weight)
-    return signs if layer.binary_share >= 1 else torch.lerp(layer.weight, signs, layer.binary_share)
+    if layer.binary_share >= 1:
+        return signs
+    if layer.binary_mask is not None:
+        return torch.where(layer.binary_mask, signs, layer.weight)
+    return torch.lerp(layer.weight, signs, layer.binary_share)
+
+
+@torch.no_grad()
+def largest_magnitudes(weight: torch.Tensor, share: float) -> torch.Tensor:
+    """A mask of the share of the weights largest in |w| (ties at the threshold included): the
+    ones sign(w) changes least, which `--binarize-order magnitude` makes binary first."""
+    count = round(share * weight.numel())
+    if count == 0:
+        return torch.zeros_like(weight, dtype=torch.bool)
+    magnitude = weight.abs()
+    return magnitude >= magnitude.flatten().kthvalue(weight.numel() - count + 1).values
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -94,6 +110,7 @@ class BinaryConv2d(nn.Conv2d):
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True  # False: the staged recipe's first stage, real weights (CNV's `weights`)
         self.binary_share = 1.0  # below 1 while --binarize-over anneals (CNV.blend_weights)
+        self.binary_mask = None  # which weights are binary already, with --binarize-order magnitude
         self.popcount = True  # False: always a float convolution (benchmarks/train_step.py compares)
         self.gradients = torch.float32  # the counted convolution's backward: float32 or bfloat16
 
@@ -118,6 +135,7 @@ class BinaryLinear(nn.Linear):
         nn.init.uniform_(self.weight, -1.0, 1.0)
         self.binarize = True
         self.binary_share = 1.0
+        self.binary_mask = None
 
     def binary_weight(self) -> torch.Tensor:
         return _forward_weight(self)
@@ -216,11 +234,17 @@ class CNV(nn.Module):
         for conv in self.convs:
             conv.popcount = enabled
 
-    def blend_weights(self, share: float) -> None:
+    def blend_weights(self, share: float, order: str = "blend") -> None:
         """The share of sign(w) in every binary layer's forward weights: 1 (the default) is the
-        binary network; `train --binarize-over E` raises it from 0 to 1 over E epochs."""
+        binary network; `train --binarize-over E` raises it to 1 over E epochs. order "blend"
+        moves every weight that share of the way to its sign; "magnitude" makes that share of
+        each layer's weights binary, the largest in |w| (as measured now) first."""
+        if order not in ("blend", "magnitude"):
+            raise ValueError(f"order must be blend or magnitude, not {order!r}")
         for layer in (*self.convs, *self.fcs):
             layer.binary_share = min(1.0, share)
+            magnitude = order == "magnitude" and share < 1
+            layer.binary_mask = largest_magnitudes(layer.weight, share) if magnitude else None
 
     def count_gradients_in(self, dtype: torch.dtype) -> None:
         """The dtype the backward pass of the convolutions of +-1 inputs (conv2-conv6) computes

@@ -31,13 +31,13 @@ from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
-               "binarize_over", "guide", "guide_weight")
+               "binarize_over", "binarize_order", "guide", "guide_weight")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
-                   "binarize_over": 0, "guide": None, "guide_weight": 0.0}
+                   "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "into binary ones over the first E epochs, the forward pass using w + s (sign(w) - w) "
                         "with s rising linearly from 0 to 1; only epochs from E on are binary, and only they "
                         "count as the run's best (0, the default: binary from the first step)")
+    p.add_argument("--binarize-order", choices=("blend", "magnitude"), default="blend",
+                   help="with --binarize-over: blend (the default) as above; magnitude: sign(w) for the "
+                        "weights largest in |w| of each layer and w for the rest, half of them binary from "
+                        "the first step and half of those still real made binary every epoch, all from epoch E")
     p.add_argument("--guide", type=Path, metavar="FILE",
                    help="a fixed network of the same shape (a --save-portable file, such as a --weights "
                         "real first stage) whose normalised sums every hidden layer learns to match: the "
@@ -163,12 +167,19 @@ def learning_rate(step: int, steps_per_epoch: int, args) -> float:
 
 
 def binary_share(step: int, steps_per_epoch: int, args) -> float:
-    """With --binarize-over E: the share of sign(w) in the weights at this step, rising
-    linearly to 1 at the last step of epoch E (a function of the step, as the learning rate
-    is, so a resumed run follows the same curve); 1 without."""
+    """With --binarize-over E: the share of sign(w) in the weights at this step, 1 from the
+    last step of epoch E on (a function of the step, as the learning rate is, so a resumed run
+    follows the same curve); 1 without. The blend rises linearly; magnitude order halves the
+    share still real every epoch from a half, since the larger half of the weights costs
+    nothing to binarise and each half after it costs more (docs/training.md, item 21)."""
     if not args.binarize_over:
         return 1.0
-    return min(1.0, (step + 1) / (args.binarize_over * steps_per_epoch))
+    epochs = (step + 1) / steps_per_epoch
+    if epochs >= args.binarize_over:
+        return 1.0
+    if args.binarize_order == "magnitude":
+        return 1.0 - 0.5 ** (1.0 + epochs)
+    return epochs / args.binarize_over
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:
@@ -404,7 +415,7 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         for group in optimizer.param_groups:
             group["lr"] = lr
         if args.binarize_over:
-            model.blend_weights(binary_share(epoch * steps + step, steps, args))
+            model.blend_weights(binary_share(epoch * steps + step, steps, args), args.binarize_order)
         batch = order[step * args.batch_size:(step + 1) * args.batch_size]
         if bank is not None:
             x, taught = bank.sample(x_train, batch, generator)
