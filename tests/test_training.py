@@ -5,6 +5,7 @@ These need PyTorch (the `train` extra).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import io
@@ -453,8 +454,6 @@ def test_a_real_weight_stage_averages_as_the_network_it_trained(tiny_archive, tm
     """A staged recipe's first stage (--weights real) is averaged with its real weights in the
     forward pass: the statistics are measured on what that network computes, not on its
     weights binarised, which it never trained as."""
-    import argparse
-
     from octoray.models.average import recalibrated, snapshots_mean
     from octoray.models.portable import load_portable
     from octoray.models.runs import load_split
@@ -774,6 +773,38 @@ def test_magnitude_order_halves_the_real_weights_every_epoch(tiny_archive, tmp_p
     state = checkpoint(tmp_path)
     assert [h["binary_share"] for h in state["history"]] == [0.75, 1.0, 1.0]
     assert state["recipe"]["binarize_order"] == "magnitude"
+
+
+def test_binarize_cost_measures_each_layer_and_each_order_against_the_real_model(tiny_archive, tmp_path):
+    """python -m octoray.models.binarize_cost: a row for the real model, each layer made binary
+    alone and each share in both orders; every layer binary is the same network whichever way
+    it is reached. A model whose weights are binary already is refused."""
+    from octoray.models.binarize_cost import accuracy_with, calibration_draw
+    from octoray.models.portable import portable_recipe
+    from octoray.models.runs import load_split
+
+    assert train(tiny_archive, tmp_path, "--epochs", "1", "--weights", "real").returncode == 0
+    real = tmp_path / "real.npz"
+    assert train(tiny_archive, tmp_path, "--save-portable", str(real)).returncode == 0
+    done = run_module("binarize_cost", tmp_path, "--data", str(tiny_archive), "--from", str(real), "--images", "40")
+    assert done.returncode == 0, done.stderr
+    rows = [line.rsplit(None, 2) for line in done.stdout.decode().splitlines()]
+    assert [name for name, _, _ in rows] == ["real weights", *(f"layer {i} binary" for i in range(1, 10)),
+                                             *(f"{order} {share}" for share in ("0.5", "0.75", "0.875", "0.95")
+                                               for order in ("blend", "magnitude")), "all binary"]
+    assert all(0 <= float(value) <= 100 and unit == "%" for _, value, unit in rows)
+    recipe = portable_recipe(real)
+    split = argparse.Namespace(data=tiny_archive, val_per_class=recipe["val_per_class"], split_seed=recipe["split_seed"])
+    x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
+    draw = calibration_draw(x_train, 40)
+    every_layer = accuracy_with(real, draw, x_val, y_val, layers=range(9))
+    assert accuracy_with(real, draw, x_val, y_val, share=1.0, order="magnitude") == every_layer
+    assert f"{100 * accuracy_with(real, draw, x_val, y_val, share=1.0):.2f}" == rows[-1][1]
+    binary = tmp_path / "binary.npz"
+    assert train(tiny_archive, tmp_path / "b", "--epochs", "1").returncode == 0
+    assert train(tiny_archive, tmp_path / "b", "--save-portable", str(binary)).returncode == 0
+    refused = run_module("binarize_cost", tmp_path, "--data", str(tiny_archive), "--from", str(binary))
+    assert refused.returncode == 1 and b"its weights are binary already" in refused.stderr
 
 
 def test_binarize_over_anneals_the_share_over_its_epochs_and_ships_only_binary_ones(tiny_archive, tmp_path):

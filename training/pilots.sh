@@ -1,7 +1,7 @@
 #!/bin/bash
 # Short pilots that choose a long run's recipe: each fine-tunes the same weights ($INIT) for
 # $EPOCHS epochs on one short cosine from $LR, and prints its last epoch (validation accuracy).
-#   nice -n 19 bash training/pilots.sh [recipe|generalisation|binarize|guide] 2>&1 | tee pilots.log
+#   nice -n 19 bash training/pilots.sh [recipe|generalisation|binarize|guide|magnitude] 2>&1 | tee pilots.log
 # recipe (2 December; INIT the epoch-61 weights, the first teacher): the loss and backward pass.
 # generalisation (5 December; INIT stage two's best, the stronger teacher): what regularises
 # a network that fits its training images 7 points better than the validation images, and
@@ -10,6 +10,8 @@
 # binary weights at once, as stage two began, against annealed into binary over 4 epochs.
 # guide (6 December; as binarize): binary at once, each hidden layer's sums also matched to
 # stage one's own (--guide), the term weighted 1.
+# magnitude (6 December; INIT the eighth schedule's stage one, its last epoch): binary at once
+# against the largest weights first, half of those still real every epoch, binary after 3.
 set -euo pipefail
 SET=${1:-recipe}
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
@@ -49,8 +51,15 @@ guide)
     TEACHER=${TEACHER:-training/teacher2.npz}
     pilot b-guide1 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 1
     ;;
+magnitude)
+    INIT=${INIT:-training/cnv-w1a1-st1b-last.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
+    TEACHER=${TEACHER:-training/teacher2.npz}
+    pilot m-hard --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16
+    pilot m-magnitude --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 \
+        --binarize-over 3 --binarize-order magnitude
+    ;;
 *)
-    echo "usage: bash training/pilots.sh [recipe|generalisation|binarize|guide]" >&2
+    echo "usage: bash training/pilots.sh [recipe|generalisation|binarize|guide|magnitude]" >&2
     exit 2
     ;;
 esac

@@ -71,8 +71,7 @@ def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed:
     """A CNV with the mean weights and statistics measured anew on the training images: the
     network the run's recipe trained (a staged recipe's first stage keeps its real weights or
     activations, so its average is measured as what that stage is, not binarised untrained)."""
-    recipe = recipe or {}
-    model = CNV(weights=recipe.get("weights", "binary"), activations=recipe.get("activations", "binary"))
+    model = CNV.trained_as(recipe or {})
     model.load_state_dict(mean)
     model.to(x_train.device, memory_format=torch.channels_last)
     recalibrate(model, x_train, batch_size, seed)

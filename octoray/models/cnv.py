@@ -234,6 +234,12 @@ class CNV(nn.Module):
         for conv in self.convs:
             conv.popcount = enabled
 
+    @classmethod
+    def trained_as(cls, recipe: dict) -> "CNV":
+        """The network a run's recipe trains: real weights or activations in a staged recipe's
+        first stage, binary ones otherwise (a recipe from before those keys existed)."""
+        return cls(weights=recipe.get("weights", "binary"), activations=recipe.get("activations", "binary"))
+
     def blend_weights(self, share: float, order: str = "blend") -> None:
         """The share of sign(w) in every binary layer's forward weights: 1 (the default) is the
         binary network; `train --binarize-over E` raises it to 1 over E epochs. order "blend"

@@ -87,11 +87,15 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
     return meta
 
 
+def portable_recipe(path: Path) -> dict:
+    """The recipe a portable file's run was trained with (its split included)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["metadata"])).get("recipe", {})
+
+
 def model_from_portable(path: Path) -> CNV:
     """The network a portable file holds, built as its recipe trained it (real weights for a
     staged recipe's first stage), in evaluation mode: a fixed guide for another run."""
-    with np.load(path, allow_pickle=False) as z:
-        recipe = json.loads(str(z["metadata"])).get("recipe", {})
-    model = CNV(weights=recipe.get("weights", "binary"), activations=recipe.get("activations", "binary"))
+    model = CNV.trained_as(portable_recipe(path))
     load_portable(path, model)
     return model.eval()
