@@ -10,7 +10,7 @@
 # binary weights at once, as stage two began, against annealed into binary over 4 epochs.
 # guide (6 December; as binarize): binary at once, each hidden layer's sums also matched to
 # stage one's own (--guide), the term weighted 1.
-# magnitude (6 December; INIT the eighth schedule's stage one, its last epoch): binary at once
+# magnitude (6 December; INIT the eighth schedule's stage one after its epoch 90): binary at once
 # against the largest weights first, half of those still real every epoch, binary after 3.
 set -euo pipefail
 SET=${1:-recipe}
@@ -52,7 +52,8 @@ guide)
     pilot b-guide1 --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 --guide "$INIT" --guide-weight 1
     ;;
 magnitude)
-    INIT=${INIT:-training/cnv-w1a1-st1b-last.npz} LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
+    : "${INIT:?the weights to start from: git show ef6b61a:training/cnv-w1a1-st1b-state.npz > st1b-epoch90.npz}"
+    LR=${LR:-0.002} EPOCHS=${EPOCHS:-5}
     TEACHER=${TEACHER:-training/teacher2.npz}
     pilot m-hard --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16
     pilot m-magnitude --teacher "$TEACHER" --teacher-precision int8 --conv-gradients bf16 \
