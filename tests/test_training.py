@@ -478,6 +478,30 @@ def test_a_real_weight_stage_averages_as_the_network_it_trained(tiny_archive, tm
     assert not torch.allclose(model.state_dict()[key], binarised.state_dict()[key], atol=1e-2)
 
 
+@pytest.mark.parametrize("tool, prog, argv", [
+    ("train", "train", ["--run", "t", "--epochs", "1"]),
+    ("teacher", "teacher", ["--run", "t"]),
+    ("average", "average", ["--run", "t", "--epochs", "1-2"]),
+    ("export", "octoray-export", ["--from-portable", str(ROOT / "training" / "cnv-w1a1-st2-best.npz")]),
+    ("binarize_cost", "binarize_cost", ["--from", str(ROOT / "training" / "cnv-w1a1-st1-last.npz")]),
+])
+def test_a_training_tool_names_the_archive_it_cannot_read(tmp_path, tool, prog, argv):
+    missing = tmp_path / "no-such-archive.tar.gz"
+    done = run_module(tool, tmp_path, "--data", str(missing), *argv)
+    assert (done.returncode, done.stderr.decode()) == (1, f"{prog}: {missing}: No such file or directory\n")
+
+
+@pytest.mark.parametrize("tool, prog, argv", [
+    ("train", "train", ["--run", "t", "--epochs", "1", "--val-per-class", "2", "--init-from"]),
+    ("export", "octoray-export", ["--from-portable"]),
+    ("binarize_cost", "binarize_cost", ["--from"]),
+])
+def test_a_training_tool_names_the_weights_file_it_cannot_read(tiny_archive, tmp_path, tool, prog, argv):
+    missing = tmp_path / "no-such-weights.npz"
+    done = run_module(tool, tmp_path, "--data", str(tiny_archive), *argv, str(missing))
+    assert (done.returncode, done.stderr.decode()) == (1, f"{prog}: {missing}: No such file or directory\n")
+
+
 def test_averaging_an_epoch_that_was_not_kept_is_a_message(tiny_archive, tmp_path):
     assert train(tiny_archive, tmp_path, "--epochs", "2", "--keep-epochs-from", "2").returncode == 0
     refused = average(tiny_archive, tmp_path, "--epochs", "1-2")

@@ -23,6 +23,7 @@ import torch
 from octoray.models.cnv import CNV
 from octoray.models.portable import write_portable
 from octoray.models.runs import augment, evaluate, load_split, run_dir
+from octoray.models.tool import reports_file_errors
 
 RECALIBRATION_SEED = 0  # the augmentation draws the statistics are measured on
 
@@ -106,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@reports_file_errors("average")
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

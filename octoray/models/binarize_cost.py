@@ -22,6 +22,7 @@ import torch
 from octoray.models.average import recalibrate
 from octoray.models.portable import model_from_portable, portable_recipe
 from octoray.models.runs import evaluate, load_split
+from octoray.models.tool import reports_file_errors
 
 SHARES = (0.5, 0.75, 0.875, 0.95)
 
@@ -59,6 +60,7 @@ def accuracy_with(source: Path, calibration: torch.Tensor, x_val, y_val, layers=
     return evaluate(model, x_val, y_val)[0]
 
 
+@reports_file_errors("binarize_cost")
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -28,6 +28,7 @@ import numpy as np
 from octoray.formats.cnv_input import CLASS_NAMES
 from octoray.formats.cnv_model import DEFAULT_PATH, CnvModel, ModelFormatError, fan_in
 from octoray.kernels import cnv_reference
+from octoray.models.tool import reports_file_errors
 
 PROG = "octoray-export"
 QONNX_CHECK_IMAGES = 500  # validation images the QONNX graph is checked on when --data is given
@@ -184,6 +185,7 @@ def _load_float(args):
     return model, state
 
 
+@reports_file_errors(PROG)
 def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)

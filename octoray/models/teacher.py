@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from octoray.engine.allocator import keep_freed_memory
 from octoray.models.runs import augment, choose_device, folds, load_split, run_dir, save_atomically
+from octoray.models.tool import reports_file_errors
 
 WIDTHS = (32, 64, 128, 128)  # stem, then three groups that halve the resolution
 
@@ -273,6 +274,7 @@ def _gap(model: nn.Module, other: nn.Module, images: torch.Tensor, batch: int = 
     return f"top answer differs on {100 * top / len(images):.2f} %, total variation {tv / len(images):.4f}"
 
 
+@reports_file_errors("teacher")
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -27,6 +27,7 @@ from octoray.models.cnv import CNV
 from octoray.models.portable import load_portable, model_from_portable, save_portable, write_portable
 from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_split, mixup, run_dir,
                                  save_atomically)
+from octoray.models.tool import reports_file_errors
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
@@ -238,6 +239,7 @@ def _print_progress(run: str) -> int:
     return 0
 
 
+@reports_file_errors("train")
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.progress:  # reads the history alone: no device, no recipe
