@@ -64,11 +64,11 @@ def accuracy_with(source: Path, calibration: torch.Tensor, x_val, y_val, layers=
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if model_from_portable(args.source).convs[0].binarize:
+    recipe = portable_recipe(args.source)
+    if recipe.get("weights", "binary") != "real":
         print(f"binarize_cost: {args.source}: its weights are binary already (not a --weights real run)",
               file=sys.stderr)
         return 1
-    recipe = portable_recipe(args.source)
     split = argparse.Namespace(data=args.data, val_per_class=recipe.get("val_per_class", 500),
                                split_seed=recipe.get("split_seed", 0))
     x_train, _, x_val, y_val = load_split(split, torch.device("cpu"))
