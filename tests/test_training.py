@@ -627,6 +627,31 @@ def test_a_run_made_elsewhere_exports_from_its_portable_file(tiny_archive, tmp_p
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+def test_a_binary_stages_curve_starts_with_the_real_weight_stage_beside_it(tmp_path):
+    """export --plot draws a staged recipe whole: the history of the real-weight stage the
+    binary stage's --init-from names, where that file lies beside the exported one; a binary
+    parent, or none, adds nothing."""
+    from octoray.models.export import _real_stage_before
+    from octoray.models.train import plot_learning_curve
+
+    def portable(name: str, weights: str, epochs: int) -> Path:
+        history = [{"epoch": e, "train_acc": 0.5, "val_acc": 0.4} for e in range(1, epochs + 1)]
+        meta = {"recipe": {"weights": weights}, "epoch": epochs, "history": history}
+        np.savez(tmp_path / name, metadata=np.array(json.dumps(meta)))
+        return tmp_path / name
+
+    real, binary = portable("st1.npz", "real", 3), portable("kd.npz", "binary", 2)
+    assert _real_stage_before(tmp_path / "st2.npz", {"init_from": "st1.npz"}) == \
+        [{"epoch": e, "train_acc": 0.5, "val_acc": 0.4} for e in (1, 2, 3)]
+    assert _real_stage_before(tmp_path / "st2.npz", {"init_from": binary.name}) is None
+    assert _real_stage_before(tmp_path / "st2.npz", {"init_from": "elsewhere.npz"}) is None
+    assert _real_stage_before(tmp_path / "st2.npz", {"init_from": None}) is None
+    assert _real_stage_before(None, {"init_from": real.name}) is None  # exported from a --run checkpoint
+    plot_learning_curve([{"epoch": 1, "train_acc": 0.6, "val_acc": 0.5}], tmp_path / "curve.png",
+                        before=_real_stage_before(tmp_path / "st2.npz", {"init_from": "st1.npz"}))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
 def test_a_bank_keeps_the_teachers_exact_output_on_each_variant():
     from octoray.models import kd_bank
     from octoray.models.teacher import Teacher

@@ -185,6 +185,18 @@ def _load_float(args):
     return model, state
 
 
+def _real_stage_before(portable: Path | None, recipe: dict) -> list[dict] | None:
+    """The history of the real-weight stage a binary stage started from, where its file
+    (--init-from) lies beside the exported one: a staged recipe's curve shows both stages."""
+    from octoray.models.portable import portable_metadata
+
+    parent = portable.parent / recipe["init_from"] if portable and recipe.get("init_from") else None
+    if parent is None or not parent.is_file():
+        return None
+    meta = portable_metadata(parent)
+    return meta["history"] if meta.get("recipe", {}).get("weights") == "real" else None
+
+
 @reports_file_errors(PROG)
 def main(argv=None) -> int:
     p = _parser()
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     int_model.save(args.out)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_learning_curve(state["history"], args.plot)
+        plot_learning_curve(state["history"], args.plot, before=_real_stage_before(args.from_portable, recipe))
     by_views = metadata["validation"]["integer_accuracy_by_views"]
     print(f"epoch {state['epoch']}: float {float_acc:.4f}, integer {int_acc:.4f}, "
           f"agreement {agreement:.4f} -> {args.out} ({args.out.stat().st_size:,} bytes)")

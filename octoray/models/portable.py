@@ -87,10 +87,15 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
     return meta
 
 
+def portable_metadata(path: Path) -> dict:
+    """A portable file's metadata (recipe, epoch, history) without its weights."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["metadata"]))
+
+
 def portable_recipe(path: Path) -> dict:
     """The recipe a portable file's run was trained with (its split included)."""
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["metadata"])).get("recipe", {})
+    return portable_metadata(path).get("recipe", {})
 
 
 def model_from_portable(path: Path) -> CNV:

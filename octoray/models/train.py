@@ -183,21 +183,28 @@ def binary_share(step: int, steps_per_epoch: int, args) -> float:
     return epochs / args.binarize_over
 
 
-def plot_learning_curve(history: list[dict], path: Path) -> None:
+def plot_learning_curve(history: list[dict], path: Path, before: list[dict] | None = None) -> None:
+    """Training and validation accuracy by epoch; `before` is the real-weight stage a staged
+    recipe's binary stage started from, drawn first so the curve shows the whole schedule."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
+    stages = [*(before or []), *history]
+    epochs = range(1, len(stages) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(epochs, [100 * h["train_acc"] for h in history], label="train (augmented)")
-    ax.plot(epochs, [100 * h["val_acc"] for h in history], label="validation (5,000 held out)")
+    ax.plot(epochs, [100 * h["train_acc"] for h in stages], label="train (augmented)")
+    ax.plot(epochs, [100 * h["val_acc"] for h in stages], label="validation (5,000 held out)")
     ax.axhline(84.22, color="grey", linestyle=":", label="Brevitas CNV-W1A1 (84.22 %)")
+    if before:
+        ax.axvline(len(before) + 0.5, color="black", linewidth=0.8)
+        ax.text(len(before) + 0.5, 0.03, " binary\n weights", transform=ax.get_xaxis_transform(), fontsize=8)
+        ax.text(0.5, 0.03, " real weights,\n binary activations", transform=ax.get_xaxis_transform(), fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("CNV-W1A1 training")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left" if before else "lower right", fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)
