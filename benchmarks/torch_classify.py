@@ -2,7 +2,7 @@
 the CPU (sign activations, BatchNorm, TensorNorm), over a folder of images in sorted order,
 decoded with Pillow, in batches.  Prints PATH<TAB>LABEL like fclassify.
 
-    python benchmarks/torch_classify.py DIR [--weights training/cnv-w1a1-st2-best.npz]
+    python benchmarks/torch_classify.py DIR [--weights training/cnv-w1a1-st2b-best.npz]
 
 Needs the training extra: pip install '.[train]'.
 """
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = ROOT / "training" / "cnv-w1a1-st2-best.npz"
+DEFAULT_WEIGHTS = ROOT / "training" / "cnv-w1a1-st2b-best.npz"
 
 
 def image_paths(top: str) -> list[str]:

@@ -299,10 +299,10 @@ def test_bf16_gradients_of_a_counted_convolution_are_the_float_ones_rounded():
         assert 0 < error < 2 ** -7  # rounded (so bfloat16 did compute it), and only that much
 
 
-@pytest.mark.parametrize("weights, portable", [("binary", "cnv-w1a1-st2-best.npz"), ("real", "cnv-w1a1-st1-last.npz")])
+@pytest.mark.parametrize("weights, portable", [("binary", "cnv-w1a1-st2b-best.npz"), ("real", "cnv-w1a1-st1b-last.npz")])
 def test_bf16_gradients_of_the_trained_model_point_where_float32_ones_do(weights, portable):
-    """On the shipped model's float weights (stage two's best), and on stage one's real
-    weights, every parameter's gradient, through all the layers the rounded ones pass on,
+    """On the shipped model's float weights (the eighth schedule's binary stage), and on the
+    real weights of the stage one it started from, every parameter's gradient, through all the layers the rounded ones pass on,
     stays within 2 % of float32's; the forward pass is the same."""
     import copy
 
@@ -325,6 +325,9 @@ def test_bf16_gradients_of_the_trained_model_point_where_float32_ones_do(weights
         F.cross_entropy(outputs[-1], labels).backward()
         grads.append({name: p.grad for name, p in copied.named_parameters()})
     assert torch.equal(*outputs)
+    # tensor_norm.bias adds one number to every logit, which the softmax ignores: its gradient
+    # is zero but for rounding, so no relative error of it means anything
+    assert grads[0].pop("tensor_norm.bias").abs() < 1e-6
     for name, exact in grads[0].items():
         error = ((exact - grads[1][name]).norm() / exact.norm()).item()
         assert error < 0.02, (name, error)
