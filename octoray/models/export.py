@@ -315,7 +315,7 @@ def _qonnx_source(args):
     except ModelFormatError as error:
         raise _Refused(str(error)) from None
     epochs = model.metadata.get("trained_epochs")
-    return model, None, f"{path.name}" + (f" ({epochs} epochs)" if epochs else "")
+    return model, None, f"{path.name}" + (f" (epoch {epochs} of its run)" if epochs else "")
 
 
 def _validation_images(args, model: CnvModel) -> tuple[np.ndarray, np.ndarray]:
