@@ -591,6 +591,28 @@ def test_a_student_learns_from_a_saved_teacher(tiny_archive, tmp_path):
     assert checkpoint(tmp_path)["recipe"]["kd_weight"] == 0.9
 
 
+def test_an_earlier_stage_teaches_the_next(tiny_archive, tmp_path):
+    """--teacher takes a stage-one portable file too: the real-weight network, as its recipe
+    trained it, answers each batch (in float also where float teachers are made 8-bit)."""
+    from octoray.models.portable import model_from_portable
+    from octoray.models.teacher import load_teachers
+
+    assert train(tiny_archive, tmp_path / "one", "--epochs", "1", "--weights", "real").returncode == 0
+    stage_one = tmp_path / "stage-one.npz"
+    assert train(tiny_archive, tmp_path / "one", "--save-portable", str(stage_one)).returncode == 0
+    pixels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    teacher = load_teachers([stage_one], 100, calibration=pixels)
+    assert isinstance(teacher, CNV) and not teacher.training
+    assert not any(layer.binarize for layer in (*teacher.convs, *teacher.fcs))
+    with torch.no_grad():
+        assert torch.equal(teacher(pixels), model_from_portable(stage_one)(pixels))
+    student = train(tiny_archive, tmp_path / "two", "--epochs", "1", "--init-from", str(stage_one),
+                    "--teacher", str(stage_one), "--teacher-precision", "int8")
+    assert student.returncode == 0, student.stderr
+    state = checkpoint(tmp_path / "two")
+    assert (state["recipe"]["teacher"], state["recipe"]["weights"]) == ("stage-one.npz", "binary")
+
+
 def test_a_wider_teacher_keeps_its_widths(tiny_archive, tmp_path):
     teacher = saved_teacher(tiny_archive, tmp_path, 1, "--widths", "8,16,24,40")
     from octoray.models.teacher import load_teacher

@@ -134,9 +134,16 @@ def save_teacher(model: Teacher, path: Path, meta: dict) -> None:
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
 
 
-def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[Teacher, dict]:
+def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A saved float teacher, or a CNV portable file (train --save-portable): the network of
+    an earlier stage, as its recipe trained it, teaching the next one (Real-to-Binary's
+    previous stage as the teacher; docs/training.md)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["metadata"]))
+        if "widths" not in meta and "recipe" in meta:
+            from octoray.models.portable import model_from_portable
+
+            return model_from_portable(path).to(device, memory_format=torch.channels_last), meta
         state = {k: torch.from_numpy(z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k])
                  for k in z.files if k != "metadata"}
     model = Teacher(tuple(meta["widths"]))
@@ -200,8 +207,9 @@ def load_teachers(paths: list[Path], n_train: int, device: torch.device | str = 
     files are not the teachers of one partition's N folds.  With `calibration` images, each
     teacher is quantized() to 8 bits (CPU only)."""
     loaded = [load_teacher(path, device) for path in paths]
-    if calibration is not None:
-        loaded = [(quantized(model, calibration), meta) for model, meta in loaded]
+    if calibration is not None:  # a CNV teacher's activations are +-1 already: it runs as trained
+        loaded = [(quantized(model, calibration) if isinstance(model, Teacher) else model, meta)
+                  for model, meta in loaded]
     if len(loaded) == 1:
         return loaded[0][0]
     folds_of = {path.name: tuple(meta.get("fold") or ()) for path, (_, meta) in zip(paths, loaded)}
@@ -253,7 +261,7 @@ def examine(paths: list[Path], args, device: torch.device) -> int:
             kept = spread(out)
             print(f"{path}: held out: {soft_labels(model, augment(x_train[kept], generator), y_train[kept])}")
         print(f"{path}: validation: {soft_labels(model, x_val, y_val)}")
-        if args.int8:
+        if args.int8 and isinstance(model, Teacher):
             int8 = quantized(model, calibration_images(x_train))
             seen = augment(x_train[learnt], generator)
             print(f"{path} int8: learnt: {soft_labels(int8, seen, y_train[learnt])}; {_gap(model, int8, seen)}")

@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ste", choices=("hardtanh", "approxsign"), default="hardtanh",
                    help="the activations' backward pass")
     p.add_argument("--teacher", type=Path, metavar="FILE", action="append",
-                   help="distil from this float teacher (python -m octoray.models.teacher --save FILE); "
+                   help="distil from this float teacher (python -m octoray.models.teacher --save FILE), "
+                        "or from an earlier stage's network (a portable file, train --save-portable); "
                         "given N times, the teachers of folds 1/N .. N/N (teacher --fold): each training "
                         "image is answered by the one that never trained on it")
     p.add_argument("--kd-weight", type=float, default=0.9,
