@@ -1137,3 +1137,66 @@ def test_a_teacher_keeps_its_fold(tiny_archive, tmp_path):
     assert other.returncode == 1 and b"holds out fold 1/2, not 2/2" in other.stderr
     bad = run_module("teacher", tmp_path, *base, "--fold", "3/2")
     assert bad.returncode == 2 and b"is not a fold such as 1/2" in bad.stderr
+
+
+def test_bop_flips_a_weight_only_when_its_gradient_keeps_asking_and_the_norms_learn_as_with_adam():
+    """Bop (train --optimizer bop): binary weights stay +-1 and flip when the average of their
+    gradient points their way, consistently enough against the average of its square; the other
+    parameters take the steps torch's Adam takes."""
+    from octoray.models.bop import Bop
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    scale, twin = torch.nn.Parameter(torch.tensor([0.5, -0.3])), torch.nn.Parameter(torch.tensor([0.5, -0.3]))
+    bop = Bop([weight, scale], [weight], lr=0.01, gamma=0.1, threshold=0.5)
+    adam = torch.optim.Adam([twin], lr=0.01)
+    rng = torch.Generator().manual_seed(0)
+    flipped_at = {}
+    for step in range(1, 60):
+        # weight 0: pushed down every step (flips); 1: pushed up (it is +1 already: stays);
+        # 2: noise around zero (stays); 3: pushed down, the way it points (stays)
+        noise = torch.randn((), generator=rng)
+        weight.grad = torch.stack([torch.tensor(1.0), torch.tensor(-1.0), noise, torch.tensor(1.0)])
+        scale.grad = twin.grad = torch.tensor([0.2, -0.1]) * step
+        bop.step()
+        adam.step()
+        assert set(weight.detach().abs().tolist()) == {1.0}
+        for i, w in enumerate(weight.detach().tolist()):
+            if w != [1.0, 1.0, -1.0, -1.0][i]:
+                flipped_at.setdefault(i, step)
+    assert list(flipped_at) == [0] and weight.tolist() == [-1.0, 1.0, -1.0, -1.0]
+    # not at once: both averages start at zero, so after k steps of one gradient
+    # |m| / sqrt(v) = sqrt(1 - (1 - gamma)^k), which passes 0.5 at the third
+    assert flipped_at[0] == 3
+    assert bop.take_flips() == 1 and bop.take_flips() == 0
+    assert torch.allclose(scale, twin, rtol=1e-6, atol=1e-7)
+
+
+def test_a_bop_run_keeps_binary_weights_counts_its_flips_and_resumes_from_a_portable_file(tiny_archive, tmp_path):
+    from octoray.models.bop import Bop
+    from octoray.models.portable import load_portable
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    bop = ("--optimizer", "bop", "--bop-gamma", "0.05", "--bop-threshold", "0.1")
+    first = train(tiny_archive, here, "--epochs", "3", "--max-epochs-this-run", "2", *bop)
+    assert first.returncode == 0, first.stderr
+    state = checkpoint(here)
+    assert state["recipe"]["optimizer"] == "bop" and state["recipe"]["bop_threshold"] == 0.1
+    assert all(0 < h["flips"] < 1 for h in state["history"])
+    model = CNV()
+    model.load_state_dict(state["model"])
+    for weight in model.binary_weights():
+        assert set(weight.detach().abs().unique().tolist()) == {1.0}
+    portable = tmp_path / "resume.npz"
+    assert train(tiny_archive, here, "--save-portable", str(portable)).returncode == 0
+    restored = Bop(model.parameters(), model.binary_weights(), lr=0.01, gamma=0.05, threshold=0.1)
+    load_portable(portable, model, restored)
+    for index, moments in state["optimizer"]["state"].items():
+        mine = restored.state_dict()["state"][index]
+        for key in ("momentum", "square") if "momentum" in moments else ("exp_avg_sq",):
+            big = moments[key].abs().max()
+            assert torch.allclose(mine[key], moments[key], rtol=2e-2, atol=max(float(big) * 1e-3, 1e-12)), key
+    moved = train(tiny_archive, there, "--epochs", "3", "--resume-from", str(portable), *bop)
+    assert moved.returncode == 0, moved.stderr
+    assert b"fresh optimizer" not in moved.stdout and len(checkpoint(there)["history"]) == 3
+    refused = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--weights", "real", *bop)
+    assert refused.returncode == 2 and b"--optimizer bop" in refused.stderr

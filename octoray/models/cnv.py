@@ -259,7 +259,18 @@ class CNV(nn.Module):
         for conv in self.convs:
             conv.gradients = dtype
 
+    def binary_weights(self) -> list[nn.Parameter]:
+        """The weights that binarise (each layer's): what `clip_weights` clips and Bop flips."""
+        return [layer.weight for layer in (*self.convs, *self.fcs)]
+
     @torch.no_grad()
     def clip_weights(self) -> None:
-        for layer in (*self.convs, *self.fcs):
-            layer.weight.clamp_(-1.0, 1.0)
+        for weight in self.binary_weights():
+            weight.clamp_(-1.0, 1.0)
+
+    @torch.no_grad()
+    def snap_weights_to_signs(self) -> None:
+        """Every latent weight replaced by its sign, the +-1 it binarises to (the forward pass
+        is unchanged): where Bop starts, with no latent weights."""
+        for weight in self.binary_weights():
+            weight.copy_(_sign(weight))

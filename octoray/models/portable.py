@@ -1,8 +1,8 @@
 """A training run as one small file that carries it to another machine (the portable state
 a fresh machine resumes from, committed to the repository) or that a shipped model folds from.
 
-fp16 weights that keep their fp32 signs, Adam's second moment, the random stream and the
-run's metadata, in one compressed .npz of a few MiB (the repository keeps files under 5 MiB).
+fp16 weights that keep their fp32 signs, Adam's second moment (Bop's gradient averages for
+its binary weights), the random stream and the run's metadata, in one compressed .npz of a few MiB (the repository keeps files under 5 MiB).
 """
 
 from __future__ import annotations
@@ -51,8 +51,14 @@ def write_portable(state: dict, path: Path) -> None:
     if optimizer is not None:
         for index, moments in optimizer["state"].items():
             name = params[index]
-            arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().cpu().numpy()
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
+            if "momentum" in moments:  # a binary weight under Bop: its gradient's averages decide flips
+                for key, value in (("momentum", moments["momentum"]), ("rms", moments["square"].sqrt())):
+                    scale = float(value.abs().max()) or 1.0  # fp16 keeps each relative to its largest
+                    arrays[f"bop.{key}.{name}"] = (value.cpu() / scale).half().numpy()
+                    arrays[f"bop.{key}_scale.{name}"] = np.array(scale)
+            else:
+                arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().cpu().numpy()
     if "generator" in state:
         arrays["generator"] = state["generator"].cpu().numpy()
     meta = {k: state[k] for k in ("recipe", "epoch", "history", *PORTABLE_EXTRAS) if k in state}
@@ -71,14 +77,19 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         arrays = {k: z[k] for k in z.files if k != "metadata"}
     as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
     model.load_state_dict({k: as_tensor(v) for k, v in arrays.items()
-                           if not k.startswith("adam.") and k != "generator"})
+                           if not k.startswith(("adam.", "bop.")) and k != "generator"})
     if optimizer is not None and any(k.startswith("adam.") for k in arrays):
         state = optimizer.state_dict()
         params = [n for n, _ in model.named_parameters()]
         for index, name in enumerate(params):
+            step = torch.tensor(float(arrays[f"adam.step.{name}"]))
+            if f"bop.momentum.{name}" in arrays:
+                momentum, rms = (as_tensor(arrays[f"bop.{key}.{name}"]) * float(arrays[f"bop.{key}_scale.{name}"])
+                                 for key in ("momentum", "rms"))
+                state["state"][index] = {"step": step, "momentum": momentum, "square": rms.square()}
+                continue
             state["state"][index] = {
-                "step": torch.tensor(float(arrays[f"adam.step.{name}"])),
-                "exp_avg": torch.zeros_like(model.get_parameter(name), device="cpu"),
+                "step": step, "exp_avg": torch.zeros_like(model.get_parameter(name), device="cpu"),
                 "exp_avg_sq": as_tensor(arrays[f"adam.sqrt_v.{name}"]).square()}
         optimizer.load_state_dict(state)
         meta["optimizer"] = True

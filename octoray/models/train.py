@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from octoray.engine.allocator import keep_freed_memory
 from octoray.models.average import snapshot_path
+from octoray.models.bop import Bop
 from octoray.models.cnv import CNV
 from octoray.models.portable import load_portable, model_from_portable, save_portable, write_portable
 from octoray.models.runs import (augment, choose_device, cutout, evaluate, load_split, mixup, run_dir,
@@ -32,13 +33,15 @@ from octoray.models.tool import reports_file_errors
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_seed", "val_per_class",
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
-               "binarize_over", "binarize_order", "guide", "guide_weight")
+               "binarize_over", "binarize_order", "guide", "guide_weight", "optimizer", "bop_gamma",
+               "bop_threshold")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
-                   "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0}
+                   "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0,
+                   "optimizer": "adam", "bop_gamma": 0.0, "bop_threshold": 0.0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -50,6 +53,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.01, help="peak Adam learning rate")
+    p.add_argument("--optimizer", choices=("adam", "bop"), default="adam",
+                   help="bop: the binary weights are +-1 themselves (each latent weight starts as its sign) "
+                        "and flip by Bop's rule (octoray/models/bop.py); the norms learn with Adam at --lr")
+    p.add_argument("--bop-gamma", type=float, default=1e-3,
+                   help="with --optimizer bop: the rate of each weight's moving averages of its gradient and "
+                        "its square at the peak learning rate (it follows the learning rate's schedule)")
+    p.add_argument("--bop-threshold", type=float, default=0.2,
+                   help="with --optimizer bop: a weight flips when that average, over the root of its squared "
+                        "gradient's (between 0 and 1: how consistently the gradient asks), is above this")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split-seed", type=int, default=0)
@@ -264,6 +276,12 @@ def main(argv=None) -> int:
     recipe["guide"] = args.guide.name if args.guide else None
     if not args.guide:
         recipe["guide_weight"] = 0.0
+    if args.optimizer == "adam":
+        recipe["bop_gamma"], recipe["bop_threshold"] = 0.0, 0.0
+    elif args.weights == "real" or args.binarize_over:
+        print("train: --optimizer bop flips binary weights: not with --weights real or --binarize-over",
+              file=sys.stderr)
+        return 2
     if not args.teacher:
         recipe["kd_weight"], recipe["kd_bank"], recipe["teacher_precision"] = 0.0, 0, "float"
     if recipe["teacher_precision"] == "int8" and device.type != "cpu":
@@ -293,7 +311,7 @@ def main(argv=None) -> int:
     model = CNV(ste=args.ste, weights=args.weights, activations=args.activations).to(
         device, memory_format=torch.channels_last)  # faster CPU convolutions (docs/design.md)
     _count_gradients(model, args.conv_gradients, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = make_optimizer(model, args)
     teacher = None
     if args.teacher:
         from octoray.models.teacher import calibration_images, load_teachers
@@ -340,6 +358,8 @@ def main(argv=None) -> int:
     elif args.init_from:
         load_portable(args.init_from, model)
         print(f"{args.run}: a new run from the weights of {args.init_from}", flush=True)
+    if args.optimizer == "bop":
+        model.snap_weights_to_signs()  # a new run's start; a resumed one's weights are +-1 already
 
     bank = None
     if teacher is not None and recipe["kd_bank"]:  # built (minutes) only once the recipe is known to fit
@@ -360,6 +380,8 @@ def main(argv=None) -> int:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0,
                         "schedule_epochs": args.epochs, "device": device.type})
+        if isinstance(optimizer, Bop):
+            history[-1]["flips"] = optimizer.take_flips() / sum(w.numel() for w in model.binary_weights())
         if args.binarize_over:  # the share the epoch ended with, which validation saw
             steps = len(x_train) // args.batch_size
             history[-1]["binary_share"] = binary_share((epoch + 1) * steps - 1, steps, args)
@@ -388,6 +410,14 @@ def main(argv=None) -> int:
             stop_at = _fit_schedule(args, recipe, epoch + 1, stop_at, started, time.time() - t0)
         epoch += 1
     return 0
+
+
+def make_optimizer(model: CNV, args) -> torch.optim.Optimizer:
+    """Adam over every parameter, or Bop: its rule for the binary weights, Adam's for the rest."""
+    if args.optimizer == "bop":
+        return Bop(model.parameters(), model.binary_weights(), lr=args.lr, gamma=args.bop_gamma,
+                   threshold=args.bop_threshold)
+    return torch.optim.Adam(model.parameters(), lr=args.lr)
 
 
 def _count_gradients(model: CNV, precision: str, device: torch.device) -> None:
