@@ -53,13 +53,18 @@ class Bop(torch.optim.Optimizer):
                 else:
                     self._adam(p, group)
 
-    def _flip(self, p: torch.Tensor, group: dict) -> None:
+    def _stepped_state(self, p: torch.Tensor, averages: tuple[str, str]) -> dict:
+        """p's state, its step count advanced, its two averages zero at the first step."""
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0.0)
-            state["momentum"] = torch.zeros_like(p)
-            state["square"] = torch.zeros_like(p)
+            for key in averages:
+                state[key] = torch.zeros_like(p)
         state["step"] += 1
+        return state
+
+    def _flip(self, p: torch.Tensor, group: dict) -> None:
+        state = self._stepped_state(p, ("momentum", "square"))
         gamma = group["gamma"] * group["lr"] / group["peak_lr"]
         momentum = state["momentum"].lerp_(p.grad, gamma)
         square = state["square"].lerp_(p.grad.square(), gamma)
@@ -69,12 +74,7 @@ class Bop(torch.optim.Optimizer):
         self.flips += flip.sum().cpu()
 
     def _adam(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
+        state = self._stepped_state(p, ("exp_avg", "exp_avg_sq"))
         beta1, beta2 = group["betas"]
         t = float(state["step"])
         state["exp_avg"].lerp_(p.grad, 1 - beta1)
