@@ -956,7 +956,7 @@ def test_the_command_a_shipped_model_records_is_one_train_accepts():
     import shlex
 
     from octoray.models.export import _training_command
-    from octoray.models.train import RECIPE_DEFAULTS, RECIPE_KEYS, parse_args
+    from octoray.models.train_options import RECIPE_DEFAULTS, RECIPE_KEYS, parse_args
 
     defaults = vars(parse_args(["--data", "x"]))
     for mixup in (True, False):
