@@ -1200,3 +1200,25 @@ def test_a_bop_run_keeps_binary_weights_counts_its_flips_and_resumes_from_a_port
     assert b"fresh optimizer" not in moved.stdout and len(checkpoint(there)["history"]) == 3
     refused = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--weights", "real", *bop)
     assert refused.returncode == 2 and b"--optimizer bop" in refused.stderr
+
+
+def test_brevitas_recipe_halves_the_rate_every_forty_epochs_and_scores_a_squared_hinge(tiny_archive, tmp_path):
+    """--schedule halving --halve-every E and --loss squared-hinge: Brevitas' bnn_pynq recipe
+    (Adam at 0.02 halved every 40 epochs, the mean squared hinge against +-1 targets)."""
+    from octoray.models.train import learning_rate, squared_hinge
+    from octoray.models.train_options import parse_args
+
+    args = parse_args(["--data", "x", "--lr", "0.02", "--schedule", "halving", "--warmup-epochs", "0"])
+    assert [learning_rate(epoch * 450, 450, args) for epoch in (0, 39, 40, 79, 80, 400)] == \
+        [0.002, 0.02, 0.01, 0.01, 0.005, 0.02 / 1024]
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, -3.0, 1.5]])
+    # image 0, label 0: (1-2)+ = 0, (1+0.5)^2 = 2.25, (1-1)+ = 0; image 1, label 2: 1, 0, 0
+    assert squared_hinge(logits, torch.tensor([0, 2])).item() == pytest.approx((2.25 + 1.0) / 6)
+    run = train(tiny_archive, tmp_path, "--epochs", "2", "--loss", "squared-hinge", "--schedule", "halving",
+                "--halve-every", "1", "--lr", "0.02", "--warmup-epochs", "0")
+    assert run.returncode == 0, run.stderr
+    state = checkpoint(tmp_path)
+    assert (state["recipe"]["loss"], state["recipe"]["halve_every"]) == ("squared-hinge", 1)
+    assert [h["lr"] for h in state["history"]] == [0.02, 0.01]
+    refused = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--loss", "squared-hinge", "--mixup")
+    assert refused.returncode == 2 and b"--loss squared-hinge" in refused.stderr

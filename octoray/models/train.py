@@ -32,13 +32,16 @@ from octoray.models.train_options import RESCHEDULABLE, conflicting_options, par
 
 def learning_rate(step: int, steps_per_epoch: int, args) -> float:
     """Linear warm-up, then cosine decay to zero over the whole run (or, with --schedule
-    constant, the peak from then on)."""
+    constant, the peak from then on; with halving, the peak halved after every --halve-every
+    epochs)."""
     warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
     total = args.epochs * steps_per_epoch
     if step < warmup:
         return args.lr * (0.1 + 0.9 * step / warmup)
     if args.schedule == "constant":
         return args.lr
+    if args.schedule == "halving":
+        return args.lr * 0.5 ** (step // (args.halve_every * steps_per_epoch))
     progress = (step - warmup) / max(1, total - warmup)
     return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -312,6 +315,8 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
             loss = (weight * F.cross_entropy(logits, y, reduction="none", label_smoothing=args.label_smoothing)
                     + (1 - weight) * F.cross_entropy(logits, y[partner], reduction="none",
                                                      label_smoothing=args.label_smoothing)).mean()
+        elif args.loss == "squared-hinge":
+            loss = squared_hinge(logits, y)
         else:
             loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
         if teacher is not None:
@@ -332,6 +337,13 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         correct += (logits.argmax(1) == y).sum()
     seen = steps * args.batch_size
     return loss_sum.item() / seen, correct.item() / seen, lr
+
+
+def squared_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Brevitas' bnn_pynq loss: the mean over every logit of max(0, 1 - t x)^2, t +1 for the
+    label's logit and -1 for the others'."""
+    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype).mul_(2).sub_(1)
+    return F.relu(1 - targets * logits).square().mean()
 
 
 def guide_distance(guide: CNV, x: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:

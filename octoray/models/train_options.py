@@ -13,14 +13,15 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_see
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
                "binarize_over", "binarize_order", "guide", "guide_weight", "optimizer", "bop_gamma",
-               "bop_threshold")
+               "bop_threshold", "loss", "halve_every")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
                    "activations": "binary", "norms": "batch", "schedule": "cosine",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
                    "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0,
-                   "optimizer": "adam", "bop_gamma": 0.0, "bop_threshold": 0.0}
+                   "optimizer": "adam", "bop_gamma": 0.0, "bop_threshold": 0.0, "loss": "cross-entropy",
+                   "halve_every": 0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -89,9 +90,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="frozen: BatchNorm and TensorNorm normalise with their running statistics, which "
                         "stay fixed, so training sees the thresholds inference folds (their scales and "
                         "offsets still learn); for a run that starts from a trained model")
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                   help="the learning rate after the warm-up: cosine down to zero at the last epoch, or "
-                        "constant (for runs whose epochs are averaged: python -m octoray.models.average)")
+    p.add_argument("--schedule", choices=("cosine", "constant", "halving"), default="cosine",
+                   help="the learning rate after the warm-up: cosine down to zero at the last epoch, "
+                        "constant (for runs whose epochs are averaged: python -m octoray.models.average), "
+                        "or halving: the peak halved after every --halve-every epochs (Brevitas' bnn_pynq)")
+    p.add_argument("--halve-every", type=int, default=40, metavar="E",
+                   help="with --schedule halving: the epochs between two halvings")
+    p.add_argument("--loss", choices=("cross-entropy", "squared-hinge"), default="cross-entropy",
+                   help="what the labels' part of the loss is: cross-entropy, or squared-hinge, the mean "
+                        "of max(0, 1 - t x)^2 over the logits x with t +1 for the label and -1 for the "
+                        "other classes (Brevitas' bnn_pynq recipe)")
     p.add_argument("--cutout", type=int, default=0, metavar="SIDE",
                    help="after the crop and flip, black out a SIDE x SIDE square of each training image "
                         "at a random place (0, the default: none)")
@@ -160,11 +168,17 @@ def recipe_of(args: argparse.Namespace) -> dict:
         recipe["bop_gamma"], recipe["bop_threshold"] = 0.0, 0.0
     if not args.teacher:
         recipe["kd_weight"], recipe["kd_bank"], recipe["teacher_precision"] = 0.0, 0, "float"
+    if args.schedule != "halving":
+        recipe["halve_every"] = 0
     return recipe
 
 
 def conflicting_options(args: argparse.Namespace, recipe: dict, device_type: str) -> str | None:
     """Why these options cannot train together (the message after "train: "), or None."""
+    if args.loss == "squared-hinge" and (args.mixup or args.label_smoothing):
+        return "--loss squared-hinge takes one label an image: not with --mixup or --label-smoothing"
+    if args.schedule == "halving" and args.halve_every < 1:
+        return "--halve-every must be at least 1 epoch"
     if args.optimizer == "bop" and (args.weights == "real" or args.binarize_over):
         return "--optimizer bop flips binary weights: not with --weights real or --binarize-over"
     if recipe["teacher_precision"] == "int8" and device_type != "cpu":
