@@ -29,6 +29,18 @@ def _half_keeping_sign(value: torch.Tensor) -> torch.Tensor:
     return half
 
 
+def _bop_arrays(name: str, momentum: torch.Tensor, square: torch.Tensor) -> dict[str, np.ndarray]:
+    """Bop's two averages for one weight tensor in under two bytes a weight, so the file stays
+    under 5 MiB: the root of the squared gradient's average in fp16 (relative to its largest,
+    which fp16's range then holds) and what decides a flip, m / sqrt(v) in [-1, 1], in int8
+    (steps of 1/127 against thresholds of ~0.1)."""
+    rms = square.sqrt()
+    scale = float(rms.max()) or 1.0
+    consistency = torch.where(rms > 0, momentum / rms, torch.zeros_like(momentum)).clamp_(-1, 1)
+    return {f"bop.consistency.{name}": consistency.mul(127).round_().to(torch.int8).numpy(),
+            f"bop.rms.{name}": (rms / scale).half().numpy(), f"bop.rms_scale.{name}": np.array(scale)}
+
+
 def save_portable(last: Path, path: Path) -> None:
     """The checkpoint as one small compressed file, so a run continues on a fresh machine nearly
     as it would here: fp16 weights (each keeping its sign), Adam's second moment as its square
@@ -53,10 +65,7 @@ def write_portable(state: dict, path: Path) -> None:
             name = params[index]
             arrays[f"adam.step.{name}"] = np.array(float(moments["step"]))
             if "momentum" in moments:  # a binary weight under Bop: its gradient's averages decide flips
-                for key, value in (("momentum", moments["momentum"]), ("rms", moments["square"].sqrt())):
-                    scale = float(value.abs().max()) or 1.0  # fp16 keeps each relative to its largest
-                    arrays[f"bop.{key}.{name}"] = (value.cpu() / scale).half().numpy()
-                    arrays[f"bop.{key}_scale.{name}"] = np.array(scale)
+                arrays.update(_bop_arrays(name, moments["momentum"].cpu(), moments["square"].cpu()))
             else:
                 arrays[f"adam.sqrt_v.{name}"] = moments["exp_avg_sq"].sqrt().half().cpu().numpy()
     if "generator" in state:
@@ -83,9 +92,9 @@ def load_portable(path: Path, model: CNV, optimizer=None) -> dict:
         params = [n for n, _ in model.named_parameters()]
         for index, name in enumerate(params):
             step = torch.tensor(float(arrays[f"adam.step.{name}"]))
-            if f"bop.momentum.{name}" in arrays:
-                momentum, rms = (as_tensor(arrays[f"bop.{key}.{name}"]) * float(arrays[f"bop.{key}_scale.{name}"])
-                                 for key in ("momentum", "rms"))
+            if f"bop.consistency.{name}" in arrays:
+                rms = as_tensor(arrays[f"bop.rms.{name}"]) * float(arrays[f"bop.rms_scale.{name}"])
+                momentum = torch.from_numpy(arrays[f"bop.consistency.{name}"]).float().div_(127).mul_(rms)
                 state["state"][index] = {"step": step, "momentum": momentum, "square": rms.square()}
                 continue
             state["state"][index] = {
