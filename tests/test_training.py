@@ -964,10 +964,16 @@ def test_the_command_a_shipped_model_records_is_one_train_accepts():
                   "teacher_precision": "int8", "init_from": "cnv-w1a1-st2-best.npz", "epochs": 300}
         command = _training_command(recipe, "cpu")
         assert ("--mixup" in command.split()) == mixup and "True" not in command and "False" not in command
+        assert "--bop-" not in command and "--halve-every" not in command  # what an Adam, cosine run leaves unused
         argv = shlex.split(command)[3:]  # after "python -m octoray.models.train"
         parsed = vars(parse_args(argv))
-        assert {k: parsed[k] for k in RECIPE_KEYS if k not in ("teacher", "init_from")} == \
-            {k: recipe[k] for k in RECIPE_KEYS if k not in ("teacher", "init_from")}
+        unused = ("teacher", "init_from", "bop_gamma", "bop_threshold", "halve_every")
+        assert {k: parsed[k] for k in RECIPE_KEYS if k not in unused} == \
+            {k: recipe[k] for k in RECIPE_KEYS if k not in unused}
+    brevitas_bop = {**{k: defaults[k] for k in RECIPE_KEYS}, "optimizer": "bop", "bop_threshold": 0.1,
+                    "schedule": "halving", "halve_every": 40, "loss": "squared-hinge"}
+    parsed = vars(parse_args(shlex.split(_training_command(brevitas_bop, "cpu"))[3:]))
+    assert {k: parsed[k] for k in RECIPE_KEYS} == brevitas_bop
     assert set(RECIPE_DEFAULTS) <= set(RECIPE_KEYS)
 
 

@@ -80,8 +80,11 @@ def _training_command(recipe: dict, device: str | None) -> str:
     as they are in training/), so the shipped file says how it was made, distillation included."""
     flags = []
     for key, value in recipe.items():
-        if value is None or (key.startswith("kd_") and not recipe.get("teacher")) or (
-                key == "guide_weight" and not recipe.get("guide")):
+        unused = ((key.startswith("kd_") and not recipe.get("teacher"))
+                  or (key == "guide_weight" and not recipe.get("guide"))
+                  or (key.startswith("bop_") and recipe.get("optimizer") != "bop")
+                  or (key == "halve_every" and recipe.get("schedule") != "halving"))
+        if value is None or unused:  # an option that recipe does not use
             continue
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):  # a switch (--mixup): named when on
