@@ -2,7 +2,8 @@
 a fresh machine resumes from, committed to the repository) or that a shipped model folds from.
 
 fp16 weights that keep their fp32 signs, Adam's second moment (Bop's gradient averages for
-its binary weights), the random stream and the run's metadata, in one compressed .npz of a few MiB (the repository keeps files under 5 MiB).
+its binary weights), the random stream and the run's metadata, in one compressed .npz of a
+few MiB (the repository keeps files under 5 MiB).
 """
 
 from __future__ import annotations
