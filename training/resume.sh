@@ -16,17 +16,20 @@
 # with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=(cnv-w1a1-brevitas)
+RUNS=(cnv-w1a1-brevitas cnv-w1a1-bkd)
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
 COMMON=(--data "$DATA" --threads 2 --conv-gradients bf16)
 
-stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 25
+stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, items 25 and 26
     case $1 in
     0) ARGS=(--loss squared-hinge --schedule halving --halve-every 40 --lr 0.02 --warmup-epochs 0
              --epochs 400 --keep-best "training/${RUNS[0]}-best.npz") ;;
+    1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" --teacher training/teacher2.npz --teacher-precision int8
+             --kd-weight 0.9 --kd-temperature 1 --epochs 20 --lr 0.002 --warmup-epochs 0.2
+             --keep-epochs-from 11 --keep-best "training/${RUNS[1]}-best.npz") ;;
     esac
 }
 
