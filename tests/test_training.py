@@ -1136,6 +1136,37 @@ def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_arch
     assert blended.returncode == 2 and b"not with --kd-bank or --mixup" in blended.stderr
 
 
+def test_teachers_that_hold_nothing_out_teach_as_one_ensemble(tiny_archive, tmp_path):
+    """Several teachers trained alike (another seed each) answer as the mean of their
+    probabilities, which teacher --examine --ensemble reports and train distils from."""
+    from octoray.models.teacher import Ensemble, load_teacher, load_teachers
+
+    first = saved_teacher(tiny_archive, tmp_path, 1, name="s1")
+    second = saved_teacher(tiny_archive, tmp_path, 1, "--seed", "2", name="s2")
+    one, _ = load_teacher(first)
+    two, _ = load_teacher(second)
+    both = load_teachers([first, second], 100)
+    assert isinstance(both, Ensemble)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mean = (torch.softmax(one(x), 1) + torch.softmax(two(x), 1)) / 2
+        assert not torch.allclose(torch.softmax(one(x), 1), mean, atol=1e-4)  # two different teachers
+        assert torch.allclose(torch.softmax(both(x, torch.arange(8)), 1), mean, atol=1e-5)
+    examined = run_module("teacher", tmp_path, "--data", str(tiny_archive), "--val-per-class", "2",
+                          "--examine", str(first), "--examine", str(second), "--ensemble")
+    assert examined.returncode == 0, examined.stderr
+    together = [line for line in examined.stdout.decode().splitlines() if line.startswith("s1.npz+s2.npz: ")]
+    assert [line.split(": ")[1] for line in together] == ["learnt", "validation"]
+    assert together[1].endswith("with the flip averaged in") and "(20 images)" in together[1]
+    student = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(first), "--teacher", str(second),
+                    "--teacher-precision", "int8")
+    assert student.returncode == 0, student.stderr
+    assert checkpoint(tmp_path)["recipe"]["teacher"] == "s1.npz+s2.npz"
+    fold = saved_teacher(tiny_archive, tmp_path, 1, "--fold", "1/2", name="f1")
+    mixed = train(tiny_archive, tmp_path / "m", "--epochs", "1", "--teacher", str(first), "--teacher", str(fold))
+    assert mixed.returncode == 2 and b"hold no fold out (an ensemble)" in mixed.stderr
+
+
 def test_a_teacher_keeps_its_fold(tiny_archive, tmp_path):
     base = ["--data", str(tiny_archive), "--run", "f", "--batch-size", "20", "--val-per-class", "2", "--epochs", "1"]
     assert run_module("teacher", tmp_path, *base, "--fold", "1/2").returncode == 0

@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true",
                    help="with --examine: also the teacher quantized to 8 bits as train --teacher-precision int8 "
                         "makes it, and how often and how far its answers differ from the float teacher's")
+    p.add_argument("--ensemble", action="store_true",
+                   help="with --examine FILE --examine FILE ...: also the files as one ensemble, as "
+                        "train --teacher FILE --teacher FILE ... uses them (the mean of their probabilities)")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     return p.parse_args(argv)
 
@@ -170,6 +173,20 @@ class CrossFitted(nn.Module):
         return out
 
 
+class Ensemble(nn.Module):
+    """Teachers trained alike (another seed each) as one: the mean of their softmax
+    probabilities, returned as its logarithm so that a student's softmax of it is that mean.
+    Averaging their answers makes a stronger teacher without a larger network."""
+
+    def __init__(self, teachers: list[nn.Module]):
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+
+    def forward(self, pixels: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        p = torch.stack([F.softmax(teacher(pixels).float(), 1) for teacher in self.teachers]).mean(0)
+        return p.clamp_min(1e-12).log()
+
+
 def quantized(teacher: nn.Module, calibration: torch.Tensor, batch: int = 100) -> nn.Module:
     """The teacher with 8-bit weights (per channel) and activations, on PyTorch's x86 backend,
     its activation ranges measured on `calibration` (uint8 NCHW training images, augmented as
@@ -202,10 +219,10 @@ def calibration_images(x_train: torch.Tensor, count: int = 2000) -> torch.Tensor
 
 def load_teachers(paths: list[Path], n_train: int, device: torch.device | str = "cpu",
                   calibration: torch.Tensor | None = None):
-    """One teacher (called with the pixels alone), or the N teachers of N folds as one
-    CrossFitted (called with the pixels and the images' indices); ValueError when several
-    files are not the teachers of one partition's N folds.  With `calibration` images, each
-    teacher is quantized() to 8 bits (CPU only)."""
+    """One teacher (called with the pixels alone); several that hold no fold out as one
+    Ensemble; or the N teachers of N folds as one CrossFitted (called with the pixels and the
+    images' indices).  ValueError when several files are neither.  With `calibration`
+    images, each teacher is quantized() to 8 bits (CPU only)."""
     loaded = [load_teacher(path, device) for path in paths]
     if calibration is not None:  # a CNV teacher's activations are +-1 already: it runs as trained
         loaded = [(quantized(model, calibration) if isinstance(model, Teacher) else model, meta)
@@ -213,11 +230,14 @@ def load_teachers(paths: list[Path], n_train: int, device: torch.device | str = 
     if len(loaded) == 1:
         return loaded[0][0]
     folds_of = {path.name: tuple(meta.get("fold") or ()) for path, (_, meta) in zip(paths, loaded)}
+    if not any(folds_of.values()):
+        return Ensemble([model for model, _ in loaded]).eval()
     counts = {fold[1] for fold in folds_of.values() if fold}
     held = sorted(fold[0] for fold in folds_of.values() if fold)
     if len(counts) != 1 or held != list(range(1, len(paths) + 1)) or len(paths) != counts.pop():
         described = ", ".join(f"{name}: {'/'.join(map(str, f)) if f else 'no fold'}" for name, f in folds_of.items())
-        raise ValueError(f"several teachers must be the teachers of folds 1/N .. N/N of one partition ({described})")
+        raise ValueError("several teachers must all hold no fold out (an ensemble) or be the teachers of "
+                         f"folds 1/N .. N/N of one partition ({described})")
     ordered = sorted(zip(paths, loaded), key=lambda item: item[1][1]["fold"][0])
     return CrossFitted([model for _, (model, _) in ordered], folds(n_train, len(paths)).to(device)).eval()
 
@@ -266,6 +286,13 @@ def examine(paths: list[Path], args, device: torch.device) -> int:
             seen = augment(x_train[learnt], generator)
             print(f"{path} int8: learnt: {soft_labels(int8, seen, y_train[learnt])}; {_gap(model, int8, seen)}")
             print(f"{path} int8: validation: {soft_labels(int8, x_val, y_val)}; {_gap(model, int8, x_val)}")
+    if args.ensemble:
+        together = Ensemble([load_teacher(path, device)[0] for path in paths]).eval()
+        name = "+".join(path.name for path in paths)
+        learnt = spread(torch.ones(len(x_train), dtype=torch.bool, device=device))
+        print(f"{name}: learnt: {soft_labels(together, augment(x_train[learnt], generator), y_train[learnt])}")
+        print(f"{name}: validation: {soft_labels(together, x_val, y_val)}; "
+              f"{100 * evaluate(together, x_val, y_val):.2f} % with the flip averaged in")
     return 0
 
 

@@ -53,8 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, metavar="FILE", action="append",
                    help="distil from this float teacher (python -m octoray.models.teacher --save FILE), "
                         "or from an earlier stage's network (a portable file, train --save-portable); "
-                        "given N times, the teachers of folds 1/N .. N/N (teacher --fold): each training "
-                        "image is answered by the one that never trained on it")
+                        "given several times, an ensemble (the mean of their probabilities), or the teachers of "
+                        "folds 1/N .. N/N (teacher --fold): each training image is answered by the one "
+                        "that never trained on it")
     p.add_argument("--kd-weight", type=float, default=0.9,
                    help="with --teacher: the share of the loss that matches the teacher (the rest is the labels')")
     p.add_argument("--kd-temperature", type=float, default=1.0)
@@ -189,6 +190,6 @@ def conflicting_options(args: argparse.Namespace, recipe: dict, device_type: str
         return ("--cutout and --mixup change the image the teacher must answer for: "
                 "they need a live teacher, not --kd-bank")
     if args.teacher and len(args.teacher) > 1 and (recipe["kd_bank"] or args.mixup):
-        return ("several (cross-fitted) teachers answer each image live, and a blend of two images "
-                "has no teacher that saw neither: not with --kd-bank or --mixup")
+        return ("several teachers answer each image live (cross-fitted ones by the image's index, and a "
+                "blend of two images has no teacher that saw neither): not with --kd-bank or --mixup")
     return None
