@@ -1019,7 +1019,9 @@ def test_the_resume_script_starts_one_trainer_at_nice_19_and_stops_by_its_pid(tm
     pid = int((tmp_path / "pid").read_text())
     try:
         [[trainer, *argv]] = _calls(seen, 1)
-        assert argv[:2] == ["-m", "octoray.models.train"] and "--run" in argv and "--threads" in argv
+        # a trainer, or first the teacher its stages distil from where that is not trained yet
+        assert argv[:2] in (["-m", "octoray.models.train"], ["-m", "octoray.models.teacher"])
+        assert "--run" in argv and "--threads" in argv
         state = f"training/{argv[argv.index('--run') + 1]}-state.npz"
         assert argv[argv.index("--keep-portable") + 1] == state  # kept current after every epoch
         if (ROOT / state).exists():  # committed: a fresh machine resumes from it
@@ -1047,7 +1049,12 @@ def test_the_resume_script_runs_the_stages_left_in_order_each_from_the_last(tmp_
     deadline = time.monotonic() + 20
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    calls = [argv for _, *argv in _calls(seen, 1)]
+    everything = [argv for _, *argv in _calls(seen, 1)]
+    calls = [argv for argv in everything if argv[1] == "octoray.models.train"]
+    first = everything[:len(everything) - len(calls)]  # what the stages need first: a teacher, trained and saved
+    assert all(argv[1] == "octoray.models.teacher" for argv in first) and everything[len(first):] == calls
+    if first:
+        assert "--keep-portable" in first[0] and "--save" in first[-1]
     runs = [argv for argv in calls if "--keep-portable" in argv]
     saves = [argv for argv in calls if "--save-portable" in argv]
     assert len(saves) == len(runs) - 1 and calls == [c for pair in zip(runs, saves) for c in pair] + runs[-1:]
@@ -1165,6 +1172,35 @@ def test_teachers_that_hold_nothing_out_teach_as_one_ensemble(tiny_archive, tmp_
     fold = saved_teacher(tiny_archive, tmp_path, 1, "--fold", "1/2", name="f1")
     mixed = train(tiny_archive, tmp_path / "m", "--epochs", "1", "--teacher", str(first), "--teacher", str(fold))
     assert mixed.returncode == 2 and b"hold no fold out (an ensemble)" in mixed.stderr
+
+
+def test_a_teacher_run_continues_on_a_fresh_machine_from_its_portable_state(tiny_archive, tmp_path):
+    """teacher --keep-portable leaves the run's state after every epoch; another machine (an
+    empty cache) continues from it with --resume-from much as this one continues from its own
+    checkpoint (the file keeps weights and momentum in fp16)."""
+    from octoray.models.teacher import load_teacher
+
+    base = ["--data", str(tiny_archive), "--run", "t", "--batch-size", "20", "--val-per-class", "2"]
+    state = tmp_path / "teacher-state.npz"
+    first = run_module("teacher", tmp_path / "here", *base, "--epochs", "1", "--keep-portable", str(state))
+    assert first.returncode == 0, first.stderr
+    with np.load(state, allow_pickle=False) as z:
+        assert json.loads(str(z["state"]))["epoch"] == 1 and any(k.startswith("momentum.") for k in z.files)
+    saved = run_module("teacher", tmp_path / "here", *base, "--save-portable", str(tmp_path / "again.npz"))
+    assert saved.returncode == 0 and (tmp_path / "again.npz").read_bytes() == state.read_bytes()
+    here = run_module("teacher", tmp_path / "here", *base, "--epochs", "2")
+    there = run_module("teacher", tmp_path / "there", *base, "--epochs", "2", "--resume-from", str(state))
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    assert f"resuming t after epoch 1 from {state}" in there.stdout.decode()
+    for cache, name in ((tmp_path / "here", "h.npz"), (tmp_path / "there", "t.npz")):
+        assert run_module("teacher", cache, *base, "--save", str(tmp_path / name)).returncode == 0
+    (a, meta_a), (b, meta_b) = load_teacher(tmp_path / "h.npz"), load_teacher(tmp_path / "t.npz")
+    assert [h["epoch"] for h in meta_b["history"]] == [1, 2]
+    assert meta_b["history"][1]["train_loss"] == pytest.approx(meta_a["history"][1]["train_loss"], rel=1e-2)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        pa, pb = torch.softmax(a(x), 1), torch.softmax(b(x), 1)
+    assert (pa - pb).abs().max() < 0.02 and pa.argmax(1).equal(pb.argmax(1))
 
 
 def test_a_teacher_keeps_its_fold(tiny_archive, tmp_path):

@@ -6,7 +6,8 @@
 #                                   # (start keeps it current after every epoch too: --keep-portable)
 #   bash training/resume.sh status  # whether it runs; epochs done, validation so far, time left
 # A schedule is declared up front as stages (RUNS below), each starting from the one before's
-# last epoch. start runs what is left of them in order, in one background process: the open
+# last epoch, after whatever they need first (prepare below: a teacher to train).  start runs
+# what is left of them in order, in one background process: the open
 # stage continues from this machine's checkpoint (<cache>/train/RUN/last.pt) where there is
 # one, else from its committed portable state; when a stage ends, its last epoch is written to
 # training/RUN-last.npz (commit it: a fresh machine then starts at the next stage) and the next
@@ -16,21 +17,34 @@
 # with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=(cnv-w1a1-brevitas cnv-w1a1-bkd)
+RUNS=(cnv-w1a1-st2e)
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
 COMMON=(--data "$DATA" --threads 2 --conv-gradients bf16)
 
-stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, items 25 and 26
+stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 27
     case $1 in
-    0) ARGS=(--loss squared-hinge --schedule halving --halve-every 40 --lr 0.02 --warmup-epochs 0
-             --epochs 400 --keep-best "training/${RUNS[0]}-best.npz") ;;
-    1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" --teacher training/teacher2.npz --teacher-precision int8
-             --kd-weight 0.9 --kd-temperature 1 --epochs 20 --lr 0.002 --warmup-epochs 0.2
-             --keep-epochs-from 11 --keep-best "training/${RUNS[1]}-best.npz") ;;
+    0) ARGS=(--init-from training/cnv-w1a1-st1b-last.npz --teacher training/teacher2.npz
+             --teacher training/teacher3.npz --teacher-precision int8 --kd-weight 0.9 --kd-temperature 1
+             --epochs 20 --lr 0.002 --warmup-epochs 0.2 --keep-epochs-from 11
+             --keep-best "training/${RUNS[0]}-best.npz") ;;
     esac
+}
+
+prepare() {  # what the stages need before they start (docs/training.md, item 27): teacher3,
+    # trained like teacher2 with another seed; its state kept after every epoch, resumed from it
+    [ -f training/teacher3.npz ] && return 0
+    local state=training/teacher3-state.npz resume=()
+    [ -f "$state" ] && resume=(--resume-from "$state")  # used only where this machine has no last.pt
+    "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --threads 2 --widths 32,64,256,256 \
+        --epochs 20 --seed 2 --keep-portable "$state" "${resume[@]}" &
+    child=$!
+    wait "$child" || exit
+    child=
+    "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --save training/teacher3.npz
+    echo "resume.sh: teacher3 trained; commit training/teacher3.npz (the stages distil from it)"
 }
 
 open_stage() {  # the first stage whose last epoch is not in the tree (the final one stays open)
@@ -46,6 +60,7 @@ running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 run_stages() {  # the background process start leaves: the open stage, then each after it
     local child=
     trap '[ -n "$child" ] && kill "$child" 2>/dev/null; wait; exit 143' TERM INT
+    prepare
     for ((i = $(open_stage); i < ${#RUNS[@]}; i++)); do
         local run=${RUNS[$i]} state=training/${RUNS[$i]}-state.npz resume=()
         [ -f "$state" ] && resume=(--resume-from "$state")  # used only where this machine has no last.pt
@@ -82,6 +97,10 @@ stages)
     run_stages
     ;;
 save)
+    if [ ! -f training/teacher3.npz ]; then  # still preparing: the teacher's state
+        "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --save-portable training/teacher3-state.npz
+        exit
+    fi
     run=${RUNS[$(open_stage)]}
     "$PYTHON" -m octoray.models.train --data "$DATA" --run "$run" --save-portable "training/$run-state.npz"
     ;;

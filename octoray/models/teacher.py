@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --examine FILE --examine FILE ...: also the files as one ensemble, as "
                         "train --teacher FILE --teacher FILE ... uses them (the mean of their probabilities)")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
+    p.add_argument("--keep-portable", type=Path, metavar="FILE",
+                   help="after every epoch, write the run's state (fp16 weights and momentum, the random "
+                        "generator, the history) to FILE: a fresh machine resumes from it (--resume-from)")
+    p.add_argument("--save-portable", type=Path, metavar="FILE",
+                   help="write the run's checkpoint as --keep-portable's file and exit")
+    p.add_argument("--resume-from", type=Path, metavar="FILE",
+                   help="continue from a --keep-portable file where this machine has no checkpoint of the run")
     return p.parse_args(argv)
 
 
@@ -135,6 +143,34 @@ def save_teacher(model: Teacher, path: Path, meta: dict) -> None:
     arrays = {k: v.detach().cpu().half().numpy() if v.is_floating_point() else v.cpu().numpy()
               for k, v in model.state_dict().items()}
     np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
+
+
+def write_state(state: dict, path: Path) -> None:
+    """A teacher run's checkpoint as one small file (fp16 weights and SGD momentum, the random
+    generator, the history), so that a run cut off by a session's end continues on a fresh
+    machine from its last epoch instead of its first."""
+    arrays = {f"model.{k}": v.cpu().half().numpy() if v.is_floating_point() else v.cpu().numpy()
+              for k, v in state["model"].items()}
+    for index, moments in state["optimizer"]["state"].items():
+        arrays[f"momentum.{index}"] = moments["momentum_buffer"].cpu().half().numpy()
+    arrays["generator"] = state["generator"].cpu().numpy()
+    meta = {"epoch": state["epoch"], "widths": list(state["widths"]), "history": state["history"],
+            "fold": list(state["fold"]) if state.get("fold") else None}
+    tmp = path.with_name(path.name + ".tmp")  # replaced whole: a reader never sees half a file
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, state=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict:
+    """write_state's file as a checkpoint, its momentum as {parameter index: buffer}."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["state"]))
+        as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
+        meta["model"] = {k[len("model."):]: as_tensor(z[k]) for k in z.files if k.startswith("model.")}
+        meta["momentum"] = {int(k[len("momentum."):]): as_tensor(z[k]) for k in z.files if k.startswith("momentum.")}
+        meta["generator"] = torch.from_numpy(z["generator"])
+    return meta
 
 
 def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -320,7 +356,12 @@ def main(argv=None) -> int:
     out = run_dir(args.run)
     last = out / "last.pt"
     torch.manual_seed(args.seed)
-    state = torch.load(last, weights_only=False, map_location=device) if last.exists() else None
+    if args.save_portable:
+        write_state(torch.load(last, weights_only=False, map_location="cpu"), args.save_portable)
+        print(f"wrote {args.save_portable} ({args.save_portable.stat().st_size:,} bytes)")
+        return 0
+    state = (torch.load(last, weights_only=False, map_location=device) if last.exists()
+             else read_state(args.resume_from) if args.resume_from else None)
     widths = tuple(state.get("widths", WIDTHS)) if state else (args.widths or WIDTHS)
     if args.widths and widths != args.widths:
         print(f"teacher: {last} has widths {widths}, not {args.widths}; choose another --run", file=sys.stderr)
@@ -340,10 +381,16 @@ def main(argv=None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if state:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # a write_state file: SGD's momentum buffers alone
+            moments = optimizer.state_dict()
+            moments["state"] = {i: {"momentum_buffer": m.to(device)} for i, m in state["momentum"].items()}
+            optimizer.load_state_dict(moments)
         generator.set_state(state["generator"].cpu())
         start, history = state["epoch"], state["history"]
-        print(f"resuming {args.run} after epoch {start}", flush=True)
+        whence = "" if last.exists() else f" from {args.resume_from}"
+        print(f"resuming {args.run} after epoch {start}{whence}", flush=True)
     if args.save:
         meta = {"widths": list(widths), "fold": list(fold) if fold else None, "epochs": start, "history": history,
                 "val_acc_flip_tta": history[-1]["val_acc"] if history else None,
@@ -382,6 +429,8 @@ def main(argv=None) -> int:
         save_atomically({"epoch": epoch + 1, "widths": widths, "fold": fold, "history": history,
                          "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, last)
+        if args.keep_portable:
+            write_state(torch.load(last, weights_only=False, map_location="cpu"), args.keep_portable)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         print(json.dumps(history[-1]), flush=True)
     return 0
