@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train --teacher FILE --teacher FILE ... uses them (the mean of their probabilities)")
     p.add_argument("--save", type=Path, metavar="FILE", help="write the trained teacher as fp16 weights and exit")
     p.add_argument("--keep-portable", type=Path, metavar="FILE",
-                   help="after every epoch, write the run's state (fp16 weights and momentum, the random "
+                   help="after every epoch, write the run's state (fp16 weights, the random "
                         "generator, the history) to FILE: a fresh machine resumes from it (--resume-from)")
     p.add_argument("--save-portable", type=Path, metavar="FILE",
                    help="write the run's checkpoint as --keep-portable's file and exit")
@@ -146,13 +146,11 @@ def save_teacher(model: Teacher, path: Path, meta: dict) -> None:
 
 
 def write_state(state: dict, path: Path) -> None:
-    """A teacher run's checkpoint as one small file (fp16 weights and SGD momentum, the random
-    generator, the history), so that a run cut off by a session's end continues on a fresh
+    """A teacher run's checkpoint as one small file (fp16 weights, the random generator, the
+    history; SGD's momentum, as large again, rebuilds itself within ~10 steps), so that a run cut off by a session's end continues on a fresh
     machine from its last epoch instead of its first."""
     arrays = {f"model.{k}": v.cpu().half().numpy() if v.is_floating_point() else v.cpu().numpy()
               for k, v in state["model"].items()}
-    for index, moments in state["optimizer"]["state"].items():
-        arrays[f"momentum.{index}"] = moments["momentum_buffer"].cpu().half().numpy()
     arrays["generator"] = state["generator"].cpu().numpy()
     meta = {"epoch": state["epoch"], "widths": list(state["widths"]), "history": state["history"],
             "fold": list(state["fold"]) if state.get("fold") else None}
