@@ -1299,3 +1299,46 @@ def test_brevitas_recipe_halves_the_rate_every_forty_epochs_and_scores_a_squared
     assert [h["lr"] for h in state["history"]] == [0.02, 0.01]
     refused = train(tiny_archive, tmp_path / "x", "--epochs", "1", "--loss", "squared-hinge", "--mixup")
     assert refused.returncode == 2 and b"--loss squared-hinge" in refused.stderr
+
+
+def test_weight_decay_pulls_only_the_binarising_weights_towards_zero_as_adams_own(tiny_archive, tmp_path):
+    """--weight-decay L2 (Liu et al. 2021's stage with real weights): Adam's coupled decay on the
+    convolutions' and dense layers' weights, none on the norms; one optimizer group, so the run
+    moves through a portable file as any other; refused with Bop."""
+    from octoray.models.cnv import CNV
+    from octoray.models.train import decay_weights
+
+    torch.manual_seed(0)
+    model = CNV(weights="real")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    decay_weights(model, 0.5)
+    binarising = {id(w) for w in model.binary_weights()}
+    for name, p in model.named_parameters():
+        expected = 0.5 * p.detach() if id(p) in binarising else torch.zeros_like(p)
+        assert torch.equal(p.grad, expected), name
+    # the same as torch's Adam(weight_decay=) on a binarising weight, step for step
+    weight = model.convs[1].weight
+    ours, theirs = weight.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    a, b = torch.optim.Adam([ours], lr=0.01), torch.optim.Adam([theirs], lr=0.01, weight_decay=0.5)
+    for _ in range(3):
+        g = torch.randn_like(ours)
+        ours.grad, theirs.grad = g.clone() + 0.5 * ours.detach(), g.clone()
+        a.step()
+        b.step()
+    assert torch.allclose(ours, theirs)
+
+    run = train(tiny_archive, tmp_path, "--epochs", "2", "--weights", "real", "--weight-decay", "5e-6",
+                "--max-epochs-this-run", "1")
+    assert run.returncode == 0, run.stderr
+    assert checkpoint(tmp_path)["recipe"]["weight_decay"] == 5e-6
+    portable = tmp_path / "state.npz"
+    assert run_module("train", tmp_path, "--run", "t", "--save-portable", str(portable)).returncode == 0
+    moved = train(tiny_archive, tmp_path / "elsewhere", "--epochs", "2", "--weights", "real",
+                  "--weight-decay", "5e-6", "--resume-from", str(portable))
+    assert moved.returncode == 0, moved.stderr
+    assert checkpoint(tmp_path / "elsewhere")["epoch"] == 2
+    other = train(tiny_archive, tmp_path, "--epochs", "2", "--weights", "real")
+    assert other.returncode != 0 and b"weight_decay" in other.stderr  # a different recipe
+    refused = train(tiny_archive, tmp_path / "bop", "--epochs", "1", "--optimizer", "bop", "--weight-decay", "1e-5")
+    assert refused.returncode == 2 and b"--weight-decay" in refused.stderr

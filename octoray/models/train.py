@@ -331,12 +331,22 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
             loss = loss + args.guide_weight * guide_distance(guide, x, taps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if args.weight_decay:  # Adam's own (L2 in the gradient), on the binarising weights alone
+            decay_weights(model, args.weight_decay)
         optimizer.step()
         model.clip_weights()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
     seen = steps * args.batch_size
     return loss_sum.item() / seen, correct.item() / seen, lr
+
+
+@torch.no_grad()
+def decay_weights(model: CNV, weight_decay: float) -> None:
+    """Adds weight_decay x w to each binarising weight's gradient, as Adam's weight_decay does,
+    leaving the norms and scales undecayed; one optimizer group keeps the portable file's order."""
+    for weight in model.binary_weights():
+        weight.grad.add_(weight, alpha=weight_decay)
 
 
 def squared_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

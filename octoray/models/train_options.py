@@ -13,7 +13,7 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_see
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
                "binarize_over", "binarize_order", "guide", "guide_weight", "optimizer", "bop_gamma",
-               "bop_threshold", "loss", "halve_every")
+               "bop_threshold", "loss", "halve_every", "weight_decay")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
@@ -21,7 +21,7 @@ RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
                    "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0,
                    "optimizer": "adam", "bop_gamma": 0.0, "bop_threshold": 0.0, "loss": "cross-entropy",
-                   "halve_every": 0}
+                   "halve_every": 0, "weight_decay": 0.0}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -37,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=("adam", "bop"), default="adam",
                    help="bop: the binary weights are +-1 themselves (each latent weight starts as its sign) "
                         "and flip by Bop's rule (octoray/models/bop.py); the norms learn with Adam at --lr")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="L2",
+                   help="Adam's weight decay (L2 added to the gradient) on the weights that binarise, the "
+                        "convolutions' and dense layers' (none on the norms and scales): Liu et al. 2021 "
+                        "give 5e-6 to a stage with real weights and 0 to the binary one; 0, the default: none")
     p.add_argument("--bop-gamma", type=float, default=1e-3,
                    help="with --optimizer bop: the rate of each weight's moving averages of its gradient and "
                         "its square at the peak learning rate (it follows the learning rate's schedule)")
@@ -180,6 +184,10 @@ def conflicting_options(args: argparse.Namespace, recipe: dict, device_type: str
         return "--loss squared-hinge takes one label an image: not with --mixup or --label-smoothing"
     if args.schedule == "halving" and args.halve_every < 1:
         return "--halve-every must be at least 1 epoch"
+    if args.weight_decay < 0:
+        return "--weight-decay must not be negative"
+    if args.optimizer == "bop" and args.weight_decay:
+        return "--optimizer bop flips binary weights, which have nothing to decay: not with --weight-decay"
     if args.optimizer == "bop" and (args.weights == "real" or args.binarize_over):
         return "--optimizer bop flips binary weights: not with --weights real or --binarize-over"
     if recipe["teacher_precision"] == "int8" and device_type != "cpu":
