@@ -17,34 +17,25 @@
 # with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=(cnv-w1a1-st2e)
+RUNS=(cnv-w1a1-st1w cnv-w1a1-st2w)
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
 COMMON=(--data "$DATA" --threads 2 --conv-gradients bf16)
 
-stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 27
+stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 28
+    local teach=(--teacher training/teacher2.npz --teacher-precision int8 --kd-weight 0.9 --kd-temperature 1)
     case $1 in
-    0) ARGS=(--init-from training/cnv-w1a1-st1b-last.npz --teacher training/teacher2.npz
-             --teacher training/teacher3.npz --teacher-precision int8 --kd-weight 0.9 --kd-temperature 1
-             --epochs 20 --lr 0.002 --warmup-epochs 0.2 --keep-epochs-from 11
-             --keep-best "training/${RUNS[0]}-best.npz") ;;
+    0) ARGS=(--weights real --init-from training/cnv-w1a1-st1-last.npz "${teach[@]}" --epochs 150 --lr 0.005
+             --warmup-epochs 2 --weight-decay 5e-6) ;;
+    1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" "${teach[@]}" --epochs 20 --lr 0.002
+             --warmup-epochs 0.2 --keep-epochs-from 11 --keep-best "training/${RUNS[1]}-best.npz") ;;
     esac
 }
 
-prepare() {  # what the stages need before they start (docs/training.md, item 27): teacher3,
-    # trained like teacher2 with another seed; its state kept after every epoch, resumed from it
-    [ -f training/teacher3.npz ] && return 0
-    local state=training/teacher3-state.npz resume=()
-    [ -f "$state" ] && resume=(--resume-from "$state")  # used only where this machine has no last.pt
-    "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --threads 2 --widths 32,64,256,256 \
-        --epochs 20 --seed 2 --keep-portable "$state" "${resume[@]}" &
-    child=$!
-    wait "$child" || exit
-    child=
-    "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --save training/teacher3.npz
-    echo "resume.sh: teacher3 trained; commit training/teacher3.npz (the stages distil from it)"
+prepare() {  # what the stages need before they start: nothing this schedule (item 27's teacher3 is trained)
+    :
 }
 
 open_stage() {  # the first stage whose last epoch is not in the tree (the final one stays open)
@@ -97,10 +88,6 @@ stages)
     run_stages
     ;;
 save)
-    if [ ! -f training/teacher3.npz ]; then  # still preparing: the teacher's state
-        "$PYTHON" -m octoray.models.teacher --data "$DATA" --run teacher3 --save-portable training/teacher3-state.npz
-        exit
-    fi
     run=${RUNS[$(open_stage)]}
     "$PYTHON" -m octoray.models.train --data "$DATA" --run "$run" --save-portable "training/$run-state.npz"
     ;;
