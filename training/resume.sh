@@ -28,7 +28,7 @@ stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.m
     local teach=(--teacher training/teacher2.npz --teacher-precision int8 --kd-weight 0.9 --kd-temperature 1)
     case $1 in
     0) ARGS=(--weights real --init-from training/cnv-w1a1-st1-last.npz "${teach[@]}" --epochs 150 --lr 0.005
-             --warmup-epochs 2 --weight-decay 5e-6) ;;
+             --warmup-epochs 2 --weight-decay 5e-6 --keep-epochs-from 90) ;;  # epoch 90: binarize_cost
     1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" "${teach[@]}" --epochs 20 --lr 0.002
              --warmup-epochs 0.2 --keep-epochs-from 11 --keep-best "training/${RUNS[1]}-best.npz") ;;
     esac
