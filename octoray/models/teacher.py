@@ -147,8 +147,8 @@ def save_teacher(model: Teacher, path: Path, meta: dict) -> None:
 
 def write_state(state: dict, path: Path) -> None:
     """A teacher run's checkpoint as one small file (fp16 weights, the random generator, the
-    history; SGD's momentum, as large again, rebuilds itself within ~10 steps), so that a run cut off by a session's end continues on a fresh
-    machine from its last epoch instead of its first."""
+    history; SGD's momentum, as large again, rebuilds itself within ~10 steps), so that a run
+    cut off by a session's end continues on a fresh machine from its last epoch, not its first."""
     arrays = {f"model.{k}": v.cpu().half().numpy() if v.is_floating_point() else v.cpu().numpy()
               for k, v in state["model"].items()}
     arrays["generator"] = state["generator"].cpu().numpy()
@@ -161,12 +161,11 @@ def write_state(state: dict, path: Path) -> None:
 
 
 def read_state(path: Path) -> dict:
-    """write_state's file as a checkpoint, its momentum as {parameter index: buffer}."""
+    """write_state's file as a checkpoint without the optimizer's state (SGD starts it anew)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["state"]))
         as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)  # noqa: E731
         meta["model"] = {k[len("model."):]: as_tensor(z[k]) for k in z.files if k.startswith("model.")}
-        meta["momentum"] = {int(k[len("momentum."):]): as_tensor(z[k]) for k in z.files if k.startswith("momentum.")}
         meta["generator"] = torch.from_numpy(z["generator"])
     return meta
 
@@ -379,12 +378,8 @@ def main(argv=None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if state:
         model.load_state_dict(state["model"])
-        if "optimizer" in state:
+        if "optimizer" in state:  # a write_state file has none: SGD's momentum rebuilds itself
             optimizer.load_state_dict(state["optimizer"])
-        else:  # a write_state file: SGD's momentum buffers alone
-            moments = optimizer.state_dict()
-            moments["state"] = {i: {"momentum_buffer": m.to(device)} for i, m in state["momentum"].items()}
-            optimizer.load_state_dict(moments)
         generator.set_state(state["generator"].cpu())
         start, history = state["epoch"], state["history"]
         whence = "" if last.exists() else f" from {args.resume_from}"
@@ -424,11 +419,12 @@ def main(argv=None) -> int:
                         "seconds": time.time() - t0})
         if fold:  # on ~5,000 of the training images it holds out: what a student will see
             history[-1]["held_out_acc"] = evaluate(model, x_oof, y_oof)
-        save_atomically({"epoch": epoch + 1, "widths": widths, "fold": fold, "history": history,
-                         "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, last)
-        if args.keep_portable:
-            write_state(torch.load(last, weights_only=False, map_location="cpu"), args.keep_portable)
+        checkpoint = {"epoch": epoch + 1, "widths": widths, "fold": fold, "history": history,
+                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "generator": generator.get_state()}
+        save_atomically(checkpoint, last)
+        if args.keep_portable:  # from memory: the checkpoint just written is not read back
+            write_state(checkpoint, args.keep_portable)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         print(json.dumps(history[-1]), flush=True)
     return 0
