@@ -17,24 +17,22 @@
 # with the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=(cnv-w1a1-st1w cnv-w1a1-st2w)
+RUNS=(cnv-w1a1-st2l)
 DATA=${DATA:-../shared/data/cifar10-train.tar.gz}
 PYTHON=${PYTHON:-.venv/bin/python}
 PIDFILE=${PIDFILE:-/tmp/octoray-train.pid}
 LOG=${LOG:-/tmp/octoray-train.log}
 COMMON=(--data "$DATA" --threads 2 --conv-gradients bf16)
 
-stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 28
+stage_args() {  # what stage $1 (counted from 0) adds to COMMON: docs/training.md, item 31
     local teach=(--teacher training/teacher2.npz --teacher-precision int8 --kd-weight 0.9 --kd-temperature 1)
     case $1 in
-    0) ARGS=(--weights real --init-from training/cnv-w1a1-st1-last.npz "${teach[@]}" --epochs 150 --lr 0.005
-             --warmup-epochs 2 --weight-decay 5e-6 --keep-epochs-from 90) ;;  # epoch 90: binarize_cost
-    1) ARGS=(--init-from "training/${RUNS[0]}-last.npz" "${teach[@]}" --epochs 20 --lr 0.002
-             --warmup-epochs 0.2 --keep-epochs-from 11 --keep-best "training/${RUNS[1]}-best.npz") ;;
+    0) ARGS=(--init-from training/cnv-w1a1-st1b-last.npz "${teach[@]}" --epochs 200 --lr 0.002
+             --warmup-epochs 0.2 --keep-epochs-from 181 --keep-best "training/${RUNS[0]}-best.npz") ;;
     esac
 }
 
-prepare() {  # what the stages need before they start: nothing this schedule (item 27's teacher3 is trained)
+prepare() {  # what the stages need before they start: nothing this schedule (teacher2 is committed)
     :
 }
 
