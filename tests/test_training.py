@@ -1081,6 +1081,28 @@ def test_cutout_blacks_out_one_square_clipped_at_the_border():
     assert (images == 200).all()  # the input is left alone
 
 
+@pytest.mark.parametrize("pad", [0, 2, 4])
+def test_a_training_crop_moves_each_image_at_most_its_padding_and_may_mirror_it(pad):
+    """--crop-pad: each augmented image is the original shifted by at most `pad` pixels each
+    way (the uncovered border black) and mirrored or not; pad 0 keeps the whole image."""
+    from octoray.models.runs import augment
+
+    images = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    out = augment(images, torch.Generator().manual_seed(5), pad)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    shifts, mirrored = set(), 0
+    for image, seen in zip(images, out):
+        padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+        found = [(dy, dx, flip) for flip in (False, True) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                 if (padded[:, dy:dy + 32, dx:dx + 32].flip(2) if flip else padded[:, dy:dy + 32, dx:dx + 32])
+                 .equal(seen)]
+        assert len(found) == 1  # exactly one crop and mirroring of this image
+        shifts.add(found[0][:2])
+        mirrored += found[0][2]
+    assert 16 < mirrored < 48  # about half of them mirrored
+    assert len(shifts) == 1 if pad == 0 else len(shifts) > 5  # pad 0: every image whole
+
+
 def test_mixup_blends_each_image_with_a_partner_of_the_batch():
     from octoray.models.runs import mixup
 
@@ -1095,13 +1117,21 @@ def test_mixup_blends_each_image_with_a_partner_of_the_batch():
 
 def test_a_student_trains_on_cutout_and_mixup_images_a_live_teacher_labels(tiny_archive, tmp_path):
     teacher = saved_teacher(tiny_archive, tmp_path, epochs=1)
-    done = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(teacher), "--cutout", "16", "--mixup")
+    done = train(tiny_archive, tmp_path, "--epochs", "1", "--teacher", str(teacher), "--cutout", "16", "--mixup",
+                 "--crop-pad", "2")
     assert done.returncode == 0, done.stderr
     recipe = checkpoint(tmp_path)["recipe"]
-    assert recipe["cutout"] == 16 and recipe["mixup"] is True
+    assert recipe["cutout"] == 16 and recipe["mixup"] is True and recipe["crop_pad"] == 2
+    for pad in ("0", "9"):  # the crop without padding is allowed; one larger than 8 is not
+        banked = train(tiny_archive, tmp_path / pad, "--epochs", "1", "--teacher", str(teacher), "--kd-bank", "2",
+                       "--crop-pad", pad)
+        assert banked.returncode == 2
+        assert banked.stderr.decode().splitlines()[-1].startswith(
+            "train: --cutout, --mixup and --crop-pad" if pad == "0" else
+            "octoray-train: error: argument --crop-pad: invalid choice: 9")
     banked = train(tiny_archive, tmp_path / "b", "--epochs", "1", "--teacher", str(teacher), "--kd-bank", "2",
                    "--mixup")
-    assert banked.returncode == 2 and banked.stderr.decode().startswith("train: --cutout and --mixup")
+    assert banked.returncode == 2 and banked.stderr.decode().startswith("train: --cutout, --mixup and --crop-pad")
 
 
 def test_cross_fitted_teachers_answer_each_image_they_never_trained_on(tiny_archive, tmp_path):

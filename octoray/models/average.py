@@ -33,7 +33,8 @@ def snapshot_path(run: str, epoch: int) -> Path:
 
 
 @torch.no_grad()
-def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED) -> None:
+def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: int = RECALIBRATION_SEED,
+                crop_pad: int = 4) -> None:
     """Replace every BatchNorm's and the TensorNorm's running statistics by the mean of their
     batch statistics over all the images, augmented as in training and in batches of the
     training's size (what the network learned to see), instead of a recent moving average."""
@@ -45,7 +46,7 @@ def recalibrate(model: CNV, images: torch.Tensor, batch_size: int = 100, seed: i
         for index, start in enumerate(range(0, len(images) - batch_size + 1, batch_size)):
             for m in norms:
                 m.momentum = 1.0 / (index + 1)  # a running mean of the batches so far
-            x = augment(images[start:start + batch_size], generator)
+            x = augment(images[start:start + batch_size], generator, crop_pad)
             model(x.contiguous(memory_format=torch.channels_last))
     finally:
         for m, momentum in zip(norms, saved):
@@ -75,7 +76,7 @@ def recalibrated(mean: dict, x_train: torch.Tensor, batch_size: int = 100, seed:
     model = CNV.trained_as(recipe or {})
     model.load_state_dict(mean)
     model.to(x_train.device, memory_format=torch.channels_last)
-    recalibrate(model, x_train, batch_size, seed)
+    recalibrate(model, x_train, batch_size, seed, (recipe or {}).get("crop_pad", 4))
     return model
 
 

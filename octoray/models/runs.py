@@ -35,27 +35,30 @@ def folds(n: int, count: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(fold)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the image padded by 4 (pixel 0), and a random horizontal flip,
-    on the images' device (the generator's)."""
-    return crop(images, *draw_crops(images.shape[0], generator, images.device))
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random 32x32 crop of the image padded by `pad` (pixel 0), and a random horizontal
+    flip, on the images' device (the generator's); pad 0 only flips."""
+    return crop(images, *draw_crops(images.shape[0], generator, images.device, pad), pad)
 
 
-def draw_crops(n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n random (dx, dy, flip): a crop's offsets in the padded image, 0-8 each, and whether
-    it is mirrored."""
-    dx = torch.randint(0, 9, (n,), generator=generator, device=device)
-    dy = torch.randint(0, 9, (n,), generator=generator, device=device)
+def draw_crops(n: int, generator: torch.Generator, device,
+               pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n random (dx, dy, flip): a crop's offsets in the padded image, 0 to 2 pad each, and
+    whether it is mirrored."""
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
     flip = torch.rand(n, generator=generator, device=device) < 0.5
     return dx, dy, flip
 
 
-def crop(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Each image padded by 4 (pixel 0), cut to 32x32 at (dx, dy) and mirrored where `flip`."""
+def crop(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
+         pad: int = 4) -> torch.Tensor:
+    """Each image padded by `pad` (pixel 0), cut to 32x32 at (dx, dy) and mirrored where
+    `flip`."""
     n, device = images.shape[0], images.device
-    padded = F.pad(images, (4, 4, 4, 4))
+    padded = F.pad(images, (pad, pad, pad, pad))
     steps = torch.arange(32, device=device)
-    rows = (dy[:, None] + steps[None, :])[:, None, :, None].expand(n, 3, 32, 40)
+    rows = (dy[:, None] + steps[None, :])[:, None, :, None].expand(n, 3, 32, 32 + 2 * pad)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + steps[None, :])[:, None, None, :].expand(n, 3, 32, 32)
     out = out.gather(3, cols)

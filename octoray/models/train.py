@@ -302,7 +302,7 @@ def train_epoch(model: CNV, optimizer, x_train: torch.Tensor, y_train: torch.Ten
         if bank is not None:
             x, taught = bank.sample(x_train, batch, generator)
         else:
-            x = augment(x_train[batch], generator)
+            x = augment(x_train[batch], generator, args.crop_pad)
         if args.cutout:
             x = cutout(x, args.cutout, generator)
         y = y_train[batch]

@@ -13,7 +13,7 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_epochs", "seed", "split_see
                "label_smoothing", "ste", "teacher", "kd_weight", "kd_temperature", "kd_bank", "teacher_precision",
                "init_from", "weights", "activations", "norms", "schedule", "cutout", "mixup", "conv_gradients",
                "binarize_over", "binarize_order", "guide", "guide_weight", "optimizer", "bop_gamma",
-               "bop_threshold", "loss", "halve_every", "weight_decay")
+               "bop_threshold", "loss", "halve_every", "weight_decay", "crop_pad")
 # what a checkpoint made before a key existed was trained with
 RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh", "teacher": None, "kd_weight": 0.0,
                    "kd_temperature": 1.0, "kd_bank": 0, "teacher_precision": "float", "weights": "binary",
@@ -21,7 +21,7 @@ RECIPE_DEFAULTS = {"init_from": None, "label_smoothing": 0.0, "ste": "hardtanh",
                    "cutout": 0, "mixup": False, "conv_gradients": "float",
                    "binarize_over": 0, "binarize_order": "blend", "guide": None, "guide_weight": 0.0,
                    "optimizer": "adam", "bop_gamma": 0.0, "bop_threshold": 0.0, "loss": "cross-entropy",
-                   "halve_every": 0, "weight_decay": 0.0}
+                   "halve_every": 0, "weight_decay": 0.0, "crop_pad": 4}
 RESCHEDULABLE = ("epochs", "lr", "warmup_epochs")  # a resumed run may change its schedule
 
 
@@ -105,6 +105,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what the labels' part of the loss is: cross-entropy, or squared-hinge, the mean "
                         "of max(0, 1 - t x)^2 over the logits x with t +1 for the label and -1 for the "
                         "other classes (Brevitas' bnn_pynq recipe)")
+    p.add_argument("--crop-pad", type=int, default=4, choices=range(9), metavar="PAD",
+                   help="the training images' random crop: padded by PAD pixels (0 to 8, default "
+                        "%(default)s), cut back to 32x32 at a random place; 0 keeps each image whole "
+                        "(a random flip only)")
     p.add_argument("--cutout", type=int, default=0, metavar="SIDE",
                    help="after the crop and flip, black out a SIDE x SIDE square of each training image "
                         "at a random place (0, the default: none)")
@@ -194,8 +198,8 @@ def conflicting_options(args: argparse.Namespace, recipe: dict, device_type: str
         return f"--teacher-precision int8 runs on the CPU only, not {device_type}"
     if args.binarize_over and args.weights == "real":
         return "--binarize-over anneals real weights into binary ones: not with --weights real"
-    if recipe["kd_bank"] and (args.cutout or args.mixup):
-        return ("--cutout and --mixup change the image the teacher must answer for: "
+    if recipe["kd_bank"] and (args.cutout or args.mixup or args.crop_pad != 4):
+        return ("--cutout, --mixup and --crop-pad change the image the teacher must answer for: "
                 "they need a live teacher, not --kd-bank")
     if args.teacher and len(args.teacher) > 1 and (recipe["kd_bank"] or args.mixup):
         return ("several teachers answer each image live (cross-fitted ones by the image's index, and a "
