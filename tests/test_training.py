@@ -531,23 +531,30 @@ def test_frozen_norms_keep_their_statistics_while_the_rest_learns_at_a_constant_
     assert not torch.equal(after["model"]["convs.2.weight"], before["convs.2.weight"])
 
 
-def test_recalibration_measures_each_norm_over_the_training_batches():
+@pytest.mark.parametrize("pad", [4, 0])
+def test_recalibration_measures_each_norm_over_the_training_batches(pad):
     """After recalibrate, conv1's BatchNorm holds the mean of its batch means over the
-    augmented images, batch by batch, whatever its running statistics were before."""
-    from octoray.models.average import RECALIBRATION_SEED, recalibrate
+    images augmented as the run trained (its --crop-pad), batch by batch, whatever its running
+    statistics were before; average's recalibrated takes that padding from the run's recipe."""
+    from octoray.models.average import RECALIBRATION_SEED, recalibrate, recalibrated
     from octoray.models.runs import augment
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     model = CNV()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.conv_bns[0].running_mean.fill_(5.0)
-    recalibrate(model, images, batch_size=10)
+    recalibrate(model, images, batch_size=10, crop_pad=pad)
     generator = torch.Generator().manual_seed(RECALIBRATION_SEED)
     with torch.no_grad():
-        means = [model.convs[0](model.quantize_input(augment(images[i:i + 10], generator))).mean(dim=(0, 2, 3))
+        means = [model.convs[0](model.quantize_input(augment(images[i:i + 10], generator, pad))).mean(dim=(0, 2, 3))
                  for i in range(0, 40, 10)]
     assert torch.allclose(model.conv_bns[0].running_mean, torch.stack(means).mean(0), atol=1e-5)
     assert not model.training and model.conv_bns[0].momentum == 0.1
+    again = recalibrated(weights, images, 10, recipe={"crop_pad": pad})
+    assert torch.allclose(again.conv_bns[0].running_mean, model.conv_bns[0].running_mean, atol=1e-5)
+    other = recalibrated(weights, images, 10, recipe={"crop_pad": 4 - pad})
+    assert not torch.allclose(other.conv_bns[0].running_mean, model.conv_bns[0].running_mean, atol=1e-3)
 
 
 def test_a_new_recipe_starts_from_another_runs_weights(tiny_archive, tmp_path):

@@ -56,7 +56,7 @@ def accuracy_with(source: Path, calibration: torch.Tensor, x_val, y_val, layers=
             layer.binarize = True
         model.blend_weights(share, order)
     model.to(memory_format=torch.channels_last)
-    recalibrate(model, calibration)
+    recalibrate(model, calibration, crop_pad=portable_recipe(source).get("crop_pad", 4))  # as it trained
     return evaluate(model, x_val, y_val)[0]
 
 
